@@ -1,0 +1,1 @@
+"""Batch colorization engine: runs exported artifacts (ONNX / TensorRT engine + JSON sidecar). Imports no torch."""

@@ -1,0 +1,97 @@
+"""The contract between ``export`` and ``engine``: tensor names, dtypes, sidecar files.
+
+An exported artifact is a file (``MODEL.onnx`` or ``MODEL.plan``) plus a JSON
+sidecar beside it (``MODEL.json`` / ``MODEL.plan.json``). The engine reads only
+these two, never a training checkpoint.
+
+Graph I/O (every precision, every backend):
+    input  ``gray``: uint8 ``(N, 1, H, W)`` in [0, 255], dynamic N, H, W
+    output ``rgb``:  uint8 ``(N, 3, H, W)``, the colourized image at input size
+    output ``uv``:   float32 ``(N, 2, H, W)``, U in ±0.436, V in ±0.615 (colour spec),
+                     used by the engine to compose full-resolution output
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ArtifactError
+
+__all__ = ["ArtifactError"]
+
+INPUT_NAME = "gray"
+OUTPUT_RGB = "rgb"
+OUTPUT_UV = "uv"
+INPUT_DTYPE = "uint8"
+OUTPUT_DTYPES = {OUTPUT_RGB: "uint8", OUTPUT_UV: "float32"}
+SIDECAR_FORMAT = "colorizer-artifact/1"
+
+
+def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
+    """``model.onnx`` -> ``model.json``; ``model.plan`` -> ``model.plan.json``."""
+    p = Path(artifact)
+    if p.suffix == ".onnx":
+        return p.with_suffix(".json")
+    return p.with_name(p.name + ".json")
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write JSON to a temp file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_sidecar(artifact: str | os.PathLike[str], *, verify_sha256: bool = True) -> dict[str, Any]:
+    """Load and check the sidecar of ``artifact``.
+
+    Raises ``ArtifactError`` naming the file and the reason when the artifact or
+    sidecar is missing, the JSON is broken, or the artifact's sha256 differs from
+    the one recorded at export (the message says which file to re-export).
+    """
+    artifact = Path(artifact)
+    side = sidecar_path(artifact)
+    if not artifact.is_file():
+        raise ArtifactError(f"{artifact}: model file not found")
+    if not side.is_file():
+        raise ArtifactError(f"{artifact}: sidecar {side.name} not found next to it; re-export the model")
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{side}: unreadable sidecar ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ArtifactError(f"{side}: expected format {SIDECAR_FORMAT!r}, found {found!r}")
+    if verify_sha256:
+        want = meta.get("sha256")
+        got = sha256_file(artifact)
+        if want != got:
+            raise ArtifactError(
+                f"{artifact}: sha256 {got[:12]}… does not match its sidecar ({str(want)[:12]}…); "
+                f"the file changed after export, re-export it"
+            )
+    return meta

@@ -1,0 +1,98 @@
+"""Checkpoints: atomic writes, clear errors on load.
+
+A checkpoint is a ``torch.save`` dict::
+
+    {"format": "colorizer-checkpoint/1", "model_config": {...}, "model": state_dict,
+     "optimizer": state_dict | None, "step": int, "rng": {...} | None,
+     "train_config": {...}, "metrics": {...}}
+
+``save_checkpoint`` writes to a temp file beside the target, fsyncs and renames,
+so a kill at any moment leaves either the old or the new file, never a broken one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import ColorizerError
+from train.model import ColorizerNet, ModelConfig, ModelConfigError
+
+CHECKPOINT_FORMAT = "colorizer-checkpoint/1"
+
+
+class CheckpointError(ColorizerError):
+    """A checkpoint is missing, unreadable, or from an incompatible model."""
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    path = Path(path)
+    data = {"format": CHECKPOINT_FORMAT, **payload}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a checkpoint dict on the CPU. Raises ``CheckpointError`` with the path and reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for corrupt files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"{path}: expected checkpoint format {CHECKPOINT_FORMAT!r}, found {found!r}")
+    for key in ("model_config", "model"):
+        if key not in data:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
+    return data
+
+
+def load_model(path: str | os.PathLike[str], *, expect: ModelConfig | None = None) -> tuple[ColorizerNet, dict[str, Any]]:
+    """Rebuild the network from a checkpoint, in eval mode on the CPU.
+
+    ``expect``: when given, a checkpoint whose model config differs is refused.
+    Returns ``(model, checkpoint_dict)``.
+    """
+    data = load_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(data["model_config"])
+        model = ColorizerNet(config)
+    except (ModelConfigError, TypeError) as e:
+        raise CheckpointError(f"{path}: invalid model config ({e})") from e
+    if expect is not None and expect != config:
+        raise CheckpointError(f"{path}: model config mismatch: expected {expect.to_dict()}, found {config.to_dict()}")
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the model config ({first})") from e
+    model.eval()
+    return model, data

@@ -1,0 +1,167 @@
+"""VGG-16-style colorization network with hypercolumn skip-adds.
+
+Input: Y, float32 ``(N, 1, H, W)`` in [0, 1] (colour spec luma), any H, W >= 1.
+Output: UV, float32 ``(N, 2, H, W)``, U in ±0.436, V in ±0.615 (``engine.color``).
+
+Encoder: four VGG blocks of 2/2/3/3 conv-BN-ReLU layers, 2x2 max-pool between
+them (ceil mode, so odd sizes lose no pixels). Decoder: from the deepest block
+upwards, features are projected by a 1x1 conv, upsampled bilinearly to the next
+encoder scale's exact size, added to that scale's feature map (the hypercolumn
+skip-add), and refined by a 3x3 conv-BN-ReLU. The full-resolution UV head is a
+3x3 conv, tanh, scaled to the U/V ranges, so outputs are always in range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.color import U_MAX, V_MAX
+from engine.errors import ColorizerError
+
+WIDTH_PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "seed": (64, 128, 192, 256),
+    "vgg16": (64, 128, 256, 512),
+}
+BLOCK_DEPTHS = (2, 2, 3, 3)
+
+
+class ModelConfigError(ColorizerError, ValueError):
+    """A model configuration that cannot be built or does not match a checkpoint."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network; stored in checkpoints and sidecars."""
+
+    width: str = "seed"
+    width_mult: float = 1.0
+    head: str = "regression"
+    head_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def widths(self) -> tuple[int, int, int, int]:
+        if self.width not in WIDTH_PRESETS:
+            raise ModelConfigError(f"width preset: expected one of {sorted(WIDTH_PRESETS)}, found {self.width!r}")
+        if not self.width_mult > 0:
+            raise ModelConfigError(f"width_mult: expected > 0, found {self.width_mult}")
+        return tuple(max(4, int(round(c * self.width_mult))) for c in WIDTH_PRESETS[self.width])  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names - {"widths"}
+        if unknown:
+            raise ModelConfigError(f"model config: unknown keys {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Encoder(nn.Module):
+    """Four VGG blocks; returns the feature map of every scale (1, 1/2, 1/4, 1/8)."""
+
+    def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...] = BLOCK_DEPTHS) -> None:
+        super().__init__()
+        blocks = []
+        cin = 1
+        for cout, depth in zip(widths, depths):
+            layers = [conv_bn_relu(cin if i == 0 else cout, cout) for i in range(depth)]
+            blocks.append(nn.Sequential(*layers))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for i, block in enumerate(self.blocks):
+            if i > 0:
+                x = F.max_pool2d(x, 2, ceil_mode=True)
+            x = block(x)
+            feats.append(x)
+        return feats
+
+
+class HypercolumnDecoder(nn.Module):
+    """Upsampling decoder: project, upsample to the skip's size, add the skip, refine."""
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.project = nn.ModuleList()
+        self.refine = nn.ModuleList()
+        for deep, shallow in zip(widths[:0:-1], widths[-2::-1]):
+            self.project.append(nn.Conv2d(deep, shallow, 1))
+            self.refine.append(conv_bn_relu(shallow, shallow))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        for proj, refine, skip in zip(self.project, self.refine, feats[-2::-1]):
+            x = F.interpolate(proj(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = refine(x + skip)
+        return x
+
+
+class RegressionHead(nn.Module):
+    """3x3 conv to 2 channels, tanh, scaled to the U/V ranges of the colour spec."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, 2, 3, padding=1)
+        self.register_buffer("scale", torch.tensor([U_MAX, V_MAX]).view(1, 2, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x)) * self.scale
+
+
+HEADS: dict[str, type[nn.Module]] = {"regression": RegressionHead}
+
+
+class ColorizerNet(nn.Module):
+    """Y ``(N,1,H,W)`` in [0,1] -> UV ``(N,2,H,W)`` in the colour spec's ranges."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        widths = self.config.widths
+        if self.config.head not in HEADS:
+            raise ModelConfigError(f"head: expected one of {sorted(HEADS)}, found {self.config.head!r}")
+        self.encoder = Encoder(widths)
+        self.decoder = HypercolumnDecoder(widths)
+        self.head = HEADS[self.config.head](widths[0], **self.config.head_options)
+
+    def features(self, y: torch.Tensor) -> torch.Tensor:
+        """Decoder output at full resolution, ``(N, widths[0], H, W)``."""
+        return self.decoder(self.encoder(y))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(y))
+
+    def forward_train(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the losses see: ``{"uv": ...}`` plus any head-specific tensors (e.g. logits)."""
+        feats = self.features(y)
+        extra = getattr(self.head, "train_outputs", None)
+        if extra is not None:
+            return extra(feats)
+        return {"uv": self.head(feats)}
+
+
+def build_model(config: ModelConfig) -> ColorizerNet:
+    return ColorizerNet(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
