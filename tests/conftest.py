@@ -1,0 +1,66 @@
+"""Shared fixtures. Tests may read ../shared (training photos); run-time code never does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TRAIN_PHOTOS = SHARED / "data" / "train"
+SAMPLES = ROOT / "samples"
+
+TINY_MODEL = {"width": "seed", "width_mult": 0.125, "head": "regression", "head_options": {}}
+
+
+def _cuda_device_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except RuntimeError:
+        return 0
+
+
+HAS_CUDA = _cuda_device_count() > 0
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.device_count() == 0 here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised tiny model saved as a real checkpoint (fixed seed)."""
+    import torch
+
+    from train.checkpoint import save_checkpoint
+    from train.model import ColorizerNet, ModelConfig
+
+    torch.manual_seed(0)
+    config = ModelConfig.from_dict(TINY_MODEL)
+    model = ColorizerNet(config)
+    # Non-trivial BN statistics and chroma so parity tests compare real colours.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        model.head.conv.weight.mul_(20.0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, {"model_config": config.to_dict(), "model": model.state_dict(), "step": 0})
+    return path
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
