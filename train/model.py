@@ -127,7 +127,49 @@ class RegressionHead(nn.Module):
         return torch.tanh(self.conv(x)) * self.scale
 
 
-HEADS: dict[str, type[nn.Module]] = {"regression": RegressionHead}
+class ClassificationHead(nn.Module):
+    """Logits over quantized chroma bins at 1/``stride`` resolution, decoded by annealed mean.
+
+    Options (stored in ``ModelConfig.head_options``): ``centres`` (K x 2 bin centres in
+    U/V units, from ``train.chroma_bins``), ``temperature`` (annealed-mean T used by
+    ``forward`` and so by the exported graph), ``stride`` (logit resolution divisor).
+    ``forward`` returns full-resolution UV, like the regression head, so the export
+    and engine contract does not change.
+    """
+
+    def __init__(self, cin: int, centres: list[list[float]], temperature: float = 0.4, stride: int = 4) -> None:
+        super().__init__()
+        from train.chroma_bins import annealed_mean
+
+        self._annealed_mean = annealed_mean
+        c = torch.tensor(centres, dtype=torch.float32)
+        if c.ndim != 2 or c.shape[1] != 2 or c.shape[0] < 2:
+            raise ModelConfigError(f"classification head: centres must be (K>=2, 2), found {tuple(c.shape)}")
+        if not temperature > 0:
+            raise ModelConfigError(f"classification head: temperature must be > 0, found {temperature}")
+        self.register_buffer("centres", c, persistent=False)
+        self.temperature = float(temperature)
+        self.stride = int(stride)
+        self.conv = nn.Sequential(conv_bn_relu(cin, cin), nn.Conv2d(cin, c.shape[0], 1))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
+        return self.conv(x)
+
+    def decode(self, logits: torch.Tensor, size: tuple[int, int] | torch.Size, temperature: float) -> torch.Tensor:
+        uv = self._annealed_mean(logits, self.centres, temperature)
+        return F.interpolate(uv, size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.logits(x), x.shape[-2:], self.temperature)
+
+    def train_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.logits(x)
+        return {"logits": logits, "uv": self.decode(logits, x.shape[-2:], 1.0)}
+
+
+HEADS: dict[str, type[nn.Module]] = {"regression": RegressionHead, "classification": ClassificationHead}
 
 
 class ColorizerNet(nn.Module):
