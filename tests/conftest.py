@@ -64,3 +64,13 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
+    """FP32 ONNX export of ``tiny_checkpoint`` (parity-checked), with its sidecar ``tiny.json`` beside it."""
+    from export.to_onnx import export_checkpoint
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_checkpoint(tiny_checkpoint, path, precision="fp32")
+    return path

@@ -1,0 +1,124 @@
+"""FP16 conversion of an exported FP32 graph, colour math kept in FP32.
+
+The network body (convolutions, BN folded into them, ReLU, pooling, the head)
+runs in FP16; the colour-space nodes stay FP32 so uint8 pixels are computed
+exactly as the colour spec says:
+
+* pre-processing: ``Cast(gray -> float)``, ``* 1/255`` (and the shape arithmetic
+  on ``gray`` that has no convolution upstream);
+* post-processing: the ``Concat(Y, UV)``, the YUV -> RGB 1x1 ``Conv``, the clamps,
+  ``* 255 + 0.5``, ``Floor``, the ``Cast`` to uint8.
+
+Which nodes those are is found from the graph's structure, not from names
+(``colour_nodes``), so it holds for every exporter and head:
+
+* post = ancestors of output ``rgb`` that are not ancestors of output ``uv``;
+* pre  = ancestors of ``uv`` with no ``Conv`` on any path from the inputs.
+
+``onnxconverter-common`` inserts the casts at the FP32/FP16 borders; I/O stays
+uint8 / float32 (``keep_io_types``). The result is what TensorRT's strongly
+typed networks consume: the precision of every layer is fixed in the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from engine.contract import OUTPUT_RGB, OUTPUT_UV
+from engine.errors import ColorizerError
+
+# Ops that start the model body: anything downstream of one of these is "network", not colour math.
+_BODY_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "Gemm", "MatMul"})
+
+
+class ExportError(ColorizerError):
+    """An export step failed or its result did not pass the checks."""
+
+
+def _producers(graph: Any) -> dict[str, Any]:
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def _ancestors(graph: Any, output: str) -> list[Any]:
+    """Nodes that ``output`` depends on (including its producer), in no particular order."""
+    prod = _producers(graph)
+    seen: dict[int, Any] = {}
+    stack = [output]
+    while stack:
+        node = prod.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        stack.extend(i for i in node.input if i)
+    return list(seen.values())
+
+
+def colour_nodes(model: Any) -> dict[str, list[str]]:
+    """Names of the pre- and post-processing nodes of an exported colorizer graph.
+
+    Raises ``ExportError`` if the graph does not have the contract's outputs or
+    if a node has no name (every exporter used here names its nodes).
+    """
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    if not {OUTPUT_RGB, OUTPUT_UV} <= outputs:
+        raise ExportError(f"graph outputs: expected {OUTPUT_RGB!r} and {OUTPUT_UV!r}, found {sorted(outputs)}")
+    uv_anc = _ancestors(graph, OUTPUT_UV)
+    uv_ids = {id(n) for n in uv_anc}
+    post = [n for n in _ancestors(graph, OUTPUT_RGB) if id(n) not in uv_ids]
+
+    prod = _producers(graph)
+    tainted: dict[int, bool] = {}  # node -> has a body op at or above it
+
+    def has_body(node: Any) -> bool:
+        key = id(node)
+        if key not in tainted:
+            tainted[key] = False  # graphs are acyclic; guards against malformed input
+            tainted[key] = node.op_type in _BODY_OPS or any(
+                has_body(prod[i]) for i in node.input if i in prod
+            )
+        return tainted[key]
+
+    pre = [n for n in uv_anc if not has_body(n)]
+    unnamed = [n.op_type for n in pre + post if not n.name]
+    if unnamed:
+        raise ExportError(f"colour nodes without names ({unnamed}); cannot keep them out of FP16/INT8")
+    order = {id(n): i for i, n in enumerate(graph.node)}
+    return {
+        "pre": [n.name for n in sorted(pre, key=lambda n: order[id(n)])],
+        "post": [n.name for n in sorted(post, key=lambda n: order[id(n)])],
+    }
+
+
+def convert_to_fp16(model: Any) -> tuple[Any, dict[str, Any]]:
+    """FP32 ``onnx.ModelProto`` -> (FP16 model, info for the sidecar). Colour nodes stay FP32."""
+    from onnxconverter_common import float16
+
+    nodes = colour_nodes(model)
+    if _is_fp16(model):
+        raise ExportError("FP16 conversion: expected an FP32 graph, found one that already has FP16 tensors")
+    block = nodes["pre"] + nodes["post"]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            converted = float16.convert_float_to_float16(
+                model, keep_io_types=True, node_block_list=block, op_block_list=[]
+            )
+    except (ValueError, KeyError, AssertionError) as e:  # the converter asserts on odd graphs
+        raise ExportError(f"FP16 conversion failed ({type(e).__name__}: {e})") from e
+    # The converter warns once per tiny weight it flushes to 1e-7 (FP16's subnormal floor); count them.
+    flushed = sum("truncated" in str(w.message) for w in caught)
+    info = {
+        "converter": "onnxconverter_common.float16",
+        "keep_io_types": True,
+        "fp32_nodes": nodes,
+        "values_clamped_to_fp16_range": flushed,
+    }
+    return converted, info
+
+
+def _is_fp16(model: Any) -> bool:
+    from onnx import TensorProto
+
+    return any(init.data_type == TensorProto.FLOAT16 for init in model.graph.initializer)

@@ -1,0 +1,112 @@
+"""The JSON sidecar written next to every exported ONNX file (``engine.contract``).
+
+Keys of an ONNX sidecar (``MODEL.json``):
+
+    format          engine.contract.SIDECAR_FORMAT
+    artifact        {"file": "MODEL.onnx", "kind": "onnx"}
+    sha256          sha256 of the ONNX file (the engine refuses a file that differs)
+    precision       "fp32" | "fp16" | "int8"
+    opset           default-domain opset of the file
+    model_config    train.model.ModelConfig.to_dict() (temperature override applied)
+    inputs/outputs  [{"name", "dtype", "shape" (symbolic "N", "H", "W"), "range"}]
+    colour_spec     engine.color.describe()
+    parity          measured vs the PyTorch FP32 graph: uv_max_abs, rgb_max_levels, cases
+                    (+ psnr_db, psnr_images for int8)
+    tolerance       the gate applied (export.parity.TOLERANCES[precision])
+    precision_info  fp16: converter, FP32 colour nodes; int8: reduce_range, VNNI,
+                    calibration images/size/method, held-out images, excluded nodes
+    checkpoint      {"path", "sha256", "step"} the export came from
+    exporter        versions: torch, onnx, onnxruntime, onnxscript, onnxconverter_common,
+                    python, and the exporter used ("torch.onnx.export(dynamo=True)")
+    created_utc     ISO 8601 time of the export
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from pathlib import Path
+from typing import Any
+
+from engine import color
+from engine.contract import (
+    INPUT_DTYPE,
+    INPUT_NAME,
+    OUTPUT_DTYPES,
+    OUTPUT_RGB,
+    OUTPUT_UV,
+    SIDECAR_FORMAT,
+    sha256_file,
+    sidecar_path,
+    write_json_atomic,
+)
+
+DIMS = ["N", 1, "H", "W"]
+
+
+def io_spec() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The contract's inputs and outputs as plain data."""
+    inputs = [{"name": INPUT_NAME, "dtype": INPUT_DTYPE, "shape": list(DIMS), "range": [0, 255]}]
+    outputs = [
+        {"name": OUTPUT_RGB, "dtype": OUTPUT_DTYPES[OUTPUT_RGB], "shape": ["N", 3, "H", "W"], "range": [0, 255]},
+        {
+            "name": OUTPUT_UV,
+            "dtype": OUTPUT_DTYPES[OUTPUT_UV],
+            "shape": ["N", 2, "H", "W"],
+            "range": [[-color.U_MAX, color.U_MAX], [-color.V_MAX, color.V_MAX]],
+        },
+    ]
+    return inputs, outputs
+
+
+def exporter_versions() -> dict[str, str | None]:
+    import importlib.metadata as md
+
+    def ver(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    return {
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "python": platform.python_version(),
+        **{name: ver(name) for name in ("torch", "onnx", "onnxruntime", "onnxscript", "onnxconverter-common")},
+    }
+
+
+def onnx_sidecar(
+    onnx_path: Path,
+    *,
+    precision: str,
+    opset: int,
+    model_config: dict[str, Any],
+    parity: dict[str, Any],
+    tolerance: dict[str, Any],
+    precision_info: dict[str, Any],
+    checkpoint: dict[str, Any],
+) -> dict[str, Any]:
+    inputs, outputs = io_spec()
+    return {
+        "format": SIDECAR_FORMAT,
+        "artifact": {"file": onnx_path.name, "kind": "onnx"},
+        "sha256": sha256_file(onnx_path),
+        "precision": precision,
+        "opset": opset,
+        "model_config": model_config,
+        "inputs": inputs,
+        "outputs": outputs,
+        "colour_spec": color.describe(),
+        "parity": parity,
+        "tolerance": tolerance,
+        "precision_info": precision_info,
+        "checkpoint": checkpoint,
+        "exporter": exporter_versions(),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_sidecar(artifact: Path, data: dict[str, Any]) -> Path:
+    side = sidecar_path(artifact)
+    write_json_atomic(side, data)
+    return side
