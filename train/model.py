@@ -7,8 +7,10 @@ Encoder: four VGG blocks of 2/2/3/3 conv-BN-ReLU layers, 2x2 max-pool between
 them (ceil mode, so odd sizes lose no pixels). Decoder: from the deepest block
 upwards, features are projected by a 1x1 conv, upsampled bilinearly to the next
 encoder scale's exact size, added to that scale's feature map (the hypercolumn
-skip-add), and refined by a 3x3 conv-BN-ReLU. The full-resolution UV head is a
-3x3 conv, tanh, scaled to the U/V ranges, so outputs are always in range.
+skip-add), and refined by a 3x3 conv-BN-ReLU (at full resolution only a ReLU:
+the head's 3x3 conv does the mixing there, at a fraction of the cost). The
+full-resolution UV head is a 3x3 conv, tanh, scaled to the U/V ranges, so
+outputs are always in range.
 """
 
 from __future__ import annotations
@@ -105,7 +107,10 @@ class HypercolumnDecoder(nn.Module):
         self.refine = nn.ModuleList()
         for deep, shallow in zip(widths[:0:-1], widths[-2::-1]):
             self.project.append(nn.Conv2d(deep, shallow, 1))
-            self.refine.append(conv_bn_relu(shallow, shallow))
+            # Full resolution gets no 3x3 refinement: it would cost as much as the whole
+            # encoder below it, and the head's own 3x3 conv already mixes the sum there.
+            last = shallow == widths[0] and len(self.refine) == len(widths) - 2
+            self.refine.append(nn.ReLU(inplace=False) if last else conv_bn_relu(shallow, shallow))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
