@@ -105,12 +105,13 @@ class HypercolumnDecoder(nn.Module):
         super().__init__()
         self.project = nn.ModuleList()
         self.refine = nn.ModuleList()
-        for deep, shallow in zip(widths[:0:-1], widths[-2::-1]):
+        pairs = list(zip(widths[:0:-1], widths[-2::-1]))
+        for i, (deep, shallow) in enumerate(pairs):
             self.project.append(nn.Conv2d(deep, shallow, 1))
-            # Full resolution gets no 3x3 refinement: it would cost as much as the whole
-            # encoder below it, and the head's own 3x3 conv already mixes the sum there.
-            last = shallow == widths[0] and len(self.refine) == len(widths) - 2
-            self.refine.append(nn.ReLU(inplace=False) if last else conv_bn_relu(shallow, shallow))
+            # Full resolution (the last level) gets no 3x3 refinement: it would cost as much
+            # as the encoder below it, and the head's own 3x3 conv mixes the sum there.
+            full_res = i == len(pairs) - 1
+            self.refine.append(nn.ReLU() if full_res else conv_bn_relu(shallow, shallow))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
