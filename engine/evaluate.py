@@ -53,12 +53,22 @@ class EvalReport:
         return d
 
 
-def list_images(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise ColorizerError(f"{folder}: evaluation folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def list_images(source: Path) -> list[Path]:
+    """Photos to evaluate: every image under a folder, or the paths listed in a ``.txt`` file.
+
+    A list file holds one path per line (relative paths are relative to the list's
+    folder), e.g. the ``val_files.txt`` a training run writes for its validation split.
+    """
+    source = Path(source)
+    if source.is_file() and source.suffix == ".txt":
+        lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines()]
+        files = [p if p.is_absolute() else source.parent / p for p in map(Path, filter(None, lines))]
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    else:
+        raise ColorizerError(f"{source}: expected a folder of photos or a .txt list of paths, found neither")
     if not files:
-        raise ColorizerError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+        raise ColorizerError(f"{source}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     return files
 
 

@@ -67,3 +67,11 @@ def test_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ColorizerError, match="no images"):
         evaluate_folder(lambda g: g, tmp_path / "empty")
+
+
+def test_list_file_selects_exactly_the_listed_photos(tmp_path):
+    folder = _write_constant_photos(tmp_path / "photos")
+    listing = tmp_path / "val_files.txt"
+    listing.write_text("photos/p2.png\n\n" + str(folder / "p0.png") + "\n")
+    report = evaluate_folder(lambda g: np.repeat(g[..., None], 3, axis=-1), listing, size=16)
+    assert [s.path for s in report.per_image] == [str(folder / "p2.png"), str(folder / "p0.png")]
