@@ -1,0 +1,167 @@
+"""The engine's Python API: one ``Colorizer`` for arrays and folders. ``cli.py colorize-dir`` is a thin shell over it.
+
+    from engine.api import Colorizer
+
+    with Colorizer("models/colorizer.onnx") as c:       # or backend="trt" / "torch", device="cuda:0"
+        rgb = c.colorize(gray)                           # uint8 (H, W) or (H, W, 3) -> uint8 (H, W, 3)
+        summary = c.colorize_dir("gray/", "out/")        # RunSummary: colorized, skipped, failed, ...
+
+The library never prints: per-file problems are logged (logger ``engine``) as
+``path: reason`` and counted; progress goes to an optional callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engine import contract, images, pipeline, tree
+from engine.backends import open_runner
+from engine.backends.base import Runner
+from engine.pipeline import Progress, RunSummary
+from engine.tree import Shard, UsageError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Colorizer", "Progress", "RunSummary", "Shard", "UsageError"]
+
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+class Colorizer:
+    """A loaded model plus the pre/post-processing of the engine.
+
+    model: path to .onnx / .plan / .pt, or None for the bundled models/colorizer.onnx (.pt for torch).
+    backend: "auto", "ort", "trt" or "torch". device: None (best available), "cpu", "cuda" or "cuda:K".
+    size: model input size (long side fitted, padded square). saturation: chroma scale (1.0 = model).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        backend: str = "auto",
+        size: int = 256,
+        batch_size: int = 8,
+        device: str | None = None,
+        saturation: float = 1.0,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        io_threads: tuple[int, int] | None = None,
+    ) -> None:
+        if not isinstance(size, int) or not 16 <= size <= 4096:
+            raise UsageError(f"size: expected an integer in 16..4096, found {size!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
+        if not 0.0 <= float(saturation) <= 10.0:
+            raise UsageError(f"saturation: expected a number in 0..10, found {saturation!r}")
+        if max_pixels is not None and max_pixels < 1:
+            raise UsageError(f"max_pixels: expected >= 1, found {max_pixels!r}")
+        if io_threads is not None and (len(io_threads) != 2 or min(io_threads) < 1):
+            raise UsageError(f"io_threads: expected (readers >= 1, writers >= 1), found {io_threads!r}")
+        self.size = size
+        self.batch_size = batch_size
+        self.saturation = float(saturation)
+        self.max_pixels = max_pixels
+        self.runner: Runner = open_runner(
+            model, backend, device=device, size=size, batch_size=batch_size, threads=threads
+        )
+        if self.runner.max_batch is not None and batch_size > self.runner.max_batch:
+            log.info("batch size %d is above the engine's profile maximum %d: batches are split", batch_size,
+                     self.runner.max_batch)
+        self.io_threads = io_threads or pipeline.default_io_threads(self.runner.on_gpu)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def backend(self) -> str:
+        return self.runner.name
+
+    def describe(self) -> str:
+        """One line: backend, what really runs it, the model file."""
+        return self.runner.describe()
+
+    def close(self) -> None:
+        self.runner.deactivate()
+
+    def __enter__(self) -> "Colorizer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ arrays
+    def colorize(self, image: np.ndarray) -> np.ndarray:
+        """Gray ``(H, W)`` or RGB ``(H, W, 3)`` uint8/uint16 -> colour uint8 ``(H, W, 3)`` at full resolution.
+
+        A colour input is grayed with the colour spec's luma first; its luma is kept
+        (the output's luma equals the input's up to rounding). RGBA / gray+alpha
+        inputs return RGBA with the alpha unchanged.
+        """
+        return self.colorize_batch([image])[0]
+
+    def colorize_batch(self, batch: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``colorize`` for several arrays (any sizes), run through the model ``batch_size`` at a time."""
+        prepared = []
+        for image in batch:
+            luma, alpha = images.to_luma(image)
+            x, crop = images.fit(luma, self.size)
+            prepared.append((luma, alpha, x, crop))
+        results: list[np.ndarray] = []
+        for i in range(0, len(prepared), self.batch_size):
+            chunk = prepared[i : i + self.batch_size]
+            x = np.stack([p[2] for p in chunk])[:, None]
+            uv = self.runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]
+            for j, (luma, alpha, _, (h, w)) in enumerate(chunk):
+                results.append(images.compose(luma, uv[j, :, :h, :w], saturation=self.saturation, alpha=alpha))
+        return results
+
+    # ------------------------------------------------------------------ folders
+    def colorize_dir(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        shard: Shard | str | None = None,
+        jpeg_quality: int = 95,
+        fail_list: str | os.PathLike[str] | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> RunSummary:
+        """Colorize every image under ``src`` into the mirrored tree ``dst``.
+
+        Existing outputs are skipped unless ``overwrite`` (so re-running resumes);
+        ``shard`` ("I/N" or ``Shard``) takes a stable 1/N of the files; ``fail_list``
+        receives the failed input paths, one per line. Raises ``UsageError`` for
+        bad folders or options; per-file problems are counted in the summary.
+        """
+        src_p, dst_p = tree.check_folders(src, dst)
+        if isinstance(shard, str):
+            shard = Shard.parse(shard)
+        if not 1 <= int(jpeg_quality) <= 100:
+            raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
+        fail_path = None
+        if fail_list is not None:
+            fail_path = Path(fail_list).expanduser()
+            if src_p.resolve() in fail_path.resolve().parents:
+                raise UsageError(f"--fail-list {fail_path} is inside the input folder {src_p}; the input is never written")
+            if not fail_path.parent.is_dir():
+                raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
+        dst_p.mkdir(parents=True, exist_ok=True)
+        readers, writers = self.io_threads
+        settings = pipeline.Settings(
+            size=self.size,
+            batch_size=self.batch_size,
+            saturation=self.saturation,
+            max_pixels=self.max_pixels,
+            jpeg_quality=int(jpeg_quality),
+            readers=readers,
+            writers=writers,
+        )
+        log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
+        return pipeline.run(
+            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path, progress=progress
+        )

@@ -1,0 +1,210 @@
+"""The runner interface every backend implements (Polygraphy style), and small shared helpers.
+
+    with OrtRunner("model.onnx") as runner:          # activate() ... deactivate()
+        out = runner.infer(gray)                       # gray: uint8 (N, 1, H, W)
+        out["rgb"]  # uint8 (N, 3, H, W)
+        out["uv"]   # float32 (N, 2, H, W)
+
+Nothing here imports a heavy package; backends import theirs in ``activate()``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+from engine import contract
+from engine.errors import ColorizerError
+
+
+class BackendError(ColorizerError):
+    """A backend was given something it cannot run, or inference failed."""
+
+
+class Runner(ABC):
+    """One model on one device. Not thread-safe: one thread calls ``infer``."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self.is_active = False
+
+    # -- lifecycle
+    def activate(self) -> "Runner":
+        if not self.is_active:
+            self._activate()
+            self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.is_active:
+            self.is_active = False
+            self._deactivate()
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.deactivate()
+
+    # -- inference
+    def infer(self, gray: np.ndarray, outputs: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """uint8 ``(N, 1, H, W)`` -> ``{"rgb": uint8 (N,3,H,W), "uv": float32 (N,2,H,W)}`` on the host.
+
+        ``outputs``: the names wanted (default both); a backend may skip fetching the others.
+        """
+        if not self.is_active:
+            raise BackendError(f"{self.name}: infer() called before activate()")
+        wanted = tuple(outputs) if outputs else (contract.OUTPUT_RGB, contract.OUTPUT_UV)
+        unknown = set(wanted) - {contract.OUTPUT_RGB, contract.OUTPUT_UV}
+        if unknown:
+            raise BackendError(f"{self.name}: outputs: expected 'rgb' and/or 'uv', found {sorted(unknown)}")
+        gray = check_input(gray)
+        out = self._infer(gray, wanted)
+        return check_output(out, gray.shape, self.name, wanted)
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]: ...
+
+    def describe(self) -> str:
+        """One line: backend, what really runs (provider / device), model file."""
+        return self.name
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether inference runs on a GPU (decides how many I/O threads the pipeline uses)."""
+        return False
+
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch the artifact accepts (a TensorRT profile), None when unlimited."""
+        return None
+
+
+def check_input(gray: np.ndarray) -> np.ndarray:
+    gray = np.asarray(gray)
+    if gray.dtype != np.uint8 or gray.ndim != 4 or gray.shape[1] != 1:
+        raise BackendError(f"input {contract.INPUT_NAME!r}: expected uint8 (N, 1, H, W), found {gray.dtype} {gray.shape}")
+    return np.ascontiguousarray(gray)
+
+
+def check_output(
+    out: dict[str, np.ndarray], in_shape: tuple[int, ...], who: str, wanted: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    n, _, h, w = in_shape
+    spec = {contract.OUTPUT_RGB: ((n, 3, h, w), np.uint8), contract.OUTPUT_UV: ((n, 2, h, w), np.float32)}
+    for key in wanted:
+        shape, dtype = spec[key]
+        a = out.get(key)
+        if a is None or tuple(a.shape) != shape or a.dtype != dtype:
+            found = "nothing" if a is None else f"{a.dtype} {tuple(a.shape)}"
+            raise BackendError(f"{who}: output {key!r}: expected {np.dtype(dtype)} {shape}, found {found}")
+    return {k: out[k] for k in wanted}
+
+
+def check_sidecar_io(meta: dict[str, Any], artifact: Any) -> None:
+    """When the sidecar records I/O names/dtypes, they must be the contract's."""
+    inputs, outputs = meta.get("inputs"), meta.get("outputs")
+    names_in = _names(inputs)
+    names_out = _names(outputs)
+    if names_in is not None and contract.INPUT_NAME not in names_in:
+        raise BackendError(f"{artifact}: sidecar inputs: expected {contract.INPUT_NAME!r}, found {sorted(names_in)}")
+    if names_out is not None:
+        missing = {contract.OUTPUT_RGB, contract.OUTPUT_UV} - set(names_out)
+        if missing:
+            raise BackendError(
+                f"{artifact}: sidecar outputs: expected 'rgb' and 'uv', found {sorted(names_out)}; re-export the model"
+            )
+
+
+def _names(spec: Any) -> set[str] | None:
+    if isinstance(spec, dict):
+        return set(spec)
+    if isinstance(spec, list):
+        return {s.get("name") if isinstance(s, dict) else str(s) for s in spec}
+    return None
+
+
+# ----------------------------------------------------------------------------- devices and cores
+
+
+def parse_device(device: str | None) -> tuple[str, int]:
+    """``None``/``"cpu"`` -> ("cpu", 0); ``"cuda"`` -> ("cuda", 0); ``"cuda:K"`` -> ("cuda", K)."""
+    if device is None or device == "" or device == "cpu":
+        return "cpu", 0
+    m = re.fullmatch(r"cuda(?::(\d+))?", str(device).strip())
+    if not m:
+        raise BackendError(f"--device: expected cpu, cuda or cuda:K, found {device!r}")
+    return "cuda", int(m.group(1) or 0)
+
+
+def cuda_device_count() -> int:
+    """CUDA devices visible through the driver (libcuda), 0 without a driver. Imports nothing heavy.
+
+    Used before importing TensorRT: its runtime can crash the process on a machine without a GPU.
+    """
+    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            cuda = ctypes.CDLL(lib)
+        except OSError:
+            continue
+        try:
+            if cuda.cuInit(0) != 0:
+                return 0
+            n = ctypes.c_int(0)
+            if cuda.cuDeviceGetCount(ctypes.byref(n)) != 0:
+                return 0
+            return int(n.value)
+        except AttributeError:
+            return 0
+    return 0
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (affinity / cgroup-limited), at least 1."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 1
+    physical = None
+    try:
+        import psutil  # optional (dev extra)
+
+        physical = psutil.cpu_count(logical=False)
+    except ImportError:
+        physical = _cores_from_cpuinfo()
+    logical = os.cpu_count() or allowed
+    if physical and logical > physical:  # SMT: count one thread per core among the allowed CPUs
+        allowed = max(1, allowed * physical // logical)
+    return max(1, min(allowed, physical or allowed))
+
+
+def _cores_from_cpuinfo() -> int | None:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    cores = set()
+    phys = core = None
+    for line in text.splitlines() + [""]:
+        if line.startswith("physical id"):
+            phys = line.split(":")[1].strip()
+        elif line.startswith("core id"):
+            core = line.split(":")[1].strip()
+        elif not line.strip():
+            if core is not None:
+                cores.add((phys, core))
+            phys = core = None
+    return len(cores) or None

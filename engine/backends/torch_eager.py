@@ -1,0 +1,81 @@
+"""PyTorch eager backend: the baseline. Loads a training checkpoint (.pt) and runs the same graph as the export.
+
+Imports torch, ``train.checkpoint`` and ``export.graph`` only in ``activate()``,
+so the rest of the engine stays importable and runnable without torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import contract
+from engine.backends.base import BackendError, Runner, parse_device, physical_cores
+from engine.errors import BackendUnavailable
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+class TorchRunner(Runner):
+    name = "torch"
+
+    def __init__(self, model: str | os.PathLike[str], *, device: str | None = None, threads: int | None = None) -> None:
+        super().__init__()
+        self.model = Path(model)
+        self.device = device
+        self.threads = threads
+        self._torch: Any = None
+        self._graph: Any = None
+        self._dev: Any = None
+
+    def _activate(self) -> None:
+        if self.model.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise BackendError(f"torch backend: expected a checkpoint (.pt), found {self.model.name}")
+        try:
+            import torch
+        except ImportError as e:
+            raise BackendUnavailable("torch backend: torch is not installed; pip install torch") from e
+        from export.graph import ColorizeGraph
+        from train.checkpoint import load_model
+
+        kind, index = parse_device(self.device)
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                raise BackendUnavailable(
+                    f"torch backend: --device {self.device} but this torch has no usable CUDA "
+                    f"(torch {torch.__version__}); install a CUDA build of torch or use --device cpu"
+                )
+            if index >= torch.cuda.device_count():
+                raise BackendUnavailable(
+                    f"torch backend: --device cuda:{index}, but only {torch.cuda.device_count()} CUDA device(s) are visible"
+                )
+            self._dev = torch.device("cuda", index)
+        else:
+            self._dev = torch.device("cpu")
+            torch.set_num_threads(int(self.threads or physical_cores()))
+        model, _ = load_model(self.model)
+        self._graph = ColorizeGraph(model).eval().to(self._dev)
+        self._torch = torch
+
+    def _deactivate(self) -> None:
+        self._graph = None
+
+    def _infer(self, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        x = torch.from_numpy(gray).to(self._dev, non_blocking=True)
+        with torch.inference_mode():
+            rgb, uv = self._graph(x)
+        got = {contract.OUTPUT_RGB: rgb, contract.OUTPUT_UV: uv}
+        return {k: got[k].to("cpu").contiguous().numpy() for k in outputs}
+
+    @property
+    def on_gpu(self) -> bool:
+        return self._dev is not None and self._dev.type == "cuda"
+
+    def describe(self) -> str:
+        dev = str(self._dev) if self._dev is not None else (self.device or "cpu")
+        version = getattr(self._torch, "__version__", "?")
+        return f"torch (PyTorch {version} eager, {dev}) {self.model}"

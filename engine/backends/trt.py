@@ -1,0 +1,263 @@
+"""TensorRT backend: a serialized engine (``.plan`` + ``.plan.json`` sidecar) on one NVIDIA GPU.
+
+Current TensorRT API only (10.x / 11.x): ``Runtime.deserialize_cuda_engine``,
+``num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode``,
+``set_input_shape`` per batch within optimization profile 0,
+``set_tensor_address`` and ``execute_async_v3`` on our own CUDA stream.
+
+Memory: device buffers from ``cudaMalloc`` and page-locked host buffers from
+``cudaMallocHost`` (cuda-python), grown on demand and reused batch after batch;
+host<->device copies are ``cudaMemcpyAsync`` on the same stream, one
+``cudaStreamSynchronize`` per batch. Decode and encode run in other threads
+meanwhile (the CUDA and TensorRT calls release the GIL).
+
+Safety: a CUDA device is looked for through the driver *before* ``tensorrt``
+is imported (its runtime can crash a process that has no GPU).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import contract
+from engine.backends.base import BackendError, Runner, check_sidecar_io, cuda_device_count, parse_device
+from engine.errors import ArtifactError, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+INSTALL_TRT = (
+    "install TensorRT from NVIDIA's package index on the GPU server "
+    "(pip install tensorrt --extra-index-url https://pypi.nvidia.com) and cuda-python (pip install cuda-python)"
+)
+
+
+def _cudart():
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
+        except ImportError as e:
+            raise BackendUnavailable(f"trt backend: cuda-python is not installed; {INSTALL_TRT}") from e
+    return cudart
+
+
+def _tensorrt():
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise BackendUnavailable(f"trt backend: the tensorrt package is not installed; {INSTALL_TRT}") from e
+    return tensorrt
+
+
+def trt_available() -> bool:
+    """A CUDA device and an importable TensorRT (checked in that order)."""
+    if cuda_device_count() == 0:
+        return False
+    try:
+        _cudart()
+        _tensorrt()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+class _Buffer:
+    """A device buffer and its page-locked host mirror, grown on demand."""
+
+    def __init__(self, cudart: Any) -> None:
+        self.cudart = cudart
+        self.capacity = 0
+        self.device = 0
+        self.host = 0
+        self.view: np.ndarray | None = None
+
+    def ensure(self, nbytes: int) -> None:
+        if nbytes <= self.capacity:
+            return
+        self.free()
+        self.device = _check(self.cudart, self.cudart.cudaMalloc(nbytes), "cudaMalloc")
+        self.host = _check(self.cudart, self.cudart.cudaMallocHost(nbytes), "cudaMallocHost")
+        self.view = np.frombuffer((ctypes.c_uint8 * nbytes).from_address(int(self.host)), dtype=np.uint8)
+        self.capacity = nbytes
+
+    def free(self) -> None:
+        if self.capacity:
+            self.view = None
+            self.cudart.cudaFree(self.device)
+            self.cudart.cudaFreeHost(self.host)
+            self.capacity = 0
+
+
+def _check(cudart: Any, result: Any, what: str) -> Any:
+    err = result[0] if isinstance(result, tuple) else result
+    if err != cudart.cudaError_t.cudaSuccess:
+        msg = cudart.cudaGetErrorString(err)[1]
+        raise BackendError(f"trt: {what} failed: {msg.decode() if isinstance(msg, bytes) else msg}")
+    if isinstance(result, tuple) and len(result) > 1:
+        return result[1]
+    return None
+
+
+class TrtRunner(Runner):
+    name = "trt"
+
+    def __init__(self, model: str | os.PathLike[str], *, device: str | None = None) -> None:
+        super().__init__()
+        self.model = Path(model)
+        self.device = device or "cuda:0"
+        self.meta: dict[str, Any] = {}
+        self._profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+        self._trt: Any = None
+        self._cudart: Any = None
+        self._engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self._buffers: dict[str, _Buffer] = {}
+        self._dtypes: dict[str, np.dtype] = {}
+        self._gpu = ""
+
+    def _activate(self) -> None:
+        if self.model.suffix.lower() not in PLAN_SUFFIXES:
+            raise BackendError(f"trt backend: expected a TensorRT engine (.plan), found {self.model.name}")
+        kind, index = parse_device(self.device)
+        if kind != "cuda":
+            raise BackendError(f"trt backend runs on a GPU: expected --device cuda[:K], found {self.device!r}")
+        self.meta = contract.read_sidecar(self.model)
+        check_sidecar_io(self.meta, self.model)
+        n = cuda_device_count()
+        if n == 0:
+            raise BackendUnavailable(
+                "trt backend: no CUDA device here (the NVIDIA driver reports none); use --backend ort or torch"
+            )
+        if index >= n:
+            raise BackendUnavailable(f"trt backend: --device cuda:{index}, but only {n} CUDA device(s) are visible")
+        cudart = self._cudart = _cudart()
+        trt = self._trt = _tensorrt()
+        _check(cudart, cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(self.model.read_bytes())
+        if engine is None:
+            raise ArtifactError(
+                f"{self.model}: TensorRT {trt.__version__} cannot deserialize this engine (sidecar: TensorRT "
+                f"{self.meta.get('tensorrt_version', self.meta.get('tensorrt', '?'))}, GPU {self.meta.get('gpu', '?')}); "
+                f"engines are tied to a TensorRT version and GPU: rebuild it here with build-engine"
+            )
+        self._engine = engine
+        self._check_io(trt, engine)
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise BackendError(f"{self.model}: TensorRT could not create an execution context (GPU memory?)")
+        self._stream = _check(cudart, cudart.cudaStreamCreate(), "cudaStreamCreate")
+        props = cudart.cudaGetDeviceProperties(index)
+        if props[0] == cudart.cudaError_t.cudaSuccess:
+            name = props[1].name
+            self._gpu = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00")
+
+    def _check_io(self, trt: Any, engine: Any) -> None:
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        ins = [t for t in names if engine.get_tensor_mode(t) == trt.TensorIOMode.INPUT]
+        outs = [t for t in names if engine.get_tensor_mode(t) == trt.TensorIOMode.OUTPUT]
+        if ins != [contract.INPUT_NAME]:
+            raise BackendError(f"{self.model}: engine inputs: expected ['gray'], found {ins}")
+        missing = {contract.OUTPUT_RGB, contract.OUTPUT_UV} - set(outs)
+        if missing:
+            raise BackendError(f"{self.model}: engine outputs: expected 'rgb' and 'uv', found {outs}")
+        self._dtypes = {t: np.dtype(trt.nptype(engine.get_tensor_dtype(t))) for t in names}
+        allowed = {contract.INPUT_NAME: ("uint8",), contract.OUTPUT_RGB: ("uint8",), contract.OUTPUT_UV: ("float32", "float16")}
+        for t, ok in allowed.items():
+            if self._dtypes[t].name not in ok:
+                raise BackendError(f"{self.model}: tensor {t!r}: expected {' or '.join(ok)}, found {self._dtypes[t].name}")
+        shapes = engine.get_tensor_profile_shape(contract.INPUT_NAME, 0)
+        self._profile = tuple(tuple(int(d) for d in s) for s in shapes)  # type: ignore[assignment]
+
+    def _deactivate(self) -> None:
+        cudart = self._cudart
+        if self._stream is not None and cudart is not None:
+            cudart.cudaStreamSynchronize(self._stream)
+        for buf in self._buffers.values():
+            buf.free()
+        self._buffers.clear()
+        if self._stream is not None and cudart is not None:
+            cudart.cudaStreamDestroy(self._stream)
+        self._stream = None
+        self._context = None
+        self._engine = None
+
+    @property
+    def on_gpu(self) -> bool:
+        return True
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._profile[2][0] if self._profile else None
+
+    def _check_shape(self, shape: tuple[int, ...]) -> None:
+        if self._profile is None:
+            return
+        lo, _, hi = self._profile
+        for axis, what in ((2, "height"), (3, "width")):
+            if not lo[axis] <= shape[axis] <= hi[axis]:
+                raise BackendError(
+                    f"{self.model}: {what} {shape[axis]} is outside the engine's profile "
+                    f"({lo[axis]}..{hi[axis]}); use --size within it or rebuild the engine"
+                )
+
+    def _infer(self, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        self._check_shape(gray.shape)
+        limit = self.max_batch or gray.shape[0]
+        if gray.shape[0] > limit:  # split a batch larger than the profile allows
+            parts = [self._run(gray[i : i + limit], outputs) for i in range(0, gray.shape[0], limit)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._run(gray, outputs)
+
+    def _run(self, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        cudart, ctx, stream = self._cudart, self._context, self._stream
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        wanted = outputs
+        if not ctx.set_input_shape(contract.INPUT_NAME, tuple(gray.shape)):
+            raise BackendError(f"trt: input shape {gray.shape} rejected by the engine's profile {self._profile}")
+        src = self._buffer(contract.INPUT_NAME, gray.nbytes)
+        src.view[: gray.nbytes] = gray.reshape(-1).view(np.uint8)
+        _check(cudart, cudart.cudaMemcpyAsync(src.device, src.host, gray.nbytes, h2d, stream), "cudaMemcpyAsync H2D")
+        ctx.set_tensor_address(contract.INPUT_NAME, int(src.device))
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in (contract.OUTPUT_RGB, contract.OUTPUT_UV):  # every output needs an address
+            shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
+            shapes[name] = shape
+            buf = self._buffer(name, int(np.prod(shape)) * self._dtypes[name].itemsize)
+            ctx.set_tensor_address(name, int(buf.device))
+        if not ctx.execute_async_v3(int(stream)):
+            raise BackendError(f"trt: execute_async_v3 failed on a batch {gray.shape}")
+        for name in wanted:
+            buf = self._buffers[name]
+            nbytes = int(np.prod(shapes[name])) * self._dtypes[name].itemsize
+            _check(cudart, cudart.cudaMemcpyAsync(buf.host, buf.device, nbytes, d2h, stream), "cudaMemcpyAsync D2H")
+        _check(cudart, cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        result = {}
+        for name in wanted:
+            nbytes = int(np.prod(shapes[name])) * self._dtypes[name].itemsize
+            arr = self._buffers[name].view[:nbytes].view(self._dtypes[name]).reshape(shapes[name])
+            result[name] = arr.astype(np.float32) if name == contract.OUTPUT_UV else arr.copy()  # own the data
+        return result
+
+    def _buffer(self, name: str, nbytes: int) -> _Buffer:
+        buf = self._buffers.get(name)
+        if buf is None:
+            buf = self._buffers[name] = _Buffer(self._cudart)
+        buf.ensure(max(1, nbytes))
+        return buf
+
+    def describe(self) -> str:
+        gpu = f", {self._gpu}" if self._gpu else ""
+        version = getattr(self._trt, "__version__", "?")
+        return f"trt (TensorRT {version}, {self.device}{gpu}) {self.model}"

@@ -1,0 +1,292 @@
+"""Image I/O for the engine: decode to luma (+ alpha), fit to the model size, compose, encode, write.
+
+Decoding uses Pillow for every format (JPEG, PNG, WebP, BMP, TIFF, GIF, PNM):
+it raises on truncated files instead of returning half-grey images, it reads
+the EXIF orientation of every format (``ImageOps.exif_transpose``), and it
+prints nothing on stderr. Colour inputs are grayed with the colour spec's luma
+(``engine.color.rgb_u8_to_luma_u8``), exactly as the trainer grays photos.
+Gray inputs (8- or 16-bit) are used as they are.
+
+Large images are processed in horizontal strips (graying, chroma upscaling and
+composition), so the float temporaries stay a few MB whatever the photo size.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine import color
+from engine.errors import ColorizerError
+from engine.tree import temp_name
+
+log = logging.getLogger(__name__)
+
+# We check --max-pixels ourselves right after reading the header; Pillow's own
+# warning between its limit and twice its limit would only be noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+STRIP_PIXELS = 1 << 20  # pixels per strip in the float stages (~12 MB of float32 temporaries)
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+class ImageError(ColorizerError):
+    """One file cannot be read or written; the run reports it and goes on."""
+
+
+@dataclass
+class Decoded:
+    luma: np.ndarray  # uint8 (H, W), colour-spec Y, orientation applied
+    alpha: np.ndarray | None  # uint8 (H, W) or None
+    exif: bytes | None  # EXIF to carry to the output (orientation tag removed), or None
+    source: str  # "JPEG L", "PNG RGBA", ... for logs
+
+
+def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Decoded:
+    """Decode a file to luma and alpha. Raises ``ImageError`` with a reason fit for ``path: reason``."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise ImageError(f"cannot read ({e.strerror or e})") from e
+    if size == 0:
+        raise ImageError("empty file (0 bytes)")
+    if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # never lower Pillow's own guard, only make room for ours
+    try:
+        with Image.open(path) as im:
+            return _decode(im, max_pixels)
+    except ImageError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageError("not an image (unrecognised content)") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"too large ({e})") from e
+    except MemoryError as e:
+        raise ImageError("too large to decode in the available memory") from e
+    except OSError as e:
+        raise ImageError(f"cannot decode ({e.strerror or e})") from e
+    # Decoders of untrusted files raise many types (SyntaxError for broken PNG chunks,
+    # struct.error, ValueError, EOFError...); any of them means "this file is broken".
+    except Exception as e:  # noqa: BLE001
+        raise ImageError(f"cannot decode ({type(e).__name__}: {e})") from e
+
+
+def _decode(im: Image.Image, max_pixels: int | None) -> Decoded:
+    w, h = im.size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageError(f"too large: {w}x{h} = {w * h / 1e6:.1f} MP, limit is {max_pixels / 1e6:g} MP (--max-pixels)")
+    if w < 1 or h < 1:
+        raise ImageError(f"empty image ({w}x{h})")
+    source = f"{im.format} {im.mode}"
+    exif = _exif_without_orientation(im)
+    im.load()
+    im = ImageOps.exif_transpose(im) or im
+    mode = im.mode
+    alpha = None
+    if mode == "1":
+        im, mode = im.convert("L"), "L"
+    elif mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+        mode = im.mode
+    elif mode in ("La",):
+        im, mode = im.convert("LA"), "LA"
+    elif mode in ("RGBa",):
+        im, mode = im.convert("RGBA"), "RGBA"
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        im, mode = im.convert("RGB"), "RGB"
+
+    if mode == "L":
+        luma = np.array(im, dtype=np.uint8)
+    elif mode == "LA":
+        la = np.asarray(im)
+        luma, alpha = np.ascontiguousarray(la[..., 0]), np.ascontiguousarray(la[..., 1])
+    elif mode in ("RGB", "RGBA"):
+        arr = np.asarray(im)
+        luma = luma_from_rgb(arr[..., :3])
+        if mode == "RGBA":
+            alpha = np.ascontiguousarray(arr[..., 3])
+    elif mode in _SIXTEEN_BIT:
+        luma = _u16_to_u8(np.asarray(im))
+    elif mode == "F":
+        luma = color.to_u8(np.asarray(im, dtype=np.float32))
+    else:
+        raise ImageError(f"unsupported pixel mode {mode!r} ({source}); expected gray, gray+alpha, palette, RGB(A) or CMYK")
+    return Decoded(luma=luma, alpha=alpha, exif=exif, source=source)
+
+
+def _u16_to_u8(a: np.ndarray) -> np.ndarray:
+    """16-bit gray (0..65535) -> uint8, rounded."""
+    a = np.clip(a.astype(np.float32), 0, 65535)
+    return color.to_u8(a * np.float32(1.0 / 65535.0))
+
+
+def _exif_without_orientation(im: Image.Image) -> bytes | None:
+    """The file's EXIF with the orientation tag removed (we apply it), or None."""
+    try:
+        exif = im.getexif()
+        if not exif:
+            return None
+        exif.pop(0x0112, None)
+        return exif.tobytes() if len(exif) else None
+    except Exception:  # noqa: BLE001 - malformed EXIF only costs the metadata, never the photo
+        return None
+
+
+def luma_from_rgb(rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB ``(H, W, 3)`` -> colour-spec luma ``(H, W)`` uint8, computed in strips."""
+    h, w = rgb.shape[:2]
+    out = np.empty((h, w), dtype=np.uint8)
+    rows = max(1, STRIP_PIXELS // max(1, w))
+    for r in range(0, h, rows):
+        out[r : r + rows] = color.rgb_u8_to_luma_u8(rgb[r : r + rows])
+    return out
+
+
+def to_luma(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """An in-memory array -> (luma uint8, alpha or None). Gray (H,W)/(H,W,1), gray+alpha, RGB or RGBA; uint8 or uint16."""
+    a = np.asarray(image)
+    if a.dtype == np.uint16:
+        scale = _u16_to_u8
+    elif a.dtype == np.uint8:
+        scale = np.asarray
+    else:
+        raise ImageError(f"image array: expected dtype uint8 or uint16, found {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        return np.ascontiguousarray(scale(a)), None
+    if a.ndim != 3 or a.shape[2] not in (2, 3, 4):
+        raise ImageError(f"image array: expected (H, W), (H, W, 2), (H, W, 3) or (H, W, 4), found {a.shape}")
+    if a.shape[2] == 2:
+        return np.ascontiguousarray(scale(a[..., 0])), np.ascontiguousarray(scale(a[..., 1]))
+    luma = luma_from_rgb(a[..., :3]) if a.dtype == np.uint8 else _luma16(a[..., :3])
+    alpha = np.ascontiguousarray(scale(a[..., 3])) if a.shape[2] == 4 else None
+    return luma, alpha
+
+
+def _luma16(rgb16: np.ndarray) -> np.ndarray:
+    y = color.rgb_to_yuv(rgb16.astype(np.float32) / np.float32(65535.0))[..., 0]
+    return color.to_u8(y)
+
+
+# ----------------------------------------------------------------------------- model input
+
+
+def fit(luma: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Scale so the long side is ``size`` (aspect kept), pad to ``size x size`` by reflection.
+
+    Returns the padded uint8 ``(size, size)`` and the ``(h, w)`` of the content (top-left).
+    """
+    h, w = luma.shape
+    scale = size / max(h, w)
+    ch, cw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
+    if (ch, cw) != (h, w):
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        small = cv2.resize(luma, (cw, ch), interpolation=interp)
+    else:
+        small = luma
+    if (ch, cw) == (size, size):
+        return np.ascontiguousarray(small), (ch, cw)
+    border = cv2.BORDER_REFLECT_101 if ch > 1 and cw > 1 else cv2.BORDER_REPLICATE
+    padded = cv2.copyMakeBorder(small, 0, size - ch, 0, size - cw, border)
+    return padded, (ch, cw)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def compose(luma: np.ndarray, uv: np.ndarray, *, saturation: float = 1.0, alpha: np.ndarray | None = None) -> np.ndarray:
+    """Full-resolution RGB(A) from the photo's own luma and the model's chroma.
+
+    ``uv``: float32 ``(2, h, w)`` at model resolution, padding already cropped.
+    The chroma is upscaled bilinearly (cv2.resize semantics, half-pixel centres)
+    to the luma's size and joined to it with ``engine.color.compose_u8``.
+    """
+    H, W = luma.shape
+    _, h, w = uv.shape
+    # Horizontal pass once (small: h rows), vertical pass per strip of output rows.
+    small = np.ascontiguousarray(np.moveaxis(uv.astype(np.float32, copy=False), 0, -1))
+    if saturation != 1.0:
+        small = small * np.float32(saturation)
+    wide = cv2.resize(small, (W, h), interpolation=cv2.INTER_LINEAR) if w != W else small
+    channels = 3 if alpha is None else 4
+    out = np.empty((H, W, channels), dtype=np.uint8)
+    rows = max(1, STRIP_PIXELS // max(1, W))
+    for r0 in range(0, H, rows):
+        r1 = min(H, r0 + rows)
+        uv_strip = _vertical_linear(wide, r0, r1, H)
+        out[r0:r1, :, :3] = color.compose_u8(luma[r0:r1], uv_strip)
+    if alpha is not None:
+        out[..., 3] = alpha
+    return out
+
+
+def _vertical_linear(src: np.ndarray, r0: int, r1: int, out_h: int) -> np.ndarray:
+    """Rows ``r0:r1`` of a bilinear resize of ``src`` (h, W, C) to ``out_h`` rows (half-pixel centres)."""
+    h = src.shape[0]
+    if h == out_h:
+        return src[r0:r1]
+    y = (np.arange(r0, r1, dtype=np.float64) + 0.5) * (h / out_h) - 0.5
+    y = np.clip(y, 0.0, h - 1)
+    y0 = np.floor(y).astype(np.intp)
+    y1 = np.minimum(y0 + 1, h - 1)
+    t = (y - y0).astype(np.float32)[:, None, None]
+    a = src[y0]
+    return a + (src[y1] - a) * t
+
+
+def encode(image: np.ndarray, fmt: str, *, quality: int = 95, exif: bytes | None = None) -> bytes:
+    """uint8 RGB or RGBA ``(H, W, 3|4)`` -> file bytes in ``fmt`` (JPEG, PNG, WEBP, BMP, TIFF)."""
+    if fmt == "JPEG":
+        if image.shape[2] == 4:
+            image = image[..., :3]
+        buf = io.BytesIO()
+        kw = {"exif": exif} if exif else {}
+        Image.fromarray(np.ascontiguousarray(image)).save(buf, "JPEG", quality=int(quality), **kw)
+        return buf.getvalue()
+    if fmt in ("PNG", "BMP"):
+        code = cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR
+        ok, data = cv2.imencode(".png" if fmt == "PNG" else ".bmp", cv2.cvtColor(image, code))
+        if not ok:
+            raise ImageError(f"cannot encode {fmt} ({image.shape})")
+        return data.tobytes()
+    buf = io.BytesIO()
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    if fmt == "WEBP":
+        kw = {"exif": exif} if exif else {}
+        pil.save(buf, "WEBP", quality=int(quality), method=2, **kw)
+    elif fmt == "TIFF":
+        pil.save(buf, "TIFF", compression="tiff_lzw")
+    else:
+        raise ImageError(f"output format: expected JPEG, PNG, WEBP, BMP or TIFF, found {fmt!r}")
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to ``.NAME.tmp-PID`` beside ``path``, fsync, rename: a kill leaves no partial output."""
+    tmp = path.with_name(temp_name(path.name))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ImageError(f"cannot write {path} ({e.strerror or e})") from e
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.debug("%s: could not remove temp file", tmp)

@@ -1,0 +1,314 @@
+"""The folder pipeline: walk -> read (decode, luma, fit) -> batch + infer -> compose + encode + write.
+
+    walker thread ──tasks──► reader threads ──items──► inference (caller's thread) ──► writer threads
+         │ (skips)                │ (failures)                                            │ (done, failures)
+         └──────────────────────────────── events ──► caller's thread: logging, progress, summary
+
+Every queue is bounded, so at most a few batches of photos are in memory
+whatever the size of the folder. The inference thread never decodes or
+encodes: on a GPU it only waits for the device while readers and writers keep
+the CPU cores busy. Per-file problems become events (``path: reason``), never
+exceptions; only a failing backend (or Ctrl-C) stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine import contract, images, tree
+from engine.backends.base import Runner
+from engine.errors import ColorizerError
+
+log = logging.getLogger(__name__)
+
+MAX_FAILURES_KEPT = 10_000
+_DONE = object()
+
+
+@dataclass
+class Progress:
+    """What the progress callback sees after every event (called in the caller's thread)."""
+
+    event: str  # "total", "colorized", "skipped", "failed"
+    path: str | None
+    colorized: int
+    skipped: int
+    failed: int
+    total: int | None  # files in this run (this shard); None until counted
+    elapsed: float
+
+    @property
+    def done(self) -> int:
+        return self.colorized + self.skipped + self.failed
+
+
+@dataclass
+class RunSummary:
+    colorized: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    backend: str = ""
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first 10,000
+
+    @property
+    def images_per_second(self) -> float:
+        return self.colorized / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def line(self) -> str:
+        return (
+            f"{self.colorized} colorized, {self.skipped} skipped, {self.failed} failed "
+            f"in {self.seconds:.1f} s ({self.images_per_second:.2f} img/s)"
+        )
+
+
+@dataclass
+class _Item:
+    task: tree.Task
+    decoded: images.Decoded
+    model_input: np.ndarray  # uint8 (size, size)
+    crop: tuple[int, int]
+
+
+@dataclass
+class Settings:
+    size: int = 256
+    batch_size: int = 8
+    saturation: float = 1.0
+    max_pixels: int | None = 100_000_000
+    jpeg_quality: int = 95
+    readers: int = 1
+    writers: int = 1
+
+
+def default_io_threads(on_gpu: bool) -> tuple[int, int]:
+    """(readers, writers). On a GPU the CPU does only I/O; on a CPU the model takes the cores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not on_gpu:
+        return 1, max(1, min(2, cpus // 2))
+    readers = max(1, min(8, cpus // 3))
+    return readers, max(1, min(16, cpus - readers - 1))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> object:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return q.get(timeout=0.2)
+        except queue.Empty:
+            continue
+
+
+def run(
+    runner: Runner,
+    src: Path,
+    dst: Path,
+    settings: Settings,
+    *,
+    overwrite: bool = False,
+    shard: tree.Shard | None = None,
+    fail_list: Path | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
+    """Colorize every image under ``src`` into ``dst``; folders already checked by the caller."""
+    s = settings
+    stop = threading.Event()
+    tasks: queue.Queue = queue.Queue(maxsize=2 * s.readers)
+    ready: queue.Queue = queue.Queue(maxsize=2 * s.batch_size)
+    to_write: queue.Queue = queue.Queue(maxsize=max(2 * s.writers, s.batch_size))
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    summary = RunSummary(backend=runner.describe())
+    state = {"total": None}
+    t0 = time.perf_counter()
+    fail_file = open(fail_list, "w", encoding="utf-8") if fail_list is not None else None  # noqa: SIM115
+    notes: set[str] = set()  # notes already logged (caller's thread)
+    png_exts: set[str] = set()  # extensions already announced as written to PNG (walker thread)
+
+    def walker() -> None:
+        try:
+            for task in tree.walk(src, dst, shard=shard, overwrite=overwrite):
+                if task.skip:
+                    events.put(("skipped", task, None))
+                    continue
+                ext = task.src.suffix.lower()
+                if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
+                    png_exts.add(ext)
+                    events.put(("note", task, f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})"))
+                _put(tasks, task, stop)
+        except _Stop:
+            return
+        finally:
+            for _ in range(s.readers):
+                try:
+                    _put(tasks, _DONE, stop)
+                except _Stop:
+                    break
+
+    def counter() -> None:
+        events.put(("total", None, tree.count(src, shard)))
+
+    def reader() -> None:
+        try:
+            while True:
+                task = _get(tasks, stop)
+                if task is _DONE:
+                    break
+                try:
+                    decoded = images.read_image(task.src, max_pixels=s.max_pixels)
+                    x, crop = images.fit(decoded.luma, s.size)
+                except ColorizerError as e:
+                    events.put(("failed", task, str(e)))
+                    continue
+                except Exception as e:  # noqa: BLE001 - one odd file must not end a run over millions
+                    log.debug("%s: internal error while reading", task.src, exc_info=True)
+                    events.put(("failed", task, f"internal error while reading ({type(e).__name__}: {e})"))
+                    continue
+                _put(ready, _Item(task, decoded, x, crop), stop)
+        except _Stop:
+            return
+        finally:
+            try:
+                _put(ready, _DONE, stop)
+            except _Stop:
+                pass
+
+    def writer() -> None:
+        try:
+            while True:
+                job = _get(to_write, stop)
+                if job is _DONE:
+                    break
+                item, uv = job
+                try:
+                    d = item.decoded
+                    out = images.compose(d.luma, uv, saturation=s.saturation, alpha=d.alpha)
+                    if item.task.fmt == "JPEG" and d.alpha is not None:
+                        events.put(("note", item.task, "JPEG cannot hold alpha: alpha dropped"))
+                    data = images.encode(out, item.task.fmt, quality=s.jpeg_quality, exif=d.exif)
+                    item.task.dst.parent.mkdir(parents=True, exist_ok=True)
+                    images.write_atomic(item.task.dst, data)
+                except (ColorizerError, OSError) as e:
+                    events.put(("failed", item.task, str(e)))
+                    continue
+                except Exception as e:  # noqa: BLE001 - as in reader()
+                    log.debug("%s: internal error while writing", item.task.src, exc_info=True)
+                    events.put(("failed", item.task, f"internal error while writing ({type(e).__name__}: {e})"))
+                    continue
+                events.put(("colorized", item.task, None))
+        except _Stop:
+            return
+
+    def drain() -> None:
+        while True:
+            try:
+                kind, task, info = events.get_nowait()
+            except queue.Empty:
+                return
+            path = str(task.src) if task is not None else None
+            if kind == "total":
+                state["total"] = info
+            elif kind == "note":
+                if info not in notes:  # once per kind of note, not once per file
+                    notes.add(info)
+                    log.info("%s", info)
+                continue
+            elif kind == "skipped":
+                summary.skipped += 1
+            elif kind == "colorized":
+                summary.colorized += 1
+            elif kind == "failed":
+                summary.failed += 1
+                log.warning("%s: %s", path, info)
+                if len(summary.failures) < MAX_FAILURES_KEPT:
+                    summary.failures.append((path, info))
+                if fail_file is not None:
+                    fail_file.write(f"{path}\n")
+                    fail_file.flush()
+            if progress is not None:
+                progress(
+                    Progress(kind, path, summary.colorized, summary.skipped, summary.failed, state["total"],
+                             time.perf_counter() - t0)
+                )
+
+    threads = [threading.Thread(target=walker, name="walker", daemon=True)]
+    threads += [threading.Thread(target=reader, name=f"reader-{i}", daemon=True) for i in range(s.readers)]
+    writers = [threading.Thread(target=writer, name=f"writer-{i}", daemon=True) for i in range(s.writers)]
+    threading.Thread(target=counter, name="counter", daemon=True).start()
+    for t in threads + writers:
+        t.start()
+    try:
+        _infer_loop(runner, ready, to_write, s, stop, drain)
+        for _ in writers:
+            _put(to_write, _DONE, stop)
+        for t in writers:
+            while t.is_alive():
+                t.join(timeout=0.1)
+                drain()
+        drain()
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        stop.set()
+        for t in threads + writers:
+            t.join(timeout=5)
+        if fail_file is not None:
+            fail_file.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Settings,
+                stop: threading.Event, drain: Callable[[], None]) -> None:
+    """Batch items from the readers, run the model, hand each photo's chroma to the writers."""
+    readers_left = s.readers
+    batch: list[_Item] = []
+    while readers_left or batch:
+        item = None
+        if readers_left:
+            try:
+                item = ready.get(timeout=0.05)
+            except queue.Empty:
+                drain()
+                continue
+        if item is _DONE:
+            readers_left -= 1
+        elif item is not None:
+            batch.append(item)
+        if batch and (len(batch) >= s.batch_size or not readers_left):
+            x = np.stack([it.model_input for it in batch])[:, None]
+            uv = runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]
+            for i, it in enumerate(batch):
+                h, w = it.crop
+                _put(to_write, (it, np.ascontiguousarray(uv[i, :, :h, :w])), stop)
+            batch = []
+            drain()
