@@ -1,0 +1,63 @@
+"""``TrainConfig``: every option of ``cli.py train``, validated before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from engine.errors import ColorizerError
+from train.losses import build_loss
+from train.model import ModelConfig
+
+# Settings a ``--resume`` must share with the checkpoint (plus the world size and the
+# fingerprints of the train and validation file lists, added by the trainer).
+RESUME_KEYS = ("width", "width_mult", "image_size", "batch_size", "steps", "lr", "warmup_steps", "loss",
+               "loss_options", "seed", "val_fraction", "world_size", "train_files", "val_files")
+
+
+class TrainConfigError(ColorizerError, ValueError):
+    """A training option is out of range."""
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    val: str | None = None
+    val_fraction: float | None = None  # default 0.1 when ``val`` is not given
+    width: str = "seed"
+    width_mult: float = 1.0
+    image_size: int = 128
+    batch_size: int = 16  # per process
+    steps: int = 2000
+    lr: float = 1e-3
+    warmup_steps: int | None = None  # default min(500, steps // 20)
+    loss: str = "huber"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    amp: bool = False
+    seed: int = 0
+    workers: int = 2
+    log_every: int = 50
+    val_every: int = 500
+    val_limit: int = 500
+    device: str = "auto"
+    cache: str | None = None
+    stop_at_step: int | None = None  # stop early (with a checkpoint) at this step; tests, preemptible jobs
+
+    def resolved(self) -> "TrainConfig":
+        for name in ("image_size", "batch_size", "steps", "log_every", "val_every", "val_limit"):
+            if getattr(self, name) < 1:
+                raise TrainConfigError(f"--{name.replace('_', '-')}: expected >= 1, found {getattr(self, name)}")
+        if not self.lr > 0:
+            raise TrainConfigError(f"--lr: expected > 0, found {self.lr}")
+        if self.val is not None and self.val_fraction is not None:
+            raise TrainConfigError("--val and --val-fraction exclude each other")
+        ModelConfig(self.width, self.width_mult).widths  # noqa: B018 - raises ModelConfigError early
+        build_loss(self.loss, self.loss_options)  # unknown loss or bad options: fail before any decoding
+        c = TrainConfig(**asdict(self))
+        c.val_fraction = None if c.val is not None else (0.1 if c.val_fraction is None else c.val_fraction)
+        c.warmup_steps = min(500, c.steps // 20) if c.warmup_steps is None else c.warmup_steps
+        if c.warmup_steps < 0:
+            raise TrainConfigError(f"--warmup-steps: expected >= 0, found {c.warmup_steps}")
+        return c
