@@ -91,6 +91,48 @@ def colour_nodes(model: Any) -> dict[str, list[str]]:
     }
 
 
+_SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+HEAD_SCOPE = "model.head"  # ColorizeGraph.model.head: the UV head module
+
+
+def head_nodes(model: Any) -> list[str]:
+    """Names of the nodes of the model's UV head (its last conv, tanh/softmax, scaling).
+
+    Read from the module scopes the dynamo exporter records on each node
+    (``pkg.torch.onnx.name_scopes``). Without that metadata, falls back to the
+    structure: the nodes between output ``uv`` and the nearest body op above it.
+    INT8 keeps these in float, so ``uv`` is not squeezed through 8 bits at the end.
+    """
+    graph = model.graph
+    scoped = [(n, _scopes(n)) for n in graph.node]
+    if any(sc for _, sc in scoped):
+        return [n.name for n, sc in scoped if HEAD_SCOPE in sc]
+    prod = _producers(graph)
+    seen: list[Any] = []
+    stack = [OUTPUT_UV]
+    while stack:
+        node = prod.get(stack.pop())
+        if node is None or any(node is s for s in seen):
+            continue
+        seen.append(node)
+        if node.op_type not in _BODY_OPS:
+            stack.extend(i for i in node.input if i)
+    return [n.name for n in seen]
+
+
+def _scopes(node: Any) -> list[str]:
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == _SCOPE_KEY:
+            try:
+                value = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return []
+            return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+    return []
+
+
 def convert_to_fp16(model: Any) -> tuple[Any, dict[str, Any]]:
     """FP32 ``onnx.ModelProto`` -> (FP16 model, info for the sidecar). Colour nodes stay FP32."""
     from onnxconverter_common import float16

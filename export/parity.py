@@ -58,7 +58,7 @@ def torch_reference(graph: Any, gray: np.ndarray) -> tuple[np.ndarray, np.ndarra
     import torch
 
     with torch.inference_mode():
-        rgb, uv = graph(torch.from_numpy(np.ascontiguousarray(gray)))
+        rgb, uv = graph(torch.from_numpy(np.array(gray, copy=True)))
     return rgb.numpy(), uv.numpy()
 
 

@@ -45,12 +45,14 @@ def export_checkpoint(
     calib_dir: str | os.PathLike[str] | None = None,
     temperature: float | None = None,
     tolerance: dict[str, Any] | None = None,
+    reduce_range: bool | None = None,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` (.onnx) and write ``out``'s sidecar; returns the sidecar dict.
 
     ``tolerance`` overrides ``export.parity.TOLERANCES[precision]`` (tests use it to
     force a failure). ``temperature`` sets the annealed-mean temperature of a
-    classification head (refused for heads without one).
+    classification head (refused for heads without one). ``reduce_range``
+    (int8 only) overrides the choice made from the CPU's VNNI flag.
     """
     if precision not in PRECISIONS:
         raise ExportError(f"precision: expected one of {list(PRECISIONS)}, found {precision!r}")
@@ -72,7 +74,7 @@ def export_checkpoint(
         with tempfile.TemporaryDirectory(prefix="colorizer-export-") as work:
             fp32_path = Path(work) / "fp32.onnx"
             model = _trace(graph, opset, fp32_path)
-            nodes = colour_nodes(model)
+            colour_nodes(model)  # fails early if the graph lacks the contract's outputs
             if precision == "fp16":
                 import onnx
 
@@ -81,7 +83,7 @@ def export_checkpoint(
             elif precision == "int8":
                 from export import quantize
 
-                info = quantize.quantize_int8(fp32_path, tmp, calib_images, nodes["pre"] + nodes["post"])
+                info = quantize.quantize_int8(fp32_path, tmp, calib_images, reduce_range=reduce_range)
             else:
                 os.replace(fp32_path, tmp)
                 info = {}

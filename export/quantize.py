@@ -1,0 +1,240 @@
+"""INT8 for CPUs: static QDQ quantization with ONNX Runtime, calibrated on real photos, quality-gated.
+
+* Calibration data: the images of a folder (``--calib``, default ``samples/``),
+  grayed with the colour spec's luma (``engine.color.rgb_u8_to_luma_u8``), short
+  side resized to ``CALIB_SIZE`` and centre-cropped square.
+* Hold-out: every third image (index 2, 5, ...) is NOT used for calibration but
+  for the quality gate. Folders with fewer than 3 images calibrate on all of
+  them and are judged on generated 1/f-spectrum images (natural-image statistics).
+* Quantization: ``quantize_static`` in QDQ format, per-channel symmetric int8
+  weights, uint8 activations, MinMax calibration. The colour pre/post nodes
+  (``export.fp16.colour_nodes``) are excluded, so uint8 I/O and the YUV -> RGB
+  math stay exact FP32; only the network body is quantized.
+* ``reduce_range`` (7-bit weights) is on unless the CPU has VNNI
+  (``avx512_vnni`` / ``avx_vnni`` in /proc/cpuinfo): without VNNI, AVX2's
+  u8*s8 multiply-add saturates 16-bit intermediates and 8-bit weights give broken
+  outputs. A file quantized without it must only run on VNNI CPUs; the choice is
+  recorded in the sidecar.
+* Gate: mean PSNR of INT8 vs FP32 ``rgb`` on the held-out images must reach
+  ``export.parity.TOLERANCES["int8"]["psnr_floor_db"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import color
+from engine.contract import INPUT_NAME
+from export.fp16 import ExportError, colour_nodes, head_nodes
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+CALIB_SIZE = 224
+HOLDOUT_EVERY = 3  # every third image is held out from calibration when there are >= 3
+SYNTHETIC_COUNT = 4
+SYNTHETIC_SEED = 601
+PSNR_CAP_DB = 100.0  # identical outputs: JSON has no infinity
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursive, sorted). Raises ``ExportError`` when there are none."""
+    if not folder.is_dir():
+        raise ExportError(f"--calib: expected a folder of images, found no folder at {folder}")
+    from PIL import Image, UnidentifiedImageError
+
+    candidates = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = []
+    for path in candidates:
+        try:
+            with Image.open(path):  # reads the header only
+                images.append(path)
+        except (OSError, UnidentifiedImageError) as e:
+            log.warning("skipping %s: not a readable image (%s)", path, e)
+    if not images:
+        found = f"{len(candidates)} unreadable file(s)" if candidates else "none"
+        raise ExportError(f"--calib {folder}: expected image files ({', '.join(IMAGE_SUFFIXES)}), found {found}")
+    return images
+
+
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """True/False from the CPU flags; None when they cannot be read (not Linux)."""
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    if not flags:
+        return None
+    return bool({"avx512_vnni", "avx_vnni"} & flags)
+
+
+def load_gray(path: Path, size: int = CALIB_SIZE) -> np.ndarray:
+    """An image file -> uint8 (1, 1, size, size): colour-spec luma, short side resized, centre crop."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise ExportError(f"{path}: not a readable image ({e})") from e
+    gray = Image.fromarray(color.rgb_u8_to_luma_u8(rgb))
+    scale = size / min(gray.size)
+    w, h = max(size, round(gray.width * scale)), max(size, round(gray.height * scale))
+    gray = gray.resize((w, h), Image.Resampling.BILINEAR)
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(gray.crop((left, top, left + size, top + size)), dtype=np.uint8)[None, None]
+
+
+def synthetic_images(count: int = SYNTHETIC_COUNT, size: int = CALIB_SIZE, seed: int = SYNTHETIC_SEED) -> list[np.ndarray]:
+    """Gray images with a 1/f amplitude spectrum (like natural photos), uint8 (1, 1, size, size)."""
+    rng = np.random.default_rng(seed)
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    amp = 1.0 / np.maximum(np.hypot(fx, fy), 1.0 / size)
+    out = []
+    for _ in range(count):
+        phase = rng.uniform(0, 2 * np.pi, amp.shape)
+        img = np.fft.irfft2(amp * np.exp(1j * phase), s=(size, size))
+        img = (img - img.mean()) / (img.std() + 1e-12)
+        out.append(np.clip(128 + 45 * img, 0, 255).astype(np.uint8)[None, None])
+    return out
+
+
+class _Reader:
+    """``onnxruntime.quantization.CalibrationDataReader`` over preloaded uint8 batches."""
+
+    def __init__(self, batches: list[np.ndarray]) -> None:
+        self._batches = batches
+        self._it = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._it, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+    def rewind(self) -> None:
+        self._it = iter(self._batches)
+
+
+def split_images(images: list[Path]) -> tuple[list[Path], list[Path]]:
+    """(calibration, held-out): every ``HOLDOUT_EVERY``-th image held out when there are enough."""
+    if len(images) < HOLDOUT_EVERY:
+        return list(images), []
+    held = [p for i, p in enumerate(images) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
+    return [p for p in images if p not in held], held
+
+
+def quantize_int8(
+    fp32_path: Path,
+    out_path: Path,
+    images: list[Path],
+    *,
+    reduce_range: bool | None = None,
+) -> dict[str, Any]:
+    """Quantize the FP32 ONNX at ``fp32_path`` into ``out_path``; returns the sidecar's precision info.
+
+    ``reduce_range=None`` picks it from the CPU (on unless VNNI). The held-out
+    images (or synthetic ones) are returned in the info under ``"_eval"`` as arrays
+    for ``quality_check`` (removed before the sidecar is written).
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    vnni = cpu_has_vnni()
+    auto = reduce_range is None
+    if auto:
+        reduce_range = not vnni
+    calib_paths, held_paths = split_images(images)
+    calib = _load_all(calib_paths)
+    if held_paths:
+        held = _load_all(held_paths)
+        held_names = [p.name for p in held_paths]
+    else:
+        held = synthetic_images()
+        held_names = [f"synthetic-1/f-{i}" for i in range(len(held))]
+
+    with tempfile.TemporaryDirectory(prefix="colorizer-int8-") as work:
+        pre = Path(work) / "pre.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        except Exception as e:  # noqa: BLE001 - ORT's optimizer raises many types
+            raise ExportError(f"INT8 pre-processing failed ({type(e).__name__}: {e})") from e
+        pre_model = onnx.load(str(pre))
+        nodes = {**colour_nodes(pre_model), "head": head_nodes(pre_model)}
+        exclude = nodes["pre"] + nodes["post"] + nodes["head"]
+        try:
+            quantize_static(
+                str(pre),
+                str(out_path),
+                _Reader(calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                reduce_range=reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+        except Exception as e:  # noqa: BLE001 - ORT's calibrator raises many types
+            raise ExportError(f"INT8 quantization failed ({type(e).__name__}: {e})") from e
+
+    log.info(
+        "int8: calibrated on %d image(s) at %dpx, reduce_range=%s (%s)",
+        len(calib),
+        CALIB_SIZE,
+        reduce_range,
+        "set by caller" if not auto else ("CPU has VNNI" if vnni else "CPU has no VNNI" if vnni is False else "CPU flags unknown"),
+    )
+    return {
+        "method": "onnxruntime.quantization.quantize_static",
+        "quant_format": "QDQ",
+        "weights": "int8 symmetric per-channel",
+        "activations": "uint8 asymmetric per-tensor",
+        "reduce_range": bool(reduce_range),
+        "reduce_range_reason": "caller" if not auto else ("cpu_vnni" if vnni else "no_vnni" if vnni is False else "unknown_cpu"),
+        "cpu_vnni": vnni,
+        "runs_on": "any x86-64 CPU" if reduce_range else "CPUs with VNNI only (avx512_vnni/avx_vnni)",
+        "calibration": {
+            "method": "MinMax",
+            "size": CALIB_SIZE,
+            "images": [p.name for p in calib_paths],
+            "held_out": held_names,
+            "preprocess": "colour-spec luma, short side resized, centre crop",
+        },
+        "fp32_nodes": nodes,
+        "_eval": held,
+        "_eval_names": held_names,
+    }
+
+
+def _load_all(paths: list[Path]) -> list[np.ndarray]:
+    return [load_gray(p) for p in paths]
+
+
+def quality_check(session: Any, graph: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """Mean PSNR of the INT8 session's ``rgb`` vs the FP32 torch graph's on the held-out images."""
+    from export.parity import ort_run, psnr_u8, torch_reference
+
+    held = info.pop("_eval")
+    names = info.pop("_eval_names")
+    per_image = []
+    for name, gray in zip(names, held):
+        rgb, _ = ort_run(session, gray)
+        ref, _ = torch_reference(graph, gray)
+        per_image.append({"image": name, "psnr_db": round(float(min(psnr_u8(rgb, ref), PSNR_CAP_DB)), 3)})
+    mean = float(np.mean([p["psnr_db"] for p in per_image]))
+    return {"psnr_db": round(mean, 3), "psnr_images": per_image, "psnr_size": CALIB_SIZE}

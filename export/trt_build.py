@@ -1,0 +1,358 @@
+"""ONNX -> TensorRT engine (``MODEL.plan`` + ``MODEL.plan.json``), for GPU servers.
+
+FP16 engines come from an FP16 ONNX graph (``export.fp16``; an FP32 export is
+converted first, colour nodes kept FP32) parsed into a strongly typed network:
+TensorRT 10 needs the ``STRONGLY_TYPED`` creation flag, TensorRT 11 makes every
+network strongly typed (the flag is deprecated and ignored, so it is not passed).
+One optimization profile covers batch and square spatial sizes of input ``gray``.
+
+Engine cache: if ``out`` exists and its sidecar's ``cache_key`` (source ONNX
+sha256, precision, profile, TensorRT version, GPU name and compute capability)
+matches, and the plan's sha256 matches, it is reused unless ``force``.
+
+Without a CUDA device or without ``tensorrt`` this raises ``BackendUnavailable``.
+The device count is read (cuda-python, else torch) BEFORE tensorrt is imported:
+its wheels can import on a GPU-less machine and then crash the process.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.contract import INPUT_NAME, OUTPUT_RGB, OUTPUT_UV, read_sidecar, sha256_file, sidecar_path, write_json_atomic
+from engine.errors import BackendUnavailable, ColorizerError
+from export.fp16 import ExportError
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install TensorRT on a GPU server: pip install tensorrt --extra-index-url https://pypi.nvidia.com "
+    "(see README, 'GPU servers')"
+)
+PRECISIONS = ("fp16", "fp32")
+DEFAULT_BATCH = (1, 8, 16)
+DEFAULT_SIZE = (64, 512, 1024)
+PLAN_KIND = "tensorrt-plan"
+
+
+def parse_range(text: str, name: str) -> tuple[int, int, int]:
+    """``"1:8:16"`` -> (1, 8, 16); a single ``"8"`` -> (8, 8, 8). Requires 1 <= min <= opt <= max."""
+    parts = str(text).split(":")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise ExportError(f"--{name}: expected MIN:OPT:MAX integers with 1 <= MIN <= OPT <= MAX, found {text!r}")
+    return values[0], values[1], values[2]
+
+
+def profile_shapes(batch: tuple[int, int, int], size: tuple[int, int, int]) -> dict[str, list[int]]:
+    return {k: [batch[i], 1, size[i], size[i]] for i, k in enumerate(("min", "opt", "max"))}
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def cuda_device_count() -> tuple[int, str]:
+    """(number of CUDA devices, how it was found). Never imports tensorrt."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        cudart = None
+    if cudart is not None:
+        err, count = cudart.cudaGetDeviceCount()
+        if err != cudart.cudaError_t.cudaSuccess:
+            return 0, f"cudaGetDeviceCount: {getattr(err, 'name', err)}"
+        return int(count), "cudaGetDeviceCount"
+    try:
+        import torch
+    except ImportError:
+        return 0, "neither cuda-python nor torch is installed to look for one"
+    try:
+        return (torch.cuda.device_count() if torch.cuda.is_available() else 0), "torch.cuda.device_count"
+    except RuntimeError as e:
+        return 0, f"torch.cuda: {e}"
+
+
+def require_gpu_stack() -> None:
+    """Raise ``BackendUnavailable`` (one line, with the fix) unless a CUDA device and tensorrt are present."""
+    count, how = cuda_device_count()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    missing = []
+    if count == 0:
+        missing.append(f"a CUDA device (found none; {how})")
+    if not has_trt:
+        missing.append("the tensorrt package (not installed)")
+    if missing:
+        raise BackendUnavailable(f"build-engine needs {' and '.join(missing)}; {INSTALL_HINT}")
+
+
+def gpu_info(device: int = 0) -> dict[str, Any]:
+    """Name and compute capability of a CUDA device (cuda-python, else torch)."""
+    try:
+        from cuda.bindings import runtime as cudart
+
+        err, prop = cudart.cudaGetDeviceProperties(device)
+        if err == cudart.cudaError_t.cudaSuccess:
+            name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+            return {"name": name.rstrip("\x00"), "compute_capability": f"{prop.major}.{prop.minor}"}
+    except ImportError:
+        pass
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return {"name": torch.cuda.get_device_name(device), "compute_capability": f"{major}.{minor}"}
+
+
+def _import_tensorrt() -> Any:
+    import tensorrt as trt
+
+    major = int(trt.__version__.split(".")[0])
+    if major < 10:
+        raise BackendUnavailable(f"build-engine needs TensorRT >= 10, found {trt.__version__}; {INSTALL_HINT}")
+    return trt
+
+
+def network_flags(trt: Any) -> int:
+    """Strongly typed network: an explicit flag on TensorRT 10, always on (flag deprecated) from 11."""
+    if int(trt.__version__.split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    precision: str = "fp16",
+    batch: tuple[int, int, int] = DEFAULT_BATCH,
+    size: tuple[int, int, int] = DEFAULT_SIZE,
+    workspace_gb: float = 4.0,
+    timing_cache: str | os.PathLike[str] | None = None,
+    force: bool = False,
+    verify: bool = True,
+) -> dict[str, Any]:
+    """Build (or reuse) a TensorRT engine for ``onnx_path``; returns the engine sidecar dict."""
+    onnx_path, out = Path(onnx_path), Path(out)
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision: expected one of {list(PRECISIONS)}, found {precision!r}")
+    if not workspace_gb > 0:
+        raise ExportError(f"--workspace-gb: expected > 0, found {workspace_gb}")
+    meta = read_sidecar(onnx_path)  # ArtifactError if missing or changed since export
+    src_precision = meta.get("precision")
+    if src_precision not in ("fp32", "fp16") or (precision == "fp32" and src_precision != "fp32"):
+        raise ExportError(
+            f"{onnx_path}: a {precision} engine needs an fp32{' or fp16' if precision == 'fp16' else ''} export, "
+            f"found {src_precision!r}; re-export with --precision fp32"
+        )
+    require_gpu_stack()
+    trt = _import_tensorrt()
+    gpu = gpu_info()
+    profile = profile_shapes(batch, size)
+    key = {
+        "onnx_sha256": meta["sha256"],
+        "precision": precision,
+        "profile": profile,
+        "tensorrt": trt.__version__,
+        "gpu": gpu["name"],
+        "compute_capability": gpu["compute_capability"],
+    }
+    if not force:
+        cached = _cached(out, key)
+        if cached is not None:
+            log.info("reusing %s: same ONNX, precision, profile, TensorRT and GPU (--force rebuilds)", out)
+            return cached
+
+    with tempfile.TemporaryDirectory(prefix="colorizer-trt-") as work:
+        source, conversion = _source_onnx(onnx_path, src_precision, precision, Path(work))
+        plan = _build(trt, source, profile, workspace_gb, Path(timing_cache) if timing_cache else None)
+    check = verify_engine(trt, plan, onnx_path, batch, size) if verify else {"skipped": True}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(plan)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except OSError as e:
+        raise ExportError(f"cannot write {out} ({e.strerror or e})") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    data = {
+        "format": meta["format"],
+        "artifact": {"file": out.name, "kind": PLAN_KIND},
+        "sha256": sha256_file(out),
+        "cache_key": key,
+        "precision": precision,
+        "source_onnx": {"file": onnx_path.name, "sha256": meta["sha256"], "precision": src_precision, **conversion},
+        "model_config": meta.get("model_config"),
+        "inputs": meta.get("inputs"),
+        "outputs": meta.get("outputs"),
+        "colour_spec": meta.get("colour_spec"),
+        "profile": {"input": INPUT_NAME, **profile},
+        "tensorrt": trt.__version__,
+        "gpu": gpu,
+        "workspace_gb": workspace_gb,
+        "parity": check,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(sidecar_path(out), data)
+    log.info("wrote %s (%s, TensorRT %s, %s sm_%s)", out, precision, trt.__version__, gpu["name"], gpu["compute_capability"])
+    return data
+
+
+def _cached(out: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    if not out.is_file() or not sidecar_path(out).is_file():
+        return None
+    try:
+        meta = read_sidecar(out)
+    except ColorizerError as e:  # a stale or broken plan is rebuilt, not an error
+        log.info("rebuilding %s: %s", out, e)
+        return None
+    return meta if meta.get("cache_key") == key else None
+
+
+def _source_onnx(onnx_path: Path, src: str, want: str, work: Path) -> tuple[Path, dict[str, Any]]:
+    """The ONNX file to parse: as is, or FP32 -> FP16 converted and parity-checked in ORT."""
+    if src == want:
+        return onnx_path, {"converted": False}
+    import onnx
+
+    from export import parity
+    from export.fp16 import convert_to_fp16
+
+    model, info = convert_to_fp16(onnx.load(str(onnx_path)))
+    path = work / "fp16.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    ref, new = parity.ort_session(onnx_path), parity.ort_session(path)
+    diffs = _diff_sessions(ref, new, parity.parity_inputs())
+    bad = parity.violations(diffs, parity.TOLERANCES["fp16"])
+    if bad:
+        raise ExportError(f"FP16 conversion of {onnx_path} failed its parity check vs FP32 ({'; '.join(bad)})")
+    log.info("converted %s to FP16: uv max |diff| %.3g, rgb %d levels", onnx_path.name, diffs["uv_max_abs"], diffs["rgb_max_levels"])
+    return path, {"converted": True, "conversion_parity": diffs, "fp32_nodes": info["fp32_nodes"]}
+
+
+def _diff_sessions(ref: Any, new: Any, inputs: list[np.ndarray]) -> dict[str, Any]:
+    from export.parity import ort_run
+
+    uv_d, rgb_d = 0.0, 0
+    for gray in inputs:
+        (r0, u0), (r1, u1) = ort_run(ref, gray), ort_run(new, gray)
+        uv_d = max(uv_d, float(np.abs(u0 - u1).max()))
+        rgb_d = max(rgb_d, int(np.abs(r0.astype(np.int16) - r1.astype(np.int16)).max()))
+    return {"uv_max_abs": uv_d, "rgb_max_levels": rgb_d}
+
+
+def _build(trt: Any, source: Path, profile: dict[str, list[int]], workspace_gb: float, cache_path: Path | None) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ExportError(f"TensorRT could not parse {source.name}: {' | '.join(errors) or 'no error reported'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    opt_profile = builder.create_optimization_profile()
+    opt_profile.set_shape(INPUT_NAME, profile["min"], profile["opt"], profile["max"])
+    config.add_optimization_profile(opt_profile)
+    if cache_path is not None:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT failed to build an engine from {source.name} (see the TensorRT log above)")
+    if cache_path is not None:
+        cache = config.get_timing_cache()
+        if cache is not None:
+            _write_bytes(cache_path, bytes(cache.serialize()))
+    return bytes(serialized)
+
+
+def _write_bytes(path: Path, blob: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise ExportError(f"cannot write the timing cache {path} ({e.strerror or e})") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- run / verify
+
+
+def run_engine(trt: Any, engine: Any, gray: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a deserialized engine on a uint8 (N,1,H,W) batch with torch CUDA buffers -> outputs by name."""
+    import torch
+
+    dtypes = {trt.DataType.UINT8: torch.uint8, trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+    context = engine.create_execution_context()
+    if not context.set_input_shape(INPUT_NAME, tuple(gray.shape)):
+        raise ExportError(f"engine: input shape {tuple(gray.shape)} is outside its optimization profile")
+    device_in = torch.from_numpy(np.ascontiguousarray(gray)).cuda()
+    outputs: dict[str, Any] = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            context.set_tensor_address(name, device_in.data_ptr())
+        else:
+            shape = tuple(context.get_tensor_shape(name))
+            outputs[name] = torch.empty(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
+            context.set_tensor_address(name, outputs[name].data_ptr())
+    stream = torch.cuda.Stream()
+    torch.cuda.current_stream().synchronize()  # the host-to-device copy of the input
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise ExportError("engine: execute_async_v3 failed")
+    stream.synchronize()
+    return {k: v.cpu().numpy() for k, v in outputs.items()}
+
+
+def verify_shapes(batch: tuple[int, int, int], size: tuple[int, int, int]) -> list[tuple[int, int, int, int]]:
+    """Two in-profile shapes: the minimum, and the optimum batch at an odd height."""
+    odd_h = size[1] - 1 if size[1] % 2 == 0 and size[1] - 1 >= size[0] else size[1]
+    return [(batch[0], 1, size[0], size[0]), (batch[1], 1, odd_h, size[1])]
+
+
+def verify_engine(trt: Any, plan: bytes, onnx_path: Path, batch: tuple[int, int, int], size: tuple[int, int, int]) -> dict[str, Any]:
+    """The built engine vs ONNX Runtime on the source ONNX, within the FP16 tolerance."""
+    from export import parity
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise ExportError("TensorRT could not deserialize the engine it just built")
+    session = parity.ort_session(onnx_path)
+    rng = np.random.default_rng(parity.PARITY_SEED)
+    uv_d, rgb_d, shapes = 0.0, 0, []
+    for shape in verify_shapes(batch, size):
+        gray = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        got = run_engine(trt, engine, gray)
+        ref_rgb, ref_uv = parity.ort_run(session, gray)
+        uv_d = max(uv_d, float(np.abs(got[OUTPUT_UV].astype(np.float32) - ref_uv).max()))
+        rgb_d = max(rgb_d, int(np.abs(got[OUTPUT_RGB].astype(np.int16) - ref_rgb.astype(np.int16)).max()))
+        shapes.append(list(shape))
+    measured = {"reference": "onnxruntime cpu on the source ONNX", "uv_max_abs": uv_d, "rgb_max_levels": rgb_d, "shapes": shapes}
+    bad = parity.violations(measured, parity.TOLERANCES["fp16"])
+    if bad:
+        raise ExportError(f"TensorRT engine failed its parity check vs ONNX Runtime ({'; '.join(bad)}); nothing written")
+    log.info("engine parity vs ORT: uv max |diff| %.3g, rgb %d levels", uv_d, rgb_d)
+    return measured

@@ -1,0 +1,189 @@
+"""FP32 / FP16 export: parity, dynamic shapes, colour math in the graph, sidecar, failure leaves nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto
+
+from engine import color
+from engine.contract import SIDECAR_FORMAT, read_sidecar, sha256_file, sidecar_path
+from export import parity
+from export.fp16 import ExportError, colour_nodes
+from export.graph import ColorizeGraph
+from export.to_onnx import export_checkpoint
+from tests.conftest import TINY_MODEL
+from train.checkpoint import load_model, save_checkpoint
+from train.model import ColorizerNet, ModelConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_graph(tiny_checkpoint):
+    model, _ = load_model(tiny_checkpoint)
+    return ColorizeGraph(model).eval()
+
+
+@pytest.fixture(scope="module")
+def fp16_onnx(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fp16") / "tiny16.onnx"
+    export_checkpoint(tiny_checkpoint, out, precision="fp16")
+    return out
+
+
+def _gray(rng, n, h, w):
+    return rng.integers(0, 256, size=(n, 1, h, w), dtype=np.uint8)
+
+
+def test_fp32_parity_within_tolerance(tiny_onnx):
+    side = read_sidecar(tiny_onnx)
+    tol = parity.TOLERANCES["fp32"]
+    assert side["precision"] == "fp32"
+    assert side["tolerance"] == tol
+    assert side["parity"]["uv_max_abs"] <= tol["uv_max_abs"]
+    assert side["parity"]["rgb_max_levels"] <= tol["rgb_max_levels"]
+    shapes = [c["shape"] for c in side["parity"]["cases"]]
+    assert len({s[0] for s in shapes}) >= 2 and any(s[2] % 2 and s[3] % 2 and s[2] > 1 for s in shapes)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 37, 53), (4, 1, 64, 48), (1, 1, 5, 200), (3, 1, 2, 3)])
+def test_dynamic_shapes_match_torch(tiny_onnx, tiny_graph, shape, rng):
+    session = parity.ort_session(tiny_onnx)
+    gray = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    rgb, uv = parity.ort_run(session, gray)
+    ref_rgb, ref_uv = parity.torch_reference(tiny_graph, gray)
+    n, _, h, w = shape
+    assert rgb.shape == (n, 3, h, w) and rgb.dtype == np.uint8
+    assert uv.shape == (n, 2, h, w) and uv.dtype == np.float32
+    assert np.abs(uv - ref_uv).max() <= parity.TOLERANCES["fp32"]["uv_max_abs"]
+    assert np.abs(rgb.astype(int) - ref_rgb.astype(int)).max() <= 1
+
+
+def test_graph_io_is_symbolic(tiny_onnx):
+    model = onnx.load(str(tiny_onnx))
+    io = {v.name: v.type.tensor_type for v in list(model.graph.input) + list(model.graph.output)}
+    assert io["gray"].elem_type == TensorProto.UINT8
+    assert io["rgb"].elem_type == TensorProto.UINT8
+    assert io["uv"].elem_type == TensorProto.FLOAT
+    for name, channels in (("gray", 1), ("rgb", 3), ("uv", 2)):
+        dims = io[name].shape.dim
+        assert [d.dim_param for i, d in enumerate(dims) if i != 1] == ["N", "H", "W"]
+        assert dims[1].dim_value == channels
+    assert not any(init.data_location == TensorProto.EXTERNAL for init in model.graph.initializer)
+
+
+def test_rgb_output_is_compose_u8_of_uv_output(tiny_onnx, rng):
+    """The graph's colour math is the colour spec's: rgb == compose_u8(gray, uv) from its own uv."""
+    session = parity.ort_session(tiny_onnx)
+    gray = _gray(rng, 2, 41, 67)
+    rgb, uv = parity.ort_run(session, gray)
+    for i in range(gray.shape[0]):
+        want = color.compose_u8(gray[i, 0], uv[i].transpose(1, 2, 0))
+        got = rgb[i].transpose(1, 2, 0)
+        diff = np.abs(want.astype(int) - got.astype(int))
+        assert diff.max() <= 1
+        assert (diff == 0).mean() > 0.999
+    assert rgb.std() > 5  # real colours, not a constant image
+
+
+def test_torch_graph_is_compose_u8_of_its_uv(tiny_graph, rng):
+    gray = _gray(rng, 1, 30, 30)
+    rgb, uv = parity.torch_reference(tiny_graph, gray)
+    want = color.compose_u8(gray[0, 0], uv[0].transpose(1, 2, 0))
+    assert np.abs(want.astype(int) - rgb[0].transpose(1, 2, 0).astype(int)).max() <= 1
+
+
+def test_sidecar_contents(tiny_onnx, tiny_checkpoint):
+    side_path = sidecar_path(tiny_onnx)
+    assert side_path.name == "tiny.json"
+    side = json.loads(side_path.read_text())
+    assert side == read_sidecar(tiny_onnx)  # format and sha256 check out
+    assert side["format"] == SIDECAR_FORMAT
+    assert side["sha256"] == sha256_file(tiny_onnx)
+    assert side["artifact"] == {"file": "tiny.onnx", "kind": "onnx"}
+    assert side["model_config"] == ModelConfig.from_dict(TINY_MODEL).to_dict()
+    assert side["colour_spec"] == json.loads(json.dumps(color.describe()))
+    opset = next(o.version for o in onnx.load(str(tiny_onnx)).opset_import if o.domain in ("", "ai.onnx"))
+    assert side["opset"] == opset >= 18
+    assert [(i["name"], i["dtype"], i["shape"]) for i in side["inputs"]] == [("gray", "uint8", ["N", 1, "H", "W"])]
+    outs = {o["name"]: o for o in side["outputs"]}
+    assert outs["rgb"]["dtype"] == "uint8" and outs["rgb"]["shape"] == ["N", 3, "H", "W"]
+    assert outs["uv"]["dtype"] == "float32" and outs["uv"]["range"] == [[-0.436, 0.436], [-0.615, 0.615]]
+    assert side["checkpoint"]["sha256"] == sha256_file(tiny_checkpoint)
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxscript"):
+        assert side["exporter"][pkg]
+
+
+def test_sidecar_detects_a_changed_file(tiny_onnx, tmp_path):
+    from engine.errors import ArtifactError
+
+    copy = tmp_path / "m.onnx"
+    copy.write_bytes(tiny_onnx.read_bytes() + b"\0")
+    sidecar_path(copy).write_text(sidecar_path(tiny_onnx).read_text())
+    with pytest.raises(ArtifactError, match="re-export"):
+        read_sidecar(copy)
+
+
+def test_failed_parity_leaves_nothing(tiny_checkpoint, tmp_path):
+    out = tmp_path / "fail.onnx"
+    strict = {"uv_max_abs": -1.0, "rgb_max_levels": 0, "psnr_floor_db": None}
+    with pytest.raises(ExportError, match="parity check.*nothing written"):
+        export_checkpoint(tiny_checkpoint, out, precision="fp32", tolerance=strict)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_parity_and_types(fp16_onnx, tiny_graph, rng):
+    side = read_sidecar(fp16_onnx)
+    tol = parity.TOLERANCES["fp16"]
+    assert side["precision"] == "fp16" and side["tolerance"] == tol
+    assert 0 < side["parity"]["uv_max_abs"] <= tol["uv_max_abs"]
+    assert side["parity"]["rgb_max_levels"] <= tol["rgb_max_levels"]
+    model = onnx.load(str(fp16_onnx))
+    io = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)}
+    assert io == {"gray": TensorProto.UINT8, "rgb": TensorProto.UINT8, "uv": TensorProto.FLOAT}
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    # The body runs in FP16 ...
+    body_convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in inits]
+    assert sum(inits[n.input[1]] == TensorProto.FLOAT16 for n in body_convs) >= 10
+    # ... the colour nodes stay FP32: the YUV->RGB conv, the clamp and rounding.
+    post = side["precision_info"]["fp32_nodes"]["post"]
+    yuv_conv = [nodes[name] for name in post if nodes[name].op_type == "Conv"]
+    assert len(yuv_conv) == 1
+    assert {nodes[name].op_type for name in post} >= {"Conv", "Clip", "Floor", "Cast"}
+    vi = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+    for name in post:
+        for out in nodes[name].output:
+            assert vi.get(out, TensorProto.FLOAT) != TensorProto.FLOAT16, f"{name} output is FP16"
+    # And still the colour spec's pixels, from its own uv, at odd sizes.
+    session = parity.ort_session(fp16_onnx)
+    gray = _gray(rng, 3, 29, 31)
+    rgb, uv = parity.ort_run(session, gray)
+    for i in range(3):
+        want = color.compose_u8(gray[i, 0], uv[i].transpose(1, 2, 0))
+        assert np.abs(want.astype(int) - rgb[i].transpose(1, 2, 0).astype(int)).max() <= 1
+
+
+def test_colour_nodes_found_structurally(tiny_onnx):
+    nodes = colour_nodes(onnx.load(str(tiny_onnx)))
+    model = onnx.load(str(tiny_onnx))
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert [ops[n] for n in nodes["post"]].count("Conv") == 1
+    assert "Cast" in {ops[n] for n in nodes["pre"]}
+    assert not any(ops[n] == "Conv" for n in nodes["pre"])
+
+
+def test_classification_head_temperature(tmp_path):
+    torch.manual_seed(1)
+    centres = [[u, v] for u in (-0.2, 0.0, 0.2) for v in (-0.3, 0.0, 0.3)]
+    config = ModelConfig(width="seed", width_mult=0.125, head="classification",
+                         head_options={"centres": centres, "temperature": 0.4, "stride": 4})
+    ckpt = tmp_path / "cls.pt"
+    save_checkpoint(ckpt, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 3})
+    side = export_checkpoint(ckpt, tmp_path / "cls.onnx", temperature=1.5)
+    assert side["model_config"]["head_options"]["temperature"] == 1.5
+    assert side["model_config"]["head_options"]["centres"] == centres
+    assert side["parity"]["uv_max_abs"] <= parity.TOLERANCES["fp32"]["uv_max_abs"]
