@@ -97,15 +97,50 @@ def train(data, val, val_fraction, out, width, width_mult, image_size, batch_siz
 
 
 @main.command()
-def export() -> None:
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=ROOT / "models" / "colorizer.pt",
+              show_default=True, help="Training checkpoint (.pt).")
+@click.option("--out", type=click.Path(path_type=Path), default=ROOT / "models" / "colorizer.onnx",
+              show_default=True, help="ONNX file to write; its sidecar MODEL.json goes beside it.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="int8: folder of calibration images (default: samples/); every 3rd is held out for the PSNR gate.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 or newer).")
+@click.option("--temperature", type=float, default=None,
+              help="Annealed-mean temperature baked into a classification head's graph.")
+def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opset: int | None,
+           temperature: float | None) -> None:
     """Export a checkpoint to ONNX (uint8 gray in, uint8 RGB out), parity-checked."""
-    _fail("export: not implemented yet")
+    from export.to_onnx import export_checkpoint
+
+    side = export_checkpoint(checkpoint, out, precision=precision, opset=opset, calib_dir=calib,
+                             temperature=temperature)
+    p = side["parity"]
+    extra = f", INT8 PSNR vs FP32 {p['psnr_db']:.2f} dB" if "psnr_db" in p else ""
+    click.echo(f"exported {out} ({precision}, opset {side['opset']}): uv max diff {p['uv_max_abs']:.3g}, "
+               f"rgb max diff {p['rgb_max_levels']} levels{extra}")
 
 
 @main.command("build-engine")
-def build_engine() -> None:
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=ROOT / "models" / "colorizer.onnx",
+              show_default=True, help="Exported ONNX (with its sidecar).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Engine file (default: the ONNX path with .plan); sidecar MODEL.plan.json beside it.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
+@click.option("--batch", default="1:8:16", show_default=True, help="Batch MIN:OPT:MAX of the profile.")
+@click.option("--size", default="64:512:1024", show_default=True, help="Square H=W MIN:OPT:MAX of the profile.")
+@click.option("--workspace-gb", type=float, default=4.0, show_default=True)
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
+@click.option("--force", is_flag=True, help="Rebuild even if a matching engine exists.")
+def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, size: str, workspace_gb: float,
+                 timing_cache: Path | None, force: bool) -> None:
     """Build an FP16 TensorRT engine from an exported ONNX file (GPU servers)."""
-    _fail("build-engine: not implemented yet")
+    from export.trt_build import build_engine as build, parse_range
+
+    side = build(onnx_path, out or onnx_path.with_suffix(".plan"), precision=precision,
+                 batch=parse_range(batch, "batch"), size=parse_range(size, "size"),
+                 workspace_gb=workspace_gb, timing_cache=timing_cache, force=force)
+    click.echo(f"engine {side['artifact']['file']} ({side['precision']}, TensorRT {side['tensorrt']}, "
+               f"{side['gpu']['name']}): rgb max diff vs ORT {side['parity'].get('rgb_max_levels')} levels")
 
 
 # ----------------------------------------------------------------------------- engine
