@@ -87,9 +87,9 @@ def _decode(im: Image.Image, max_pixels: int | None) -> Decoded:
     if w < 1 or h < 1:
         raise ImageError(f"empty image ({w}x{h})")
     source = f"{im.format} {im.mode}"
-    exif = _exif_without_orientation(im)
     im.load()
-    im = ImageOps.exif_transpose(im) or im
+    im = ImageOps.exif_transpose(im) or im  # returns a new image without the tag, or None if upright
+    exif = _exif_without_orientation(im)
     mode = im.mode
     alpha = None
     if mode == "1":

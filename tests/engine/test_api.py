@@ -1,0 +1,153 @@
+"""engine.api.Colorizer and the folder pipeline through the Python API (in-process, fast)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import color, images
+from engine.api import Colorizer, UsageError
+from engine.backends.base import Runner
+from engine.pipeline import Progress
+from tests.engine.corpus import output_luma, pattern, tree_digest, write_kinds, write_photos
+
+
+@pytest.fixture(scope="module")
+def colorizer(tiny_onnx):
+    with Colorizer(tiny_onnx, backend="ort", size=64, batch_size=4, saturation=0.1) as c:
+        yield c
+
+
+class PixelRunner(Runner):
+    """A fake model whose chroma is a known function of the pixel: U = (y - 0.5) / 5, V = 0.05."""
+
+    name = "pixel"
+
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None: ...
+
+    def _infer(self, gray, outputs):
+        y = gray.astype(np.float32) / 255.0
+        uv = np.concatenate([(y - 0.5) / 5, np.full_like(y, 0.05)], axis=1)
+        return {"uv": uv, "rgb": np.repeat(gray, 3, axis=1)}
+
+
+def test_colorize_arrays_full_resolution(colorizer):
+    gray = pattern(123, 77, 0, 1)[..., 0]
+    rgb = colorizer.colorize(gray)
+    assert rgb.shape == (123, 77, 3) and rgb.dtype == np.uint8
+    assert np.abs(color.rgb_u8_to_luma_u8(rgb).astype(int) - gray).max() <= 1
+    colour = pattern(50, 60, 1)
+    out = colorizer.colorize(colour)
+    assert np.abs(color.rgb_u8_to_luma_u8(out).astype(int) - color.rgb_u8_to_luma_u8(colour)).max() <= 1
+    rgba = colorizer.colorize(np.dstack([colour, np.full((50, 60), 9, np.uint8)]))
+    assert rgba.shape == (50, 60, 4) and (rgba[..., 3] == 9).all()
+    many = colorizer.colorize_batch([gray, colour, gray[:10, :20]] * 3)  # more than one batch, mixed sizes
+    assert [m.shape[:2] for m in many[:3]] == [(123, 77), (50, 60), (10, 20)]
+    assert np.array_equal(many[0], rgb)
+
+
+def test_chroma_is_aligned_with_the_photo(tiny_onnx):
+    """With a model whose chroma follows the pixel, the upscaled chroma must follow the full-res photo."""
+    c = Colorizer(tiny_onnx, backend="ort", size=64)
+    c.runner = PixelRunner().activate()
+    yy, xx = np.mgrid[0:300, 0:500]
+    gray = (60 + 130 * (xx / 499) ** 1.5 * (0.6 + 0.4 * yy / 299)).astype(np.uint8)  # smooth, non-square
+    rgb = c.colorize(gray)
+    u = color.rgb_u8_to_yuv(rgb)[..., 1]
+    want = (gray.astype(np.float32) / 255 - 0.5) / 5
+    assert np.abs(u - want).max() < 0.012  # a misaligned crop or pad would be off by far more at the edges
+
+
+def test_option_errors(tiny_onnx):
+    with pytest.raises(UsageError, match="size: expected"):
+        Colorizer(tiny_onnx, size=8)
+    with pytest.raises(UsageError, match="batch_size"):
+        Colorizer(tiny_onnx, batch_size=0)
+    with pytest.raises(UsageError, match="saturation"):
+        Colorizer(tiny_onnx, saturation=-1)
+
+
+def test_every_input_kind_round_trips(colorizer, tmp_path):
+    kinds = write_kinds(tmp_path / "in")
+    before = tree_digest(tmp_path / "in")
+    events: list[Progress] = []
+    summary = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", progress=events.append)
+    assert (summary.colorized, summary.skipped, summary.failed) == (len(kinds), 0, 0), summary.failures
+    assert summary.exit_code == 0 and "ort" in summary.backend
+    for k in kinds:
+        luma, alpha, im = output_luma(tmp_path / "out" / k.out)
+        assert im.size == k.size, k.name
+        assert (alpha is not None) == (k.alpha is not None), f"{k.name}: alpha kept"
+        if k.alpha is not None:
+            assert np.abs(alpha.astype(int) - k.alpha).max() <= (0 if k.lossless else 2), k.name
+        diff = np.abs(luma.astype(int) - k.luma.astype(int))
+        if not k.in_gamut:  # 0/255 levels: chroma is clipped by compose_u8, the luma moves a little
+            assert diff.mean() < 12, k.name
+        elif k.lossless:
+            assert diff.max() <= 2, f"{k.name}: luma off by {diff.max()}"
+        else:
+            assert diff.mean() < 2.0, f"{k.name}: luma off by {diff.mean():.2f} on average"
+    assert Image.open(tmp_path / "out" / "gray.jpg").mode == "RGB"
+    assert tree_digest(tmp_path / "in") == before  # input tree untouched
+    assert events and events[-1].done == len(kinds)
+
+
+def test_resume_skips_and_overwrite_redoes(colorizer, tmp_path):
+    write_photos(tmp_path / "in", 6)
+    first = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")
+    assert (first.colorized, first.skipped) == (6, 0)
+    again = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")
+    assert (again.colorized, again.skipped, again.failed) == (0, 6, 0)
+    redo = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", overwrite=True)
+    assert (redo.colorized, redo.skipped) == (6, 0)
+
+
+def test_shards_split_a_folder(colorizer, tmp_path):
+    paths = write_photos(tmp_path / "in", 13)
+    counts = [colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", shard=f"{i}/3").colorized for i in range(3)]
+    assert sum(counts) == 13 and all(c > 0 for c in counts)
+    outs = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.jpg"))
+    assert outs == sorted(p.relative_to(tmp_path / "in") for p in paths)
+
+
+def test_bad_inputs_are_reported_and_the_rest_done(colorizer, tmp_path, caplog):
+    from tests.engine.corpus import huge_png_header
+
+    src = tmp_path / "in"
+    write_photos(src, 3)
+    (src / "zero.jpg").write_bytes(b"")
+    (src / "text.jpg").write_text("not an image\n")
+    (src / "huge.png").write_bytes(huge_png_header(60_000, 60_000))
+    fail_list = tmp_path / "failed.txt"
+    with caplog.at_level("WARNING", logger="engine"):
+        s = colorizer.colorize_dir(src, tmp_path / "out", fail_list=fail_list)
+    assert (s.colorized, s.failed, s.exit_code) == (3, 3, 1)
+    assert sorted(fail_list.read_text().split()) == sorted(str(src / n) for n in ("zero.jpg", "text.jpg", "huge.png"))
+    reasons = dict(s.failures)
+    assert "empty file" in reasons[str(src / "zero.jpg")] and "too large" in reasons[str(src / "huge.png")]
+    assert sum(1 for r in caplog.records if r.getMessage().startswith(str(src / "text.jpg") + ": ")) == 1
+
+
+def test_folder_errors(colorizer, tmp_path):
+    (tmp_path / "in").mkdir()
+    with pytest.raises(UsageError, match="inside the input folder"):
+        colorizer.colorize_dir(tmp_path / "in", tmp_path / "in" / "out")
+    with pytest.raises(UsageError, match="--fail-list .* is inside the input folder"):
+        colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", fail_list=tmp_path / "in" / "f.txt")
+    with pytest.raises(UsageError, match="--shard"):
+        colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", shard="3/3")
+
+
+def test_large_image_in_strips_keeps_memory_small(colorizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(images, "STRIP_PIXELS", 1 << 16)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(pattern(700, 900, 3)).save(src / "big.png")
+    s = colorizer.colorize_dir(src, tmp_path / "out")
+    assert s.colorized == 1
+    luma, _, im = output_luma(tmp_path / "out" / "big.png")
+    assert im.size == (900, 700)
+    assert np.abs(luma.astype(int) - color.rgb_u8_to_luma_u8(pattern(700, 900, 3))).max() <= 2

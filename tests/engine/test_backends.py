@@ -1,0 +1,195 @@
+"""engine.backends: the runner interface, model resolution, ort vs torch parity, lazy imports, TensorRT guards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import backends, contract
+from engine.backends import base, open_runner, resolve_model
+from engine.backends.base import BackendError
+from engine.errors import ArtifactError, BackendUnavailable
+from tests.engine.corpus import pattern
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gray_batch(n: int = 2, size: int = 64) -> np.ndarray:
+    return np.stack([pattern(size, size, i, 1)[..., 0] for i in range(n)])[:, None]
+
+
+def test_ort_runner_contract(tiny_onnx):
+    with open_runner(tiny_onnx, "ort", device="cpu") as r:
+        assert r.is_active and r.name == "ort" and not r.on_gpu
+        assert "CPUExecutionProvider" in r.describe() and str(tiny_onnx) in r.describe()
+        out = r.infer(gray_batch(3, 48))
+        assert out["rgb"].dtype == np.uint8 and out["rgb"].shape == (3, 3, 48, 48)
+        assert out["uv"].dtype == np.float32 and out["uv"].shape == (3, 2, 48, 48)
+        only = r.infer(gray_batch(1, 40), outputs=("uv",))
+        assert set(only) == {"uv"}
+        with pytest.raises(BackendError, match=r"expected uint8 \(N, 1, H, W\)"):
+            r.infer(np.zeros((1, 3, 8, 8), np.uint8))
+        with pytest.raises(BackendError, match="expected 'rgb' and/or 'uv'"):
+            r.infer(gray_batch(1, 8), outputs=("logits",))
+    assert not r.is_active
+    with pytest.raises(BackendError, match="before activate"):
+        r.infer(gray_batch(1, 8))
+
+
+def test_ort_cpu_session_settings(tiny_onnx):
+    with open_runner(tiny_onnx, "ort", device="cpu", threads=1) as r:
+        assert r.providers == ["CPUExecutionProvider"]
+        opts = r.session.get_session_options()
+        assert opts.intra_op_num_threads == 1 and opts.enable_cpu_mem_arena is False
+
+
+def test_ort_without_gpu_provider_refuses_cuda_device(tiny_onnx):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime-gpu installed here")
+    with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
+        open_runner(tiny_onnx, "ort", device="cuda:0")
+
+
+def test_ort_and_torch_agree(tiny_onnx, tiny_checkpoint):
+    x = gray_batch(2, 72)
+    with open_runner(tiny_onnx, "ort", device="cpu") as o, open_runner(tiny_checkpoint, "torch", device="cpu") as t:
+        a, b = o.infer(x), t.infer(x)
+        assert t.name == "torch" and "PyTorch" in t.describe()
+    assert np.abs(a["uv"] - b["uv"]).max() < 1e-4
+    assert np.abs(a["rgb"].astype(int) - b["rgb"].astype(int)).max() <= 1
+
+
+def test_sidecar_tamper_is_refused(tiny_onnx, tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_onnx.read_bytes() + b"\0")
+    contract.sidecar_path(model).write_text(contract.sidecar_path(tiny_onnx).read_text())
+    with pytest.raises(ArtifactError, match="does not match its sidecar"):
+        open_runner(model, "ort")
+    contract.sidecar_path(model).unlink()
+    with pytest.raises(ArtifactError, match="sidecar m.json not found"):
+        open_runner(model, "ort")
+
+
+def test_resolve_by_suffix_and_mismatch(tiny_onnx, tiny_checkpoint, tmp_path):
+    assert resolve_model(tiny_onnx) == ("ort", tiny_onnx)
+    assert resolve_model(tiny_checkpoint) == ("torch", tiny_checkpoint)
+    with pytest.raises(BackendError, match=r"--backend trt: expected a TensorRT \.plan file, found --model tiny\.onnx"):
+        resolve_model(tiny_onnx, "trt")
+    with pytest.raises(BackendError, match="expected .onnx, .plan or .pt, found m.bin"):
+        resolve_model(tmp_path / "m.bin")
+    with pytest.raises(ArtifactError, match="file not found"):
+        resolve_model(tmp_path / "missing.onnx")
+    with pytest.raises(BackendError, match="--backend: expected one of"):
+        resolve_model(tiny_onnx, "openvino")
+    with pytest.raises(BackendError, match="--device: expected cpu, cuda or cuda:K"):
+        resolve_model(tiny_onnx, device="gpu0")
+
+
+def test_missing_bundled_model_names_the_path(tmp_path, monkeypatch):
+    fake = {k: tmp_path / "models" / p.name for k, p in backends.BUNDLED.items()}
+    monkeypatch.setattr(backends, "BUNDLED", fake)
+    with pytest.raises(ArtifactError, match=str(fake["ort"]).replace(".", r"\.")):
+        resolve_model(None)
+    with pytest.raises(ArtifactError, match="colorizer.pt, which does not exist"):
+        resolve_model(None, "torch")
+
+
+def test_bundled_model_is_used(tiny_onnx, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "colorizer.onnx").write_bytes(tiny_onnx.read_bytes())
+    (models / "colorizer.json").write_text(contract.sidecar_path(tiny_onnx).read_text())
+    fake = {k: models / p.name for k, p in backends.BUNDLED.items()}
+    monkeypatch.setattr(backends, "BUNDLED", fake)
+    assert resolve_model(None) == ("ort", models / "colorizer.onnx")
+
+
+def write_fake_plan(folder: Path) -> Path:
+    plan = folder / "m.plan"
+    plan.write_bytes(b"not really an engine")
+    meta = {"format": contract.SIDECAR_FORMAT, "sha256": contract.sha256_file(plan)}
+    contract.sidecar_path(plan).write_text(json.dumps(meta))
+    return plan
+
+
+def test_trt_without_gpu_is_unavailable_and_never_imports_tensorrt(tmp_path):
+    if base.cuda_device_count() > 0:
+        pytest.skip("a CUDA device is present")
+    plan = write_fake_plan(tmp_path)
+    code = textwrap.dedent(f"""
+        import sys
+        from engine.backends import open_runner
+        from engine.errors import BackendUnavailable
+        try:
+            open_runner({str(plan)!r}, "trt")
+        except BackendUnavailable as e:
+            print("UNAVAILABLE", e)
+        print("tensorrt" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "UNAVAILABLE trt backend: no CUDA device" in out.stdout
+    assert out.stdout.strip().endswith("False")
+
+
+def test_trt_refuses_wrong_files(tmp_path, tiny_onnx):
+    from engine.backends.trt import TrtRunner
+
+    with pytest.raises(BackendError, match=r"expected a TensorRT engine \(\.plan\), found tiny\.onnx"):
+        TrtRunner(tiny_onnx).activate()
+    with pytest.raises(BackendError, match="runs on a GPU"):
+        TrtRunner(write_fake_plan(tmp_path), device="cpu").activate()
+
+
+def test_engine_and_ort_path_never_import_torch(tiny_onnx, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    from PIL import Image
+
+    Image.fromarray(pattern(40, 50, 0)).save(src / "a.png")
+    code = textwrap.dedent(f"""
+        import sys
+
+        class NoTorch:  # any attempt to import torch fails loudly
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch import attempted: " + name)
+                return None
+
+        sys.meta_path.insert(0, NoTorch())
+        import engine, engine.api, engine.pipeline, engine.images, engine.tree, engine.backends.ort  # noqa
+        from engine.api import Colorizer
+        with Colorizer({str(tiny_onnx)!r}, backend="auto", size=32) as c:
+            c.colorize(__import__("numpy").zeros((20, 30), "uint8"))
+            s = c.colorize_dir({str(src)!r}, {str(tmp_path / "out")!r})
+        print(c.backend, s.colorized, "torch" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ort", "1", "False"]
+
+
+@pytest.mark.gpu
+def test_trt_engine_matches_ort(tiny_onnx, tmp_path):
+    """Build a tiny FP32 engine with the exporter's module and compare it with ONNX Runtime."""
+    trt_build = pytest.importorskip("export.trt_build")
+    pytest.importorskip("tensorrt")
+    plan = tmp_path / "tiny.plan"
+    build = getattr(trt_build, "build_engine", None) or getattr(trt_build, "build_plan")
+    build(tiny_onnx, plan, precision="fp32", min_shape=(1, 1, 32, 32), opt_shape=(4, 1, 64, 64), max_shape=(8, 1, 128, 128))
+    x = gray_batch(3, 64)
+    with open_runner(plan, "trt", device="cuda:0") as t, open_runner(tiny_onnx, "ort", device="cpu") as o:
+        assert t.on_gpu and t.max_batch == 8
+        a, b = t.infer(x), o.infer(x)
+        big = t.infer(gray_batch(11, 64))  # above the profile's max batch: split into chunks
+    assert np.abs(a["uv"] - b["uv"]).max() < 2e-3
+    assert np.abs(a["rgb"].astype(int) - b["rgb"].astype(int)).max() <= 1
+    assert big["uv"].shape == (11, 2, 64, 64)

@@ -1,0 +1,126 @@
+"""``cli.py colorize-dir`` as users run it: subprocesses, exit codes, stderr lines, SIGKILL and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine import tree
+from tests.engine.corpus import huge_png_header, pattern, tree_digest, write_photos
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: object, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "cli.py", "colorize-dir", *map(str, args)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_success_first_line_and_summary(tiny_onnx, tmp_path):
+    write_photos(tmp_path / "in", 5)
+    r = cli(tmp_path / "in", tmp_path / "out", "--model", tiny_onnx, "--size", 64)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("backend: ort (CPUExecutionProvider")
+    assert lines[-1].startswith("5 colorized, 0 skipped, 0 failed") and "img/s" in lines[-1]
+    r = cli(tmp_path / "in", tmp_path / "out", "--model", tiny_onnx, "--size", 64)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("0 colorized, 5 skipped, 0 failed")
+
+
+def test_bad_inputs_one_line_each_exit_1(tiny_onnx, tmp_path):
+    src = tmp_path / "in"
+    good = write_photos(src, 3)
+    Image.fromarray(pattern(400, 300, 0)).save(src / "big.jpg")  # over --max-pixels below
+    (src / "zero.jpg").write_bytes(b"")
+    jpeg = good[0].read_bytes()
+    (src / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (src / "text.jpg").write_text("this is text\n")
+    (src / "huge.png").write_bytes(huge_png_header(70_000, 70_000))
+    bad = ["big.jpg", "zero.jpg", "truncated.jpg", "text.jpg", "huge.png"]
+    fails = tmp_path / "failed.txt"
+    r = cli(src, tmp_path / "out", "--model", tiny_onnx, "--size", 64, "--max-pixels", 100_000, "--fail-list", fails)
+    assert r.returncode == 1, r.stderr
+    for name in bad:
+        hits = [ln for ln in r.stderr.splitlines() if ln.startswith(f"{src / name}: ")]
+        assert len(hits) == 1, (name, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert r.stdout.splitlines()[-1].startswith("3 colorized, 0 skipped, 5 failed")
+    assert sorted(fails.read_text().split()) == sorted(str(src / n) for n in bad)
+    assert all((tmp_path / "out" / p.relative_to(src)).is_file() for p in good)
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_output_inside_input_is_refused(tmp_path, where):
+    src = tmp_path / "in"
+    write_photos(src, 2)
+    before = tree_digest(src)
+    dst = src if where == "same" else src / "out"
+    r = cli(src, dst)  # refused before any model is loaded
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error: output folder") and "inside the input folder" in r.stderr
+    assert tree_digest(src) == before
+
+
+def test_usage_errors_exit_2(tiny_onnx, tmp_path):
+    (tmp_path / "in").mkdir()
+    r = cli(tmp_path / "in", tmp_path / "out", "--shard", "2/2", "--model", tiny_onnx)
+    assert r.returncode == 2 and "--shard: expected 0 <= I < N, found 2/2" in r.stderr
+    r = cli(tmp_path / "missing", tmp_path / "out")
+    assert r.returncode == 2 and "input folder: expected a directory" in r.stderr
+    r = cli(tmp_path / "in", tmp_path / "out", "--model", tmp_path / "m.xyz")
+    assert r.returncode == 2 and "expected .onnx, .plan or .pt" in r.stderr
+    if not (ROOT / "models" / "colorizer.onnx").exists():
+        r = cli(tmp_path / "in", tmp_path / "out")
+        assert r.returncode == 2 and str(ROOT / "models" / "colorizer.onnx") in r.stderr
+
+
+def test_sigkill_then_resume(tiny_onnx, tmp_path):
+    """Kill a real run mid-way; re-running the same command completes it: no partial or temp files."""
+    src, dst = tmp_path / "in", tmp_path / "out"
+    n = 120
+    write_photos(src, n, size=(640, 480))
+    before = tree_digest(src)
+    args = [src, dst, "--model", tiny_onnx, "--batch-size", 1, "--size", 192, "--io-threads", 1, 1]
+    proc = subprocess.Popen([sys.executable, "cli.py", "colorize-dir", *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            if dst.is_dir() and sum(1 for _ in dst.rglob("*.jpg")) >= 8:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed: make it slower"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    first = {p: p.stat().st_mtime_ns for p in dst.rglob("*.jpg")}
+    assert 0 < len(first) < n
+    for p in first:  # whatever the kill left is complete
+        with Image.open(p) as im:
+            im.load()
+    missing = next(p.relative_to(src) for p in sorted(src.rglob("*.jpg")) if dst / p.relative_to(src) not in first)
+    stale = (dst / missing).with_name(tree.temp_name(missing.name, 999_999))  # as a kill mid-write leaves it
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"partial")
+
+    r = cli(*args, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].startswith(f"{n - len(first)} colorized, {len(first)} skipped, 0 failed")
+    outs = sorted(dst.rglob("*.jpg"))
+    assert len(outs) == n
+    for p in outs:
+        with Image.open(p) as im:
+            im.load()
+            assert im.size == (640, 480)
+    assert [p for p in dst.rglob("*") if tree.parse_temp_name(p.name)] == []
+    assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # first-run outputs skipped, not redone
+    assert tree_digest(src) == before

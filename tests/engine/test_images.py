@@ -1,0 +1,162 @@
+"""engine.images: decoding every input kind to the colour spec's luma, fitting, composing, encoding, writing."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import color, images
+from engine.images import ImageError
+from tests.engine.corpus import huge_png_header, pattern, write_kinds
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("kinds")
+    return folder, write_kinds(folder)
+
+
+def test_every_kind_decodes_to_spec_luma(kinds):
+    folder, ks = kinds
+    for k in ks:
+        d = images.read_image(folder / k.name)
+        assert d.luma.dtype == np.uint8 and d.luma.shape == k.luma.shape, k.name
+        diff = np.abs(d.luma.astype(int) - k.luma.astype(int))
+        assert diff.max() <= 1, f"{k.name}: luma off by {diff.max()}"
+        if k.alpha is None:
+            assert d.alpha is None, k.name
+        else:
+            assert d.alpha is not None and np.array_equal(d.alpha, k.alpha), k.name
+
+
+def test_colour_luma_is_exactly_the_spec(tmp_path):
+    rgb = (np.random.default_rng(0).random((33, 50, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    assert np.array_equal(images.read_image(tmp_path / "c.png").luma, color.rgb_u8_to_luma_u8(rgb))
+
+
+def test_luma_strips_equal_whole(monkeypatch):
+    rgb = (np.random.default_rng(1).random((101, 37, 3)) * 255).astype(np.uint8)
+    monkeypatch.setattr(images, "STRIP_PIXELS", 37 * 7)
+    assert np.array_equal(images.luma_from_rgb(rgb), color.rgb_u8_to_luma_u8(rgb))
+
+
+def test_exif_orientation_applied(kinds):
+    folder, _ = kinds
+    d = images.read_image(folder / "rotated.jpg")
+    assert d.luma.shape == (67, 45)  # stored 67 wide x 45 high, orientation 6
+    if d.exif:  # EXIF is carried to the output without the orientation tag (already applied)
+        exif = Image.Exif()
+        exif.load(d.exif)
+        assert 0x0112 not in exif
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty file"),
+        (b"hello, I am text\n", "not an image"),
+    ],
+)
+def test_bad_files(tmp_path, content, reason):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(content)
+    with pytest.raises(ImageError, match=reason):
+        images.read_image(p)
+
+
+def test_truncated_jpeg_fails(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(pattern(200, 300, 0)).save(buf, "JPEG", quality=90)
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    with pytest.raises(ImageError, match="cannot decode"):
+        images.read_image(p)
+
+
+def test_too_large_refused_before_decoding(tmp_path):
+    p = tmp_path / "huge.png"
+    p.write_bytes(huge_png_header(50_000, 40_000))  # 2 GP claimed, no pixel data
+    with pytest.raises(ImageError, match="too large"):
+        images.read_image(p, max_pixels=100_000_000)
+    Image.fromarray(pattern(100, 120, 0)).save(tmp_path / "small.png")
+    with pytest.raises(ImageError, match=r"too large: 120x100"):
+        images.read_image(tmp_path / "small.png", max_pixels=10_000)
+
+
+def test_to_luma_arrays():
+    rgb = pattern(20, 30, 0)
+    luma, alpha = images.to_luma(rgb)
+    assert np.array_equal(luma, color.rgb_u8_to_luma_u8(rgb)) and alpha is None
+    luma, alpha = images.to_luma(np.dstack([rgb, np.full((20, 30), 7, np.uint8)]))
+    assert alpha is not None and (alpha == 7).all()
+    g16 = np.full((4, 5), 65535, np.uint16)
+    assert (images.to_luma(g16)[0] == 255).all()
+    with pytest.raises(ImageError, match="expected dtype"):
+        images.to_luma(np.zeros((4, 4), np.float64))
+    with pytest.raises(ImageError, match="expected"):
+        images.to_luma(np.zeros((4, 4, 5), np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(45, 67), (67, 45), (256, 256), (1, 300), (300, 1), (10, 10), (2000, 30)])
+def test_fit_pads_to_square(shape):
+    luma = pattern(*shape, 0, 1)[..., 0]
+    x, (h, w) = images.fit(luma, 64)
+    assert x.shape == (64, 64) and x.dtype == np.uint8
+    assert max(h, w) == 64 and h >= 1 and w >= 1
+    assert abs(h / w - shape[0] / shape[1]) < 0.1 * max(1, shape[0] / shape[1]) or min(h, w) <= 2
+
+
+def test_compose_matches_cv2_resize_and_spec(monkeypatch):
+    rng = np.random.default_rng(3)
+    luma = pattern(157, 233, 0, 1)[..., 0]
+    uv = (rng.uniform(-0.1, 0.1, (2, 40, 60))).astype(np.float32)
+    monkeypatch.setattr(images, "STRIP_PIXELS", 233 * 13)  # many strips, one partial
+    out = images.compose(luma, uv)
+    full = cv2.resize(np.moveaxis(uv, 0, -1), (233, 157), interpolation=cv2.INTER_LINEAR)
+    ref = color.compose_u8(luma, full)
+    assert out.shape == (157, 233, 3)
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+    # saturation scales chroma; 0 gives exact gray with the input luma
+    gray = images.compose(luma, uv, saturation=0.0)
+    assert np.array_equal(gray[..., 0], luma) and np.array_equal(gray[..., 2], luma)
+
+
+def test_compose_keeps_luma_and_alpha():
+    luma = pattern(50, 70, 0, 1)[..., 0]
+    uv = np.full((2, 10, 14), 0.03, np.float32)
+    alpha = np.arange(50 * 70, dtype=np.uint32).reshape(50, 70).astype(np.uint8)
+    out = images.compose(luma, uv, alpha=alpha)
+    assert out.shape == (50, 70, 4) and np.array_equal(out[..., 3], alpha)
+    assert np.abs(color.rgb_u8_to_luma_u8(out[..., :3]).astype(int) - luma).max() <= 1
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_encode_round_trip(fmt, channels):
+    img = pattern(30, 40, 0, channels)
+    data = images.encode(img, fmt, quality=95)
+    back = Image.open(io.BytesIO(data))
+    assert back.format == fmt and back.size == (40, 30)
+    keeps_alpha = channels == 4 and fmt != "JPEG"
+    assert ("A" in back.mode) == keeps_alpha
+    arr = np.asarray(back.convert("RGBA" if keeps_alpha else "RGB"))
+    err = np.abs(arr.astype(int) - img[..., : arr.shape[2]].astype(int))
+    if fmt in ("PNG", "BMP", "TIFF"):
+        assert err.max() == 0
+    else:  # lossy, chroma subsampled
+        assert err.mean() < 4
+
+
+def test_write_atomic_leaves_no_temp(tmp_path):
+    target = tmp_path / "x.jpg"
+    images.write_atomic(target, b"abc")
+    assert target.read_bytes() == b"abc"
+    assert os.listdir(tmp_path) == ["x.jpg"]
+    with pytest.raises(ImageError, match="cannot write"):
+        images.write_atomic(tmp_path / "missing-dir" / "y.jpg", b"abc")

@@ -1,0 +1,128 @@
+"""engine.tree: listing, output names, shards, folder checks, stale temp files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from engine import tree
+from engine.tree import Shard, UsageError
+
+
+def touch(p: Path, data: bytes = b"x") -> Path:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    return p
+
+
+@pytest.fixture()
+def src(tmp_path):
+    root = tmp_path / "in"
+    for rel in ["b.jpg", "a.PNG", "c.webp", "d.bmp", "e.tif", "f.tiff", "g.jpeg", "notes.txt", "raw.cr2",
+                "sub/x.jpg", "sub/deeper/y.png", "sub/z.pgm", "sub/z.png", ".hidden.jpg", "._mac.jpg",
+                ".git/h.jpg", "sub/.x.jpg.tmp-123"]:
+        touch(root / rel)
+    return root
+
+
+def rels(tasks):
+    return [t.rel for t in tasks]
+
+
+def test_walk_lists_images_sorted_and_skips_hidden(src):
+    got = rels(tree.walk(src))
+    assert got == ["a.PNG", "b.jpg", "c.webp", "d.bmp", "e.tif", "f.tiff", "g.jpeg",
+                   "sub/x.jpg", "sub/z.pgm", "sub/z.png", "sub/deeper/y.png"]
+    assert tree.count(src) == len(got)
+
+
+def test_output_names_and_formats(src, tmp_path):
+    tasks = {t.rel: t for t in tree.walk(src, tmp_path / "out")}
+    assert tasks["b.jpg"].dst == tmp_path / "out" / "b.jpg" and tasks["b.jpg"].fmt == "JPEG"
+    assert tasks["a.PNG"].fmt == "PNG" and tasks["a.PNG"].dst.name == "a.PNG"
+    assert tasks["e.tif"].fmt == "TIFF" and tasks["c.webp"].fmt == "WEBP" and tasks["d.bmp"].fmt == "BMP"
+    # z.pgm cannot hold colour -> PNG, and z.png exists beside it -> z.pgm.png
+    assert tasks["sub/z.pgm"].dst == tmp_path / "out" / "sub" / "z.pgm.png" and tasks["sub/z.pgm"].fmt == "PNG"
+    assert tasks["sub/deeper/y.png"].dst == tmp_path / "out" / "sub" / "deeper" / "y.png"
+    assert len({t.dst for t in tasks.values()}) == len(tasks)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_shards_partition_every_file_exactly_once(src, n):
+    everything = rels(tree.walk(src))
+    parts = [rels(tree.walk(src, shard=Shard(i, n))) for i in range(n)]
+    flat = [r for p in parts for r in p]
+    assert sorted(flat) == sorted(everything) and len(flat) == len(set(flat))
+    assert parts == [rels(tree.walk(src, shard=Shard(i, n))) for i in range(n)]  # stable
+
+
+def test_shard_is_stable_when_files_are_added(src):
+    before = {r: tree.shard_of(r, 4) for r in rels(tree.walk(src))}
+    touch(src / "new" / "n.jpg")
+    after = {r: tree.shard_of(r, 4) for r in rels(tree.walk(src))}
+    assert all(after[r] == s for r, s in before.items())
+
+
+@pytest.mark.parametrize("text", ["1/1", "4/4", "-1/3", "a/b", "3", "0/0"])
+def test_bad_shard_text(text):
+    with pytest.raises(UsageError, match="--shard"):
+        Shard.parse(text)
+
+
+def test_shard_parse():
+    assert Shard.parse(" 2/5 ") == Shard(2, 5) and str(Shard(2, 5)) == "2/5"
+
+
+def test_folders_must_not_overlap(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    with pytest.raises(UsageError, match="inside the input folder"):
+        tree.check_folders(src, src)
+    with pytest.raises(UsageError, match="inside the input folder"):
+        tree.check_folders(src, src / "out")
+    with pytest.raises(UsageError, match="inside the output folder"):
+        tree.check_folders(src, tmp_path)
+    with pytest.raises(UsageError, match="expected a directory, found missing"):
+        tree.check_folders(tmp_path / "nope", tmp_path / "out")
+    link = tmp_path / "link"
+    link.symlink_to(src)
+    with pytest.raises(UsageError, match="inside the input folder"):
+        tree.check_folders(src, link / "out")
+    assert tree.check_folders(src, tmp_path / "out") == (src, tmp_path / "out")
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(src, tmp_path):
+    out = tmp_path / "out"
+    touch(out / "b.jpg")
+    touch(out / "sub" / "z.pgm.png")
+    skipped = {t.rel for t in tree.walk(src, out) if t.skip}
+    assert skipped == {"b.jpg", "sub/z.pgm"}
+    assert not any(t.skip for t in tree.walk(src, out, overwrite=True))
+
+
+def test_stale_temps_of_this_run_are_removed(src, tmp_path):
+    out = tmp_path / "out"
+    stale = touch(out / "sub" / tree.temp_name("x.jpg", 999999))
+    foreign = touch(out / "sub" / tree.temp_name("not-ours.jpg", 999999))
+    mine = touch(out / tree.temp_name("b.jpg", os.getpid()))
+    list(tree.walk(src, out))
+    assert not stale.exists()
+    assert foreign.exists()  # no input maps to it: left alone
+    assert mine.exists()  # this process's own temp file is never touched
+
+
+def test_temps_of_other_shards_are_left_alone(src, tmp_path):
+    out = tmp_path / "out"
+    owner = tree.shard_of("sub/x.jpg", 2)
+    stale = touch(out / "sub" / tree.temp_name("x.jpg", 999999))
+    list(tree.walk(src, out, shard=Shard(1 - owner, 2)))
+    assert stale.exists()
+    list(tree.walk(src, out, shard=Shard(owner, 2)))
+    assert not stale.exists()
+
+
+def test_temp_names():
+    assert tree.parse_temp_name(tree.temp_name("a.b.jpg", 42)) == ("a.b.jpg", 42)
+    assert tree.parse_temp_name("a.jpg") is None and tree.parse_temp_name(".a.jpg.tmp-x") is None
