@@ -148,9 +148,84 @@ def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, 
 
 
 @main.command("colorize-dir")
-def colorize_dir() -> None:
-    """Colorize every image under SRC into DST (mirrored tree)."""
-    _fail("colorize-dir: not implemented yet")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: models/colorizer.onnx (.pt for torch).")
+@click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True,
+              help="auto: trt with a .plan and a GPU, else ort with its best provider, else torch.")
+@click.option("--device", default=None, metavar="cpu|cuda:K", help="Device (default: the best available).")
+@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
+              help="Model input size: long side fitted, padded to size x size.")
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
+@click.option("--saturation", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
+              help="Scale the predicted chroma (1.0 = model output).")
+@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
+              help="Quality of JPEG (and WebP) outputs.")
+@click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
+              help="Larger images fail (reported) instead of being decoded.")
+@click.option("--overwrite", is_flag=True, help="Redo outputs that exist (default: skip them, so re-running resumes).")
+@click.option("--shard", default=None, metavar="I/N", help="Take a stable 1/N of the files (0 <= I < N).")
+@click.option("--fail-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the failed input paths to this file, one per line.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
+@click.option("--io-threads", type=(click.IntRange(1), click.IntRange(1)), default=None, metavar="READERS WRITERS",
+              help="Decode and encode threads (default: from the CPU count and the device).")
+def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
+                 batch_size: int, saturation: float, jpeg_quality: int, max_pixels: int, overwrite: bool,
+                 shard: str | None, fail_list: Path | None, threads: int | None,
+                 io_threads: tuple[int, int] | None) -> None:
+    """Colorize every image under SRC into DST (mirrored tree, same names; existing outputs skipped).
+
+    Exit codes: 0 all done, 1 some files failed (listed on stderr), 2 usage error.
+    """
+    import time
+
+    from engine.api import Colorizer, Shard
+    from engine.tree import check_folders
+
+    shard_obj = Shard.parse(shard) if shard else None
+    check_folders(src, dst)  # fail fast, before loading a model
+    with Colorizer(model, backend, size=size, batch_size=batch_size, device=device, saturation=saturation,
+                   max_pixels=max_pixels, threads=threads, io_threads=io_threads) as colorizer:
+        click.echo(f"backend: {colorizer.describe()}" + (f", shard {shard_obj}" if shard_obj else ""))
+        tty = sys.stderr.isatty()
+        if tty:
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            bar = tqdm(total=None, unit="img", dynamic_ncols=True, file=sys.stderr)
+            redirect = logging_redirect_tqdm()
+        else:
+            import contextlib
+
+            bar, redirect = None, contextlib.nullcontext()
+        last = [time.monotonic()]
+
+        def progress(p) -> None:
+            if bar is not None:
+                if p.total is not None and bar.total != p.total:
+                    bar.total = p.total
+                    bar.refresh()
+                if p.event != "total":
+                    bar.update(1)
+                    bar.set_postfix(ok=p.colorized, skip=p.skipped, fail=p.failed, refresh=False)
+            elif time.monotonic() - last[0] >= 10.0:
+                last[0] = time.monotonic()
+                rate = p.colorized / p.elapsed if p.elapsed > 0 else 0.0
+                logging.getLogger("cli").info(
+                    "%d/%s files: %d colorized, %d skipped, %d failed, %.2f img/s",
+                    p.done, p.total if p.total is not None else "?", p.colorized, p.skipped, p.failed, rate)
+
+        try:
+            with redirect:
+                summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
+                                                 jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+    click.echo(summary.line())
+    sys.exit(summary.exit_code)
 
 
 # ----------------------------------------------------------------------------- evaluate / demo
