@@ -176,6 +176,10 @@ def quantize_int8(
         pre_model = onnx.load(str(pre))
         nodes = {**colour_nodes(pre_model), "head": head_nodes(pre_model)}
         exclude = nodes["pre"] + nodes["post"] + nodes["head"]
+        luma = _luma_tensor(pre_model, set(nodes["pre"]))
+        # Y = gray/255 quantized with scale 1/255, zero point 0 is exactly the 256 gray levels:
+        # the first convolution sees the input losslessly, whatever range calibration saw.
+        overrides = {luma: [{"scale": np.array(1.0 / 255.0, np.float32), "zero_point": np.array(0, np.uint8)}]} if luma else {}
         try:
             quantize_static(
                 str(pre),
@@ -188,9 +192,13 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 nodes_to_exclude=exclude,
                 calibrate_method=CalibrationMethod.MinMax,
+                extra_options={"TensorQuantOverrides": overrides} if overrides else None,
             )
         except Exception as e:  # noqa: BLE001 - ORT's calibrator raises many types
             raise ExportError(f"INT8 quantization failed ({type(e).__name__}: {e})") from e
+        quantized = onnx.load(str(out_path))
+        rewired = _float_inputs_for(quantized, set(nodes["post"]))
+        onnx.save_model(quantized, str(out_path), save_as_external_data=False)
 
     log.info(
         "int8: calibrated on %d image(s) at %dpx, reduce_range=%s (%s)",
@@ -216,9 +224,42 @@ def quantize_int8(
             "preprocess": "colour-spec luma, short side resized, centre crop",
         },
         "fp32_nodes": nodes,
+        "luma_quantization": {"tensor": luma, "scale": "1/255", "zero_point": 0} if luma else None,
+        "post_inputs_rewired_to_float": rewired,
         "_eval": held,
         "_eval_names": held_names,
     }
+
+
+def _luma_tensor(model: Any, pre: set[str]) -> str | None:
+    """The float Y tensor: produced by the pre-processing, read by the first convolution."""
+    prod = {o: n for n in model.graph.node for o in n.output}
+    found = {
+        i for n in model.graph.node if n.op_type == "Conv" and n.name not in pre
+        for i in n.input[:1] if i in prod and prod[i].name in pre
+    }
+    return found.pop() if len(found) == 1 else None
+
+
+def _float_inputs_for(model: Any, names: set[str]) -> list[str]:
+    """Make the named nodes read float tensors, not DequantizeLinear(QuantizeLinear(x)) of them.
+
+    The quantizer puts one Q/DQ pair on a tensor shared by a quantized and an
+    excluded consumer (the luma feeds both the first conv and the YUV concat);
+    the excluded colour nodes must see the exact float value.
+    """
+    prod = {o: n for n in model.graph.node for o in n.output}
+    rewired = []
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        for k, inp in enumerate(node.input):
+            dq = prod.get(inp)
+            q = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[k] = q.input[0]
+                rewired.append(f"{node.name}:{k}")
+    return rewired
 
 
 def _load_all(paths: list[Path]) -> list[np.ndarray]:

@@ -1,0 +1,137 @@
+"""`cli.py export` on bad input: one clear line on stderr, exit code 2, nothing at --out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from tests.conftest import ROOT
+from train.checkpoint import load_checkpoint, save_checkpoint
+
+
+def _run(args):
+    result = CliRunner().invoke(main, args)
+    return result.exit_code, result.stderr
+
+
+def _assert_one_error_line(stderr, *fragments):
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_missing_checkpoint(tmp_path):
+    out = tmp_path / "m.onnx"
+    code, err = _run(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(out)])
+    assert code == 2
+    _assert_one_error_line(err, "nope.pt", "checkpoint not found")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(os.urandom(4096))
+    out = tmp_path / "m.onnx"
+    code, err = _run(["export", "--checkpoint", str(bad), "--out", str(out)])
+    assert code == 2
+    _assert_one_error_line(err, "bad.pt", "not a readable checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt"]
+
+
+def test_checkpoint_from_another_config(tiny_checkpoint, tmp_path):
+    data = load_checkpoint(tiny_checkpoint)
+    data.pop("format")
+    data["model_config"] = {**data["model_config"], "width_mult": 0.25}  # weights are for 0.125
+    data["model_config"].pop("widths", None)
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, data)
+    code, err = _run(["export", "--checkpoint", str(other), "--out", str(tmp_path / "m.onnx")])
+    assert code == 2
+    _assert_one_error_line(err, "other.pt", "weights do not fit the model config")
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_unknown_config_key(tiny_checkpoint, tmp_path):
+    data = load_checkpoint(tiny_checkpoint)
+    data.pop("format")
+    data["model_config"] = {**data["model_config"], "depth": 99}
+    other = tmp_path / "odd.pt"
+    save_checkpoint(other, data)
+    code, err = _run(["export", "--checkpoint", str(other), "--out", str(tmp_path / "m.onnx")])
+    assert code == 2
+    _assert_one_error_line(err, "invalid model config", "depth")
+
+
+def test_unwritable_output_dir(tiny_checkpoint, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(blocker / "m.onnx")])
+    assert code == 2
+    _assert_one_error_line(err, "cannot write in", str(blocker))
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_read_only_output_dir(tiny_checkpoint, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(ro / "m.onnx")])
+    finally:
+        ro.chmod(0o700)
+    assert code == 2
+    _assert_one_error_line(err, "cannot write in")
+    assert list(ro.iterdir()) == []
+
+
+def test_calibration_folder_without_images(tiny_checkpoint, tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "readme.txt").write_text("no images here")
+    out = tmp_path / "m.onnx"
+    code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                      "--precision", "int8", "--calib", str(calib)])
+    assert code == 2
+    _assert_one_error_line(err, "--calib", "found none")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib"]
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--temperature", "0.5"], "head 'regression'"),
+        (["--opset", "9"], "opset: expected 18.."),
+        (["--precision", "int4"], "Invalid value for '--precision'"),
+    ],
+)
+def test_bad_options(tiny_checkpoint, tmp_path, extra, fragment):
+    code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"), *extra])
+    assert code == 2
+    assert fragment in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_must_be_onnx(tiny_checkpoint, tmp_path):
+    code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.bin")])
+    assert code == 2
+    _assert_one_error_line(err, "ending in .onnx")
+
+
+def test_export_real_process_exit_code(tmp_path):
+    """The real entry point (not CliRunner): exit status 2 and a single stderr line."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "export", "--checkpoint", str(tmp_path / "none.pt"),
+         "--out", str(tmp_path / "m.onnx")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'none.pt'}: checkpoint not found"]
+    assert list(tmp_path.iterdir()) == []

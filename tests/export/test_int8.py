@@ -1,0 +1,173 @@
+"""INT8 static QDQ export: quality gate on held-out photos, colour math kept exact, calibration helpers.
+
+The tiny fixture model's head is scaled x20, so its tanh saturates on ~97% of pixels and
+almost any quantization error vanishes. These tests rescale the head (x0.25: uv std ~0.05-0.09,
+~1% saturated, the spread of a trained model's chroma) so that INT8 errors reach the output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from engine import color
+from engine.contract import read_sidecar
+from export import parity, quantize
+from export.fp16 import ExportError
+from export.to_onnx import DEFAULT_CALIB_DIR, export_checkpoint
+from train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def soft_checkpoint(tiny_checkpoint, tmp_path_factory):
+    data = load_checkpoint(tiny_checkpoint)
+    data.pop("format")
+    data["model"] = dict(data["model"])
+    data["model"]["head.conv.weight"] = data["model"]["head.conv.weight"] * 0.25
+    path = tmp_path_factory.mktemp("soft") / "soft.pt"
+    save_checkpoint(path, data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(soft_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "tiny8.onnx"
+    export_checkpoint(soft_checkpoint, out, precision="int8")  # default calibration folder: samples/
+    return out
+
+
+def test_int8_quality_gate_and_sidecar(int8_onnx):
+    side = read_sidecar(int8_onnx)
+    info = side["precision_info"]
+    floor = parity.TOLERANCES["int8"]["psnr_floor_db"]
+    assert side["precision"] == "int8" and side["tolerance"]["psnr_floor_db"] == floor
+    assert side["parity"]["psnr_db"] >= floor
+    assert all(p["psnr_db"] < quantize.PSNR_CAP_DB for p in side["parity"]["psnr_images"])  # not identical: really int8
+    calib = info["calibration"]
+    assert calib["images"] and calib["held_out"]
+    assert not set(calib["images"]) & set(calib["held_out"])
+    assert {p["image"] for p in side["parity"]["psnr_images"]} == set(calib["held_out"])
+    assert len(calib["images"]) + len(calib["held_out"]) == len(quantize.find_images(DEFAULT_CALIB_DIR))
+    vnni = quantize.cpu_has_vnni()
+    assert info["cpu_vnni"] == vnni
+    assert info["reduce_range"] is (not vnni)
+    assert "_eval" not in info
+
+
+def test_int8_body_is_quantized_colour_math_is_not(int8_onnx):
+    model = onnx.load(str(int8_onnx))
+    side = read_sidecar(int8_onnx)
+    prod = {o: n for n in model.graph.node for o in n.output}
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") >= 10 and ops.count("DequantizeLinear") >= 10
+    # Per-channel weights: some DequantizeLinear has a 1-D scale longer than 1.
+    inits = {i.name: i for i in model.graph.initializer}
+    assert any(len(inits[n.input[1]].dims) == 1 and inits[n.input[1]].dims[0] > 1
+               for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits)
+    excluded = side["precision_info"]["fp32_nodes"]
+    names = {n.name: n for n in model.graph.node}
+    for name in excluded["post"] + excluded["head"]:
+        node = names[name]
+        for i in node.input:
+            if i in prod:
+                assert prod[i].op_type != "DequantizeLinear" or name not in excluded["post"], f"{name} reads INT8 data"
+    assert prod["uv"].op_type != "DequantizeLinear"  # uv is not squeezed through 8 bits
+    assert prod["rgb"].op_type == "Cast"
+
+
+def test_int8_rgb_is_compose_u8_of_its_uv(int8_onnx, rng):
+    session = parity.ort_session(int8_onnx)
+    gray = rng.integers(0, 256, size=(2, 1, 45, 39), dtype=np.uint8)
+    rgb, uv = parity.ort_run(session, gray)
+    for i in range(2):
+        want = color.compose_u8(gray[i, 0], uv[i].transpose(1, 2, 0))
+        assert np.abs(want.astype(int) - rgb[i].transpose(1, 2, 0).astype(int)).max() <= 1
+
+
+def test_int8_dynamic_shapes(int8_onnx):
+    session = parity.ort_session(int8_onnx)
+    for shape in [(1, 1, 1, 1), (3, 1, 37, 53)]:
+        rgb, uv = parity.ort_run(session, np.zeros(shape, np.uint8))
+        assert rgb.shape == (shape[0], 3, *shape[2:]) and uv.shape == (shape[0], 2, *shape[2:])
+
+
+def test_int8_quality_on_real_photo_vs_fp32(int8_onnx, soft_checkpoint):
+    """Independent of the exporter's own numbers: a held-out sample photo, INT8 vs FP32 torch."""
+    from export.graph import ColorizeGraph
+    from train.checkpoint import load_model
+
+    side = read_sidecar(int8_onnx)
+    held = DEFAULT_CALIB_DIR / side["precision_info"]["calibration"]["held_out"][0]
+    gray = quantize.load_gray(held, size=160)
+    graph = ColorizeGraph(load_model(soft_checkpoint)[0]).eval()
+    ref, ref_uv = parity.torch_reference(graph, gray)
+    got, uv = parity.ort_run(parity.ort_session(int8_onnx), gray)
+    assert ref_uv.std() > 0.02  # the model really colours this photo
+    assert parity.psnr_u8(got, ref) >= parity.TOLERANCES["int8"]["psnr_floor_db"]
+
+
+def test_psnr_gate_rejects_low_quality():
+    measured = {"uv_max_abs": 0.3, "rgb_max_levels": 90, "psnr_db": 21.0}
+    assert parity.violations(measured, parity.TOLERANCES["int8"]) == ["mean PSNR vs fp32 21.00 dB < 30.00 dB"]
+    assert parity.violations({**measured, "psnr_db": 31.0}, parity.TOLERANCES["int8"]) == []
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_cpu_vnni_detection(tmp_path):
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert quantize.cpu_has_vnni(f) is False
+    f.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert quantize.cpu_has_vnni(f) is True
+    f.write_text("flags\t\t: fpu avx2 avx_vnni\n")
+    assert quantize.cpu_has_vnni(f) is True
+    assert quantize.cpu_has_vnni(tmp_path / "missing") is None
+
+
+def test_find_images_errors(tmp_path):
+    with pytest.raises(ExportError, match="found no folder"):
+        quantize.find_images(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ExportError, match="found none"):
+        quantize.find_images(tmp_path)
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ExportError, match="1 unreadable"):
+        quantize.find_images(tmp_path)
+
+
+def test_find_images_skips_unreadable(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((20, 30, 3), 100, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"junk")
+    assert [p.name for p in quantize.find_images(tmp_path)] == ["a.png"]
+    gray = quantize.load_gray(tmp_path / "a.png", size=16)
+    assert gray.shape == (1, 1, 16, 16) and gray.dtype == np.uint8
+    assert int(gray[0, 0, 0, 0]) == int(color.rgb_u8_to_luma_u8(np.array([100, 100, 100], np.uint8)))
+
+
+def test_split_and_synthetic():
+    from pathlib import Path
+
+    six = [Path(f"{i}.jpg") for i in range(6)]
+    calib, held = quantize.split_images(six)
+    assert [p.name for p in held] == ["2.jpg", "5.jpg"] and len(calib) == 4
+    assert quantize.split_images(six[:2]) == (six[:2], [])
+    imgs = quantize.synthetic_images(count=2, size=32)
+    assert all(i.shape == (1, 1, 32, 32) and i.dtype == np.uint8 and i.std() > 10 for i in imgs)
+    assert not np.array_equal(imgs[0], imgs[1])
+
+
+def test_calibration_reader_protocol():
+    from onnxruntime.quantization import CalibrationDataReader
+
+    batches = [np.zeros((1, 1, 4, 4), np.uint8)] * 2
+    reader = quantize._Reader(batches)
+    assert isinstance(reader, CalibrationDataReader)
+    assert reader.get_next()["gray"].shape == (1, 1, 4, 4)
+    assert reader.get_next() is not None and reader.get_next() is None
+    reader.rewind()
+    assert reader.get_next() is not None
