@@ -146,10 +146,12 @@ class TrtRunner(Runner):
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(self.model.read_bytes())
         if engine is None:
+            gpu = self.meta.get("gpu")
+            gpu = gpu.get("name", gpu) if isinstance(gpu, dict) else gpu
             raise ArtifactError(
-                f"{self.model}: TensorRT {trt.__version__} cannot deserialize this engine (sidecar: TensorRT "
-                f"{self.meta.get('tensorrt_version', self.meta.get('tensorrt', '?'))}, GPU {self.meta.get('gpu', '?')}); "
-                f"engines are tied to a TensorRT version and GPU: rebuild it here with build-engine"
+                f"{self.model}: TensorRT {trt.__version__} cannot deserialize this engine (built with TensorRT "
+                f"{self.meta.get('tensorrt', '?')} on {gpu or '?'}); engines are tied to a TensorRT version and "
+                f"GPU model: rebuild it here with build-engine"
             )
         self._engine = engine
         self._check_io(trt, engine)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from engine import backends, contract
 from engine.backends import base, open_runner, resolve_model
@@ -183,8 +184,7 @@ def test_trt_engine_matches_ort(tiny_onnx, tmp_path):
     trt_build = pytest.importorskip("export.trt_build")
     pytest.importorskip("tensorrt")
     plan = tmp_path / "tiny.plan"
-    build = getattr(trt_build, "build_engine", None) or getattr(trt_build, "build_plan")
-    build(tiny_onnx, plan, precision="fp32", min_shape=(1, 1, 32, 32), opt_shape=(4, 1, 64, 64), max_shape=(8, 1, 128, 128))
+    trt_build.build_engine(tiny_onnx, plan, precision="fp32", batch=(1, 4, 8), size=(32, 64, 128))
     x = gray_batch(3, 64)
     with open_runner(plan, "trt", device="cuda:0") as t, open_runner(tiny_onnx, "ort", device="cpu") as o:
         assert t.on_gpu and t.max_batch == 8
@@ -193,3 +193,31 @@ def test_trt_engine_matches_ort(tiny_onnx, tmp_path):
     assert np.abs(a["uv"] - b["uv"]).max() < 2e-3
     assert np.abs(a["rgb"].astype(int) - b["rgb"].astype(int)).max() <= 1
     assert big["uv"].shape == (11, 2, 64, 64)
+    with pytest.raises(BackendError, match="outside the engine's profile"):
+        with open_runner(plan, "trt", device="cuda:0") as t:
+            t.infer(gray_batch(1, 256))
+
+
+@pytest.mark.gpu
+def test_trt_colorize_dir_matches_ort(tiny_onnx, tmp_path):
+    """The whole pipeline on the GPU: auto picks the .plan beside the .onnx; outputs agree with ONNX Runtime."""
+    trt_build = pytest.importorskip("export.trt_build")
+    pytest.importorskip("tensorrt")
+    from engine.api import Colorizer
+    from tests.engine.corpus import write_photos
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    contract.sidecar_path(model).write_text(contract.sidecar_path(tiny_onnx).read_text())
+    trt_build.build_engine(model, model.with_suffix(".plan"), precision="fp32", batch=(1, 8, 16), size=(64, 128, 256))
+    write_photos(tmp_path / "in", 20, size=(300, 200), ext=".png")
+    with Colorizer(model, backend="auto", size=128, batch_size=8) as c:
+        assert c.backend == "trt" and c.runner.on_gpu
+        s = c.colorize_dir(tmp_path / "in", tmp_path / "gpu")
+    with Colorizer(model, backend="ort", device="cpu", size=128, batch_size=8) as c:
+        c.colorize_dir(tmp_path / "in", tmp_path / "cpu")
+    assert s.colorized == 20
+    for p in sorted((tmp_path / "cpu").rglob("*.png")):
+        a = np.asarray(Image.open(p)).astype(int)
+        b = np.asarray(Image.open(tmp_path / "gpu" / p.relative_to(tmp_path / "cpu"))).astype(int)
+        assert np.abs(a - b).max() <= 2, p
