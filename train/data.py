@@ -178,8 +178,11 @@ def cache_key(files: list[ImageFile], short_side: int) -> str:
 
 
 def build_or_load_cache(files: list[ImageFile], short_side: int, cache_dir: Path, *, workers: int = 2,
-                        label: str = "train") -> ImageCache:
-    """Decode ``files`` once into ``cache_dir`` (or reuse a complete cache); see module doc."""
+                        label: str = "train", required: bool = True) -> ImageCache:
+    """Decode ``files`` once into ``cache_dir`` (or reuse a complete cache); see module doc.
+
+    Raises ``DataError`` when no file is readable, unless ``required`` is false.
+    """
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(files, short_side)
     index_path = cache_dir / f"{label}-{key}.json"
@@ -192,7 +195,7 @@ def build_or_load_cache(files: list[ImageFile], short_side: int, cache_dir: Path
         cache = ImageCache(index_path)
     for path, reason in cache.skipped:
         log.warning("warning: skipping unreadable image %s: %s", path, reason)
-    if len(cache) == 0:
+    if len(cache) == 0 and required:
         raise DataError(f"{label}: none of the {len(files)} image(s) could be read (first: {cache.skipped[0][0]})")
     return cache
 

@@ -110,6 +110,7 @@ class Trainer:
         self.cache_dir = Path(cfg.cache) if cfg.cache else self.out / "cache"
         self._lock_fd: int | None = None
         self._ckpt: dict[str, Any] | None = None
+        self._bad_run: list[int] = []  # steps of the current run of skipped (non-finite) steps
 
     # ------------------------------------------------------------------ setup
 
@@ -140,8 +141,10 @@ class Trainer:
                 short: int) -> tuple[D.ImageCache, D.ImageCache | None]:
         cfg = self.cfg
         train_cache = D.build_or_load_cache(train_files, short, self.cache_dir, workers=cfg.workers, label="train")
-        val_cache = (D.build_or_load_cache(val_files, cfg.image_size, self.cache_dir, workers=cfg.workers, label="val")
-                     if val_files else None)
+        val_cache = (D.build_or_load_cache(val_files, cfg.image_size, self.cache_dir, workers=cfg.workers, label="val",
+                                           required=False) if val_files else None)
+        if val_cache is not None and not len(val_cache):
+            log.warning("warning: no validation photo is readable; training without validation metrics")
         return train_cache, val_cache
 
     def _setup_main(self, train_files: list[D.ImageFile], val_files: list[D.ImageFile],
@@ -243,7 +246,7 @@ class Trainer:
                 stack.callback(bar.close)
             total_steps, total_time = self._loop(steps, batches, bar, end)
         if self.saved_step != self.step:
-            self._validate_and_save()
+            self._validate_and_save(final=True)
         dist.broadcast_buffers(info, self.net)
         digest = dist.check_replicas_identical(info, self.net)
         rate = cfg.batch_size * info.world_size * total_steps / total_time if total_time else 0.0
@@ -257,7 +260,7 @@ class Trainer:
 
     def _loop(self, steps: range, batches: Any, bar: Any, end: int) -> tuple[int, float]:
         cfg, info = self.cfg, self.info
-        bad_run: list[int] = []
+        bad_run = self._bad_run
         win_loss, win_ok, win_steps, win_time, total_time = 0.0, 0, 0, 0.0, 0.0
         it = iter(batches)
         for s in steps:
@@ -317,8 +320,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation and checkpoints
 
-    def _validate_and_save(self) -> None:
+    def _validate_and_save(self, final: bool = False) -> None:
         info = self.info
+        if self._bad_run and not final:  # same on every rank (the loss is all-reduced): keep the last good checkpoint
+            log.warning("warning: step %d: no checkpoint inside a run of skipped steps", self.step)
+            return
         if info.is_main:
             m = {"step": self.step, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "train_loss": getattr(self, "train_loss", None), "lr": self.scheduler.get_last_lr()[0],
