@@ -1,0 +1,233 @@
+import logging
+import math
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import cli
+from train import losses as L
+from train.checkpoint import load_checkpoint, load_model
+from train.model import ModelConfig
+from train.rundir import read_metrics
+from train.trainer import ResumeError, TrainingDiverged, lr_factor, train
+from tests.conftest import TINY_MODEL
+from tests.train.conftest import CLI, subprocess_env, write_photos
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _state(path):
+    return load_checkpoint(path)["model"]
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_writes_checkpoints_metrics_and_splits(tiny_cfg, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        result = train(tiny_cfg(amp=True))
+    out = tmp_path / "run"
+    assert result.step == 6 and result.resumed_from is None
+    assert "note: --amp only applies on CUDA" in caplog.text
+    assert "step 6/6" in caplog.text and "img/s" in caplog.text and "eta" in caplog.text
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [3, 6]
+    for r in rows:
+        assert math.isfinite(r["val_psnr"]) and r["val_images"] == 1 and r["gt_colourfulness"] > 0
+        assert r["colourfulness_ratio"] == pytest.approx(r["val_colourfulness"] / r["gt_colourfulness"])
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["step"] == 6
+    assert {"optimizer", "scheduler", "rng", "train_config", "loss_state", "best_psnr"} <= set(ckpt)
+    assert set(ckpt["rng"]) >= {"python", "numpy", "torch"}
+    assert ckpt["train_config"]["batch_size"] == 4 and ckpt["train_config"]["world_size"] == 1
+    model, _ = load_model(out / "last.pt", expect=ModelConfig.from_dict(TINY_MODEL))
+    assert model(torch.rand(1, 1, 9, 11)).shape == (1, 2, 9, 11)
+    best = load_checkpoint(out / "best.pt")
+    assert best["best_psnr"] == max(r["val_psnr"] for r in rows)
+    assert len((out / "val_files.txt").read_text().splitlines()) == 1  # 12 photos, every 10th validates
+    assert len((out / "train_files.txt").read_text().splitlines()) == 11
+    assert not list(out.glob(".*.tmp-*"))
+
+
+def test_resume_continues_at_the_exact_step_with_identical_weights(tiny_cfg, tmp_path, caplog):
+    full = train(tiny_cfg(out=str(tmp_path / "full"), steps=8))
+    part = train(tiny_cfg(out=str(tmp_path / "part"), steps=8, stop_at_step=5))
+    assert part.step == 5 and load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 5
+    with caplog.at_level(logging.INFO):
+        resumed = train(tiny_cfg(out=str(tmp_path / "part"), steps=8, resume=True))
+    assert resumed.resumed_from == 5 and resumed.step == 8
+    assert f"resuming from {tmp_path / 'part' / 'last.pt'} at step 5/8" in caplog.text
+    _assert_same_state(_state(tmp_path / "full" / "last.pt"), _state(tmp_path / "part" / "last.pt"))
+    assert resumed.state_sha256 == full.state_sha256
+    opt_full = load_checkpoint(tmp_path / "full" / "last.pt")["optimizer"]["state"]
+    opt_part = load_checkpoint(tmp_path / "part" / "last.pt")["optimizer"]["state"]
+    for i in opt_full:
+        _assert_same_state(opt_full[i], opt_part[i])
+    assert [r["step"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl")] == [3, 5, 6, 8]
+
+
+@pytest.fixture()
+def nan_loss():
+    """Huber, but NaN at the steps listed in the ``nan_steps`` option (or from ``nan_from`` on)."""
+
+    @L.register_loss("test-nan")
+    class NanLoss(L.HuberLoss):
+        def __init__(self, nan_steps=(), nan_from=10**9):
+            super().__init__()
+            self.options = {"nan_steps": list(nan_steps), "nan_from": nan_from}
+            self.nan_steps, self.nan_from, self.step = set(nan_steps), nan_from, 0
+
+        def set_step(self, step):
+            self.step = step
+
+        def forward(self, outputs, target_uv):
+            loss = super().forward(outputs, target_uv)
+            return loss * float("nan") if self.step in self.nan_steps or self.step >= self.nan_from else loss
+
+    yield "test-nan"
+    L.LOSSES.pop("test-nan")
+
+
+def test_nan_steps_are_skipped_without_an_update(tiny_cfg, tmp_path, nan_loss, caplog):
+    with caplog.at_level(logging.WARNING):
+        result = train(tiny_cfg(loss=nan_loss, loss_options={"nan_steps": [1, 2]}))
+    assert result.step == 6
+    skipped = [r.getMessage() for r in caplog.records if "step skipped" in r.getMessage()]
+    assert len(skipped) == 2 and "step 2: loss is nan" in skipped[0]
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(float(s["step"]) == 4 for s in ckpt["optimizer"]["state"].values())  # 6 steps, 2 skipped
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path, nan_loss):
+    with pytest.raises(TrainingDiverged, match=r"6 consecutive steps \(4-9\).*step 3\)"):
+        train(tiny_cfg(loss=nan_loss, loss_options={"nan_from": 3}, steps=30))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["step"] == 3
+    load_model(tmp_path / "run" / "last.pt")
+    assert not list((tmp_path / "run").glob(".*.tmp-*"))
+
+
+def test_lr_schedule_warms_up_then_decays():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.51)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.02)
+    assert lr_factor(0, 5, 0) == pytest.approx(1.0)
+
+
+def test_unreadable_photo_is_skipped_and_training_runs(tmp_path, tiny_cfg, caplog):
+    data = write_photos(tmp_path / "data", n=6)
+    (data / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    with caplog.at_level(logging.WARNING):
+        result = train(tiny_cfg(data=str(data), steps=2, val_fraction=0.0))
+    assert result.step == 2
+    assert sum("corrupt.jpg" in r.getMessage() for r in caplog.records) == 1
+
+
+# ----------------------------------------------------------------------------- CLI: bad input
+
+
+def _cli(*args):
+    return CliRunner().invoke(cli.main, ["train", *map(str, args)])
+
+
+TINY_ARGS = ["--width-mult", "0.125", "--image-size", "32", "--batch-size", "4", "--workers", "1"]
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("missing", "data folder not found"),
+    ("empty", "no images"),
+    ("unreadable", "image(s) could be read"),
+    ("out-under-file", "not writable"),
+    ("out-is-file", "exists and is not a folder"),
+    ("nothing-to-resume", "nothing to resume"),
+    ("bad-width", "expected one of"),
+    ("bad-steps", "--steps: expected >= 1"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
+    data, out, extra = photos, tmp_path / "out", []
+    if case == "missing":
+        data = tmp_path / "nope"
+    elif case == "empty":
+        data = tmp_path / "empty"
+        data.mkdir()
+    elif case == "unreadable":
+        data = tmp_path / "bad"
+        data.mkdir()
+        (data / "a.jpg").write_bytes(b"x")
+        (data / "b.png").write_bytes(b"y")
+    elif case == "out-under-file":
+        (tmp_path / "f").write_text("x")
+        out = tmp_path / "f" / "run"
+    elif case == "out-is-file":
+        out.write_text("x")
+    elif case == "nothing-to-resume":
+        extra = ["--resume"]
+    elif case == "bad-width":
+        extra = ["--width", "huge"]
+    elif case == "bad-steps":
+        extra = ["--steps", "0"]
+    r = _cli("--data", data, "--out", out, *TINY_ARGS, *extra)
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and expect in lines[0], r.output
+    assert "Traceback" not in r.output
+    if out.is_dir():
+        assert not list(out.glob("*.pt"))
+
+
+def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint(tiny_cfg, tmp_path, photos):
+    train(tiny_cfg(steps=3))
+    out = tmp_path / "run"
+    before = (out / "last.pt").read_bytes()
+    r = subprocess.run(CLI + ["train", "--data", str(photos), "--out", str(out), *TINY_ARGS, "--steps", "3",
+                              "--batch-size", "8", "--resume"], capture_output=True, text=True, timeout=120,
+                       env=subprocess_env())
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: --resume: {out / 'last.pt'} was made with other settings: batch_size 4 in the checkpoint, 8 now"]
+    assert (out / "last.pt").read_bytes() == before
+    r = _cli("--data", photos, "--out", out, *TINY_ARGS, "--steps", "3")
+    assert r.exit_code == 2 and "pass --resume" in r.output
+
+
+# ----------------------------------------------------------------------------- kill -9
+
+
+def test_kill_9_during_training_then_resume(tmp_path, photos):
+    out = tmp_path / "run"
+    args = CLI + ["train", "--data", str(photos), "--out", str(out), *TINY_ARGS, "--steps", "120",
+                  "--val-every", "2", "--log-every", "20"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env())
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+                break
+            time.sleep(0.02)
+        time.sleep(0.137)  # land somewhere inside a step or a save
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()
+    step = load_checkpoint(out / "last.pt")["step"]
+    assert 10 <= step < 120
+    load_model(out / "last.pt")
+    r = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {out / 'last.pt'} at step {step}/120" in r.stderr
+    assert "done: step 120/120" in r.stderr
+    assert load_checkpoint(out / "last.pt")["step"] == 120
+    steps = [m["step"] for m in read_metrics(out / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 120
+    assert not list(out.glob(".*.tmp-*"))
