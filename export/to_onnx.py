@@ -16,6 +16,7 @@ import dataclasses
 import io
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -85,7 +86,7 @@ def export_checkpoint(
 
                 info = quantize.quantize_int8(fp32_path, tmp, calib_images, reduce_range=reduce_range)
             else:
-                os.replace(fp32_path, tmp)
+                shutil.move(fp32_path, tmp)  # the work folder may be on another filesystem
                 info = {}
             measured = _check(tmp, graph, precision, info)
         bad = parity.violations(measured, gate)

@@ -180,7 +180,7 @@ def build_engine(
     with tempfile.TemporaryDirectory(prefix="colorizer-trt-") as work:
         source, conversion = _source_onnx(onnx_path, src_precision, precision, Path(work))
         plan = _build(trt, source, profile, workspace_gb, Path(timing_cache) if timing_cache else None)
-    check = verify_engine(trt, plan, onnx_path, batch, size) if verify else {"skipped": True}
+    check = verify_engine(trt, plan, onnx_path, batch, size) if verify else {"skipped": "verify=False"}
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,6 +326,14 @@ def run_engine(trt: Any, engine: Any, gray: np.ndarray) -> dict[str, np.ndarray]
     return {k: v.cpu().numpy() for k, v in outputs.items()}
 
 
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def verify_shapes(batch: tuple[int, int, int], size: tuple[int, int, int]) -> list[tuple[int, int, int, int]]:
     """Two in-profile shapes: the minimum, and the optimum batch at an odd height."""
     odd_h = size[1] - 1 if size[1] % 2 == 0 and size[1] - 1 >= size[0] else size[1]
@@ -336,6 +344,9 @@ def verify_engine(trt: Any, plan: bytes, onnx_path: Path, batch: tuple[int, int,
     """The built engine vs ONNX Runtime on the source ONNX, within the FP16 tolerance."""
     from export import parity
 
+    if not _torch_cuda():
+        log.warning("engine not verified: torch with CUDA is needed to run it here (pip install a CUDA build of torch)")
+        return {"skipped": "torch without CUDA"}
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
