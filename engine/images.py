@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,14 @@ _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 class ImageError(ColorizerError):
     """One file cannot be read or written; the run reports it and goes on."""
+
+
+class WriteError(ImageError):
+    """An output cannot be written; ``errno`` tells a full or read-only disk (which stops the run) from the rest."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 @dataclass
@@ -250,25 +259,31 @@ def encode(image: np.ndarray, fmt: str, *, quality: int = 95, exif: bytes | None
     if fmt == "JPEG":
         if image.shape[2] == 4:
             image = image[..., :3]
-        buf = io.BytesIO()
-        kw = {"exif": exif} if exif else {}
-        Image.fromarray(np.ascontiguousarray(image)).save(buf, "JPEG", quality=int(quality), **kw)
-        return buf.getvalue()
+        return _pil_save(image, "JPEG", exif, quality=int(quality))
     if fmt in ("PNG", "BMP"):
         code = cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR
         ok, data = cv2.imencode(".png" if fmt == "PNG" else ".bmp", cv2.cvtColor(image, code))
         if not ok:
             raise ImageError(f"cannot encode {fmt} ({image.shape})")
         return data.tobytes()
-    buf = io.BytesIO()
-    pil = Image.fromarray(np.ascontiguousarray(image))
     if fmt == "WEBP":
-        kw = {"exif": exif} if exif else {}
-        pil.save(buf, "WEBP", quality=int(quality), method=2, **kw)
-    elif fmt == "TIFF":
-        pil.save(buf, "TIFF", compression="tiff_lzw")
-    else:
-        raise ImageError(f"output format: expected JPEG, PNG, WEBP, BMP or TIFF, found {fmt!r}")
+        return _pil_save(image, "WEBP", exif, quality=int(quality), method=2)
+    if fmt == "TIFF":
+        return _pil_save(image, "TIFF", None, compression="tiff_lzw")
+    raise ImageError(f"output format: expected JPEG, PNG, WEBP, BMP or TIFF, found {fmt!r}")
+
+
+def _pil_save(image: np.ndarray, fmt: str, exif: bytes | None, **options: object) -> bytes:
+    pil = Image.fromarray(np.ascontiguousarray(image))
+    if exif:
+        buf = io.BytesIO()
+        try:
+            pil.save(buf, fmt, exif=exif, **options)
+            return buf.getvalue()
+        except (ValueError, OSError, struct.error) as e:  # e.g. EXIF over 64 KB: keep the photo, drop the metadata
+            log.debug("EXIF not carried (%s)", e)
+    buf = io.BytesIO()
+    pil.save(buf, fmt, **options)
     return buf.getvalue()
 
 
@@ -282,7 +297,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise ImageError(f"cannot write {path} ({e.strerror or e})") from e
+        raise WriteError(f"cannot write {path} ({e.strerror or e})", e.errno) from e
     finally:
         try:
             os.unlink(tmp)

@@ -8,11 +8,12 @@ Every queue is bounded, so at most a few batches of photos are in memory
 whatever the size of the folder. The inference thread never decodes or
 encodes: on a GPU it only waits for the device while readers and writers keep
 the CPU cores busy. Per-file problems become events (``path: reason``), never
-exceptions; only a failing backend (or Ctrl-C) stops the run.
+exceptions; only a failing backend, a full or read-only output disk (or Ctrl-C) stops the run.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -31,7 +32,12 @@ from engine.errors import ColorizerError
 log = logging.getLogger(__name__)
 
 MAX_FAILURES_KEPT = 10_000
+FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 _DONE = object()
+
+
+class OutputError(ColorizerError):
+    """The output folder cannot take more files (disk full, quota, read-only): the run stops."""
 
 
 @dataclass
@@ -149,13 +155,20 @@ def run(
     summary = RunSummary(backend=runner.describe())
     state = {"total": None}
     t0 = time.perf_counter()
-    fail_file = open(fail_list, "w", encoding="utf-8") if fail_list is not None else None  # noqa: SIM115
+    try:
+        fail_file = open(fail_list, "w", encoding="utf-8") if fail_list is not None else None  # noqa: SIM115
+    except OSError as e:
+        raise tree.UsageError(f"--fail-list {fail_list}: cannot write ({e.strerror or e})") from e
+    fatal: list[str] = []  # a full or read-only output disk: stop instead of failing every file
     notes: set[str] = set()  # notes already logged (caller's thread)
     png_exts: set[str] = set()  # extensions already announced as written to PNG (walker thread)
 
     def walker() -> None:
         try:
             for task in tree.walk(src, dst, shard=shard, overwrite=overwrite):
+                if task.error is not None:
+                    events.put(("failed", task, task.error))
+                    continue
                 if task.skip:
                     events.put(("skipped", task, None))
                     continue
@@ -216,7 +229,14 @@ def run(
                     data = images.encode(out, item.task.fmt, quality=s.jpeg_quality, exif=d.exif)
                     item.task.dst.parent.mkdir(parents=True, exist_ok=True)
                     images.write_atomic(item.task.dst, data)
-                except (ColorizerError, OSError) as e:
+                except (images.WriteError, OSError) as e:
+                    if getattr(e, "errno", None) in FATAL_ERRNOS:
+                        fatal.append(f"{e}; stopping (the outputs written so far are complete)")
+                        stop.set()
+                        return
+                    events.put(("failed", item.task, str(e)))
+                    continue
+                except ColorizerError as e:
                     events.put(("failed", item.task, str(e)))
                     continue
                 except Exception as e:  # noqa: BLE001 - as in reader()
@@ -274,6 +294,11 @@ def run(
                 t.join(timeout=0.1)
                 drain()
         drain()
+        if fatal:
+            raise OutputError(fatal[0])
+    except _Stop:
+        drain()
+        raise OutputError(fatal[0] if fatal else "stopped") from None
     except BaseException:
         stop.set()
         raise
@@ -299,6 +324,8 @@ def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Se
                 item = ready.get(timeout=0.05)
             except queue.Empty:
                 drain()
+                if stop.is_set():  # a writer hit a full or read-only disk
+                    raise _Stop from None
                 continue
         if item is _DONE:
             readers_left -= 1

@@ -99,6 +99,7 @@ class Task:
     dst: Path
     fmt: str  # output format: JPEG, PNG, WEBP, BMP, TIFF
     skip: bool  # the output exists already (and overwrite is off)
+    error: str | None = None  # set for an input folder that cannot be listed (src is the folder)
 
 
 def output_format(name: str) -> tuple[str, str]:
@@ -129,8 +130,8 @@ def check_folders(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> t
     return src_p, dst_p
 
 
-def _scan(folder: Path) -> tuple[list[str], list[str]]:
-    """Sorted visible sub-directories and files of one folder (directory symlinks not followed)."""
+def _scan(folder: Path) -> tuple[list[str], list[str], str | None]:
+    """Sorted visible sub-directories and files of one folder (directory symlinks not followed), or an error."""
     dirs, files = [], []
     try:
         with os.scandir(folder) as it:
@@ -145,8 +146,8 @@ def _scan(folder: Path) -> tuple[list[str], list[str]]:
                 except OSError:
                     continue
     except OSError as err:
-        log.warning("%s: cannot list folder (%s)", folder, err.strerror or err)
-    return sorted(dirs), sorted(files)
+        return [], [], f"cannot list folder ({err.strerror or err})"
+    return sorted(dirs), sorted(files), None
 
 
 def _plan_folder(names: list[str]) -> list[tuple[str, str, str]]:
@@ -177,6 +178,7 @@ def walk(
 ) -> Iterator[Task]:
     """Yield a ``Task`` per image under ``src`` (sorted, this shard's only).
 
+    A folder that cannot be listed is yielded as a ``Task`` with ``error`` set (every shard reports it).
     With ``dst``: marks tasks whose output exists (unless ``overwrite``) and deletes
     stale temp files of this shard's targets in each output folder before yielding.
     """
@@ -184,7 +186,10 @@ def walk(
     while stack:
         rel_dir = stack.pop()
         folder = src / rel_dir if rel_dir else src
-        dirs, files = _scan(folder)
+        dirs, files, error = _scan(folder)
+        if error is not None:
+            yield Task(rel=rel_dir or ".", src=folder, dst=dst or folder, fmt="", skip=False, error=error)
+            continue
         stack.extend(f"{rel_dir}/{d}" if rel_dir else d for d in reversed(dirs))
         plan = []
         for name, out, fmt in _plan_folder(files):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -151,3 +153,48 @@ def test_large_image_in_strips_keeps_memory_small(colorizer, tmp_path, monkeypat
     luma, _, im = output_luma(tmp_path / "out" / "big.png")
     assert im.size == (900, 700)
     assert np.abs(luma.astype(int) - color.rgb_u8_to_luma_u8(pattern(700, 900, 3))).max() <= 2
+
+
+def test_unreadable_folder_is_a_failure(colorizer, tmp_path, monkeypatch):
+    from engine import tree
+
+    write_photos(tmp_path / "in", 4)
+    real = tree._scan
+
+    def scan(folder):
+        if folder.name == "d1":  # as for a folder without read permission (tests may run as root)
+            return [], [], "cannot list folder (Permission denied)"
+        return real(folder)
+
+    monkeypatch.setattr(tree, "_scan", scan)
+    s = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")
+    assert (s.colorized, s.failed) == (3, 1)
+    assert s.failures == [(str(tmp_path / "in" / "d1"), "cannot list folder (Permission denied)")]
+
+
+def test_full_disk_stops_the_run(colorizer, tmp_path, monkeypatch):
+    import errno
+
+    from engine import pipeline
+
+    write_photos(tmp_path / "in", 12)
+    calls = []
+
+    def full(path, data):
+        calls.append(path)
+        if len(calls) > 3:
+            raise images.WriteError(f"cannot write {path} (No space left on device)", errno.ENOSPC)
+        real(path, data)
+
+    real = images.write_atomic
+    monkeypatch.setattr(images, "write_atomic", full)
+    with pytest.raises(pipeline.OutputError, match=r"No space left on device\); stopping"):
+        colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")
+    assert len(list((tmp_path / "out").rglob("*.jpg"))) == 3
+
+
+def test_oversized_exif_is_dropped_not_the_photo():
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 70_000  # ImageDescription over JPEG's 64 KB APP1 limit
+    data = images.encode(pattern(20, 30, 0), "JPEG", exif=exif.tobytes())
+    assert Image.open(io.BytesIO(data)).size == (30, 20)
