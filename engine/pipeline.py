@@ -87,6 +87,7 @@ class _Item:
     decoded: images.Decoded
     model_input: np.ndarray  # uint8 (size, size)
     crop: tuple[int, int]
+    cost: int  # bytes charged to the in-flight budget
 
 
 @dataclass
@@ -98,6 +99,44 @@ class Settings:
     jpeg_quality: int = 95
     readers: int = 1
     writers: int = 1
+    inflight_bytes: int = 2 << 30  # photos held between decode and write (luma, alpha, composed output)
+
+
+BYTES_PER_PIXEL = 6  # luma + alpha held from decode to write, plus the composed RGB(A) in the writer
+
+
+class _Budget:
+    """Caps the bytes of photos in flight, so a folder of huge scans cannot exhaust memory.
+
+    A photo larger than the whole budget still goes through, alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int, stop: threading.Event) -> None:
+        with self._cond:
+            self.waiting += 1
+            try:
+                while self.used and self.used + n > self.limit:
+                    if stop.is_set():
+                        raise _Stop
+                    self._cond.wait(0.2)
+            finally:
+                self.waiting -= 1
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+    def starved(self) -> bool:
+        """A reader waits for memory: a partial batch must go now (it cannot grow until writes finish)."""
+        return self.waiting > 0
 
 
 def default_io_threads(on_gpu: bool) -> tuple[int, int]:
@@ -160,6 +199,7 @@ def run(
     except OSError as e:
         raise tree.UsageError(f"--fail-list {fail_list}: cannot write ({e.strerror or e})") from e
     fatal: list[str] = []  # a full or read-only output disk: stop instead of failing every file
+    budget = _Budget(s.inflight_bytes)
     notes: set[str] = set()  # notes already logged (caller's thread)
     png_exts: set[str] = set()  # extensions already announced as written to PNG (walker thread)
 
@@ -205,7 +245,9 @@ def run(
                     log.debug("%s: internal error while reading", task.src, exc_info=True)
                     events.put(("failed", task, f"internal error while reading ({type(e).__name__}: {e})"))
                     continue
-                _put(ready, _Item(task, decoded, x, crop), stop)
+                cost = decoded.luma.size * BYTES_PER_PIXEL
+                budget.acquire(cost, stop)
+                _put(ready, _Item(task, decoded, x, crop, cost), stop)
         except _Stop:
             return
         finally:
@@ -222,30 +264,36 @@ def run(
                     break
                 item, uv = job
                 try:
-                    d = item.decoded
-                    out = images.compose(d.luma, uv, saturation=s.saturation, alpha=d.alpha)
-                    if item.task.fmt == "JPEG" and d.alpha is not None:
-                        events.put(("note", item.task, "JPEG cannot hold alpha: alpha dropped"))
-                    data = images.encode(out, item.task.fmt, quality=s.jpeg_quality, exif=d.exif)
-                    item.task.dst.parent.mkdir(parents=True, exist_ok=True)
-                    images.write_atomic(item.task.dst, data)
-                except (images.WriteError, OSError) as e:
-                    if getattr(e, "errno", None) in FATAL_ERRNOS:
-                        fatal.append(f"{e}; stopping (the outputs written so far are complete)")
-                        stop.set()
-                        return
-                    events.put(("failed", item.task, str(e)))
-                    continue
-                except ColorizerError as e:
-                    events.put(("failed", item.task, str(e)))
-                    continue
-                except Exception as e:  # noqa: BLE001 - as in reader()
-                    log.debug("%s: internal error while writing", item.task.src, exc_info=True)
-                    events.put(("failed", item.task, f"internal error while writing ({type(e).__name__}: {e})"))
-                    continue
-                events.put(("colorized", item.task, None))
+                    event = write_one(item, uv)
+                finally:
+                    budget.release(item.cost)
+                if event is None:  # a full or read-only disk: the run stops
+                    return
+                events.put(event)
         except _Stop:
             return
+
+    def write_one(item: _Item, uv: np.ndarray) -> tuple | None:
+        task, d = item.task, item.decoded
+        try:
+            out = images.compose(d.luma, uv, saturation=s.saturation, alpha=d.alpha)
+            if task.fmt == "JPEG" and d.alpha is not None:
+                events.put(("note", task, "JPEG cannot hold alpha: alpha dropped"))
+            data = images.encode(out, task.fmt, quality=s.jpeg_quality, exif=d.exif)
+            task.dst.parent.mkdir(parents=True, exist_ok=True)
+            images.write_atomic(task.dst, data)
+        except (images.WriteError, OSError) as e:
+            if getattr(e, "errno", None) in FATAL_ERRNOS:
+                fatal.append(f"{e}; stopping (the outputs written so far are complete)")
+                stop.set()
+                return None
+            return ("failed", task, str(e))
+        except ColorizerError as e:
+            return ("failed", task, str(e))
+        except Exception as e:  # noqa: BLE001 - as in reader()
+            log.debug("%s: internal error while writing", task.src, exc_info=True)
+            return ("failed", task, f"internal error while writing ({type(e).__name__}: {e})")
+        return ("colorized", task, None)
 
     def drain() -> None:
         while True:
@@ -286,7 +334,7 @@ def run(
     for t in threads + writers:
         t.start()
     try:
-        _infer_loop(runner, ready, to_write, s, stop, drain)
+        _infer_loop(runner, ready, to_write, s, stop, drain, budget)
         for _ in writers:
             _put(to_write, _DONE, stop)
         for t in writers:
@@ -313,7 +361,7 @@ def run(
 
 
 def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Settings,
-                stop: threading.Event, drain: Callable[[], None]) -> None:
+                stop: threading.Event, drain: Callable[[], None], budget: _Budget) -> None:
     """Batch items from the readers, run the model, hand each photo's chroma to the writers."""
     readers_left = s.readers
     batch: list[_Item] = []
@@ -326,12 +374,14 @@ def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Se
                 drain()
                 if stop.is_set():  # a writer hit a full or read-only disk
                     raise _Stop from None
-                continue
+                if not (batch and budget.starved()):
+                    continue
         if item is _DONE:
             readers_left -= 1
         elif item is not None:
             batch.append(item)
-        if batch and (len(batch) >= s.batch_size or not readers_left):
+        starved = budget.starved() and ready.empty()  # the batch cannot grow until writers free memory
+        if batch and (len(batch) >= s.batch_size or not readers_left or starved):
             x = np.stack([it.model_input for it in batch])[:, None]
             uv = runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]
             for i, it in enumerate(batch):

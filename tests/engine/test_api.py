@@ -198,3 +198,15 @@ def test_oversized_exif_is_dropped_not_the_photo():
     exif[0x010E] = "x" * 70_000  # ImageDescription over JPEG's 64 KB APP1 limit
     data = images.encode(pattern(20, 30, 0), "JPEG", exif=exif.tobytes())
     assert Image.open(io.BytesIO(data)).size == (30, 20)
+
+
+@pytest.mark.parametrize("budget", [1, 3 * 96 * 64 * 6])
+def test_memory_budget_never_deadlocks(colorizer, tmp_path, budget):
+    """Photos over the in-flight budget go one (or a few) at a time; partial batches flush instead of waiting."""
+    from engine import pipeline
+
+    write_photos(tmp_path / "in", 11)
+    settings = pipeline.Settings(size=64, batch_size=4, readers=2, writers=2, inflight_bytes=budget)
+    (tmp_path / "out").mkdir()
+    s = pipeline.run(colorizer.runner, tmp_path / "in", tmp_path / "out", settings)
+    assert (s.colorized, s.failed) == (11, 0)
