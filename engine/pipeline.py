@@ -36,8 +36,8 @@ FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 _DONE = object()
 
 
-class OutputError(ColorizerError):
-    """The output folder cannot take more files (disk full, quota, read-only): the run stops."""
+class RunStopped(ColorizerError):
+    """The run stopped early: the output disk is full, over quota or read-only, or the walk broke."""
 
 
 @dataclass
@@ -215,10 +215,14 @@ def run(
                 ext = task.src.suffix.lower()
                 if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
                     png_exts.add(ext)
-                    events.put(("note", task, f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})"))
+                    note = f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})"
+                    events.put(("note", task, note))
                 _put(tasks, task, stop)
         except _Stop:
             return
+        except Exception as e:  # noqa: BLE001 - a bug must not pass for a finished run
+            log.debug("walker failed", exc_info=True)
+            fatal.append(f"listing {src} failed ({type(e).__name__}: {e})")
         finally:
             for _ in range(s.readers):
                 try:
@@ -343,10 +347,10 @@ def run(
                 drain()
         drain()
         if fatal:
-            raise OutputError(fatal[0])
+            raise RunStopped(fatal[0])
     except _Stop:
         drain()
-        raise OutputError(fatal[0] if fatal else "stopped") from None
+        raise RunStopped(fatal[0] if fatal else "stopped") from None
     except BaseException:
         stop.set()
         raise

@@ -188,7 +188,7 @@ def test_full_disk_stops_the_run(colorizer, tmp_path, monkeypatch):
 
     real = images.write_atomic
     monkeypatch.setattr(images, "write_atomic", full)
-    with pytest.raises(pipeline.OutputError, match=r"No space left on device\); stopping"):
+    with pytest.raises(pipeline.RunStopped, match=r"No space left on device\); stopping"):
         colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")
     assert len(list((tmp_path / "out").rglob("*.jpg"))) == 3
 
