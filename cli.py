@@ -231,16 +231,64 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
 # ----------------------------------------------------------------------------- evaluate / demo
 
 
+def _fmt(x: float) -> str:
+    return "inf" if x == float("inf") else f"{x:.3f}"
+
+
 @main.command()
-def evaluate() -> None:
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="Colour photos: a folder (recursive) or a .txt list of paths (e.g. RUN_DIR/val_files.txt).")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled models/colorizer.onnx].")
+@click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda or cuda:K.")
+@click.option("--size", type=int, default=256, show_default=True, help="Photos are centre-cropped to SIZE x SIZE.")
+@click.option("--model-size", type=int, default=None, help="Resolution the model runs at [--size].")
+@click.option("--saturation", type=float, default=1.0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")
+@click.option("--csv", "csv_out", type=click.Path(path_type=Path), default=None, help="Per-image scores as CSV.")
+@click.option("--grid", type=click.Path(path_type=Path), default=None, help="PNG grid: input | output | truth.")
+def evaluate(data: Path, model: Path | None, backend: str, device: str | None, size: int, model_size: int | None,
+             saturation: float, json_out: Path | None, csv_out: Path | None, grid: Path | None) -> None:
     """Measure PSNR, SSIM and colourfulness on colour photos against the gray baseline."""
-    _fail("evaluate: not implemented yet")
+    import json
+
+    from engine.api import Colorizer
+    from engine.contract import write_json_atomic
+    from engine.evaluate import evaluate_folder, write_csv
+
+    with Colorizer(model, backend, size=model_size or size, device=device, saturation=saturation) as colorizer:
+        click.echo(f"backend: {colorizer.describe()}")
+        report = evaluate_folder(colorizer.colorize, data, size=size, grid=grid)
+    m, g = report.model, report.gray_baseline
+    click.echo(f"{report.images} photos at {size}x{size}" + (f", {len(report.failed)} unreadable" if report.failed else ""))
+    click.echo(f"{'':14}{'PSNR dB':>9}{'SSIM':>8}{'colourfulness':>15}{'ratio':>8}")
+    click.echo(f"{'model':14}{_fmt(m['psnr']):>9}{_fmt(m['ssim']):>8}{m['colourfulness']:>15.2f}"
+               f"{m['colourfulness_ratio']:>8.3f}")
+    click.echo(f"{'gray baseline':14}{_fmt(g['psnr']):>9}{_fmt(g['ssim']):>8}{0.0:>15.2f}{0.0:>8.3f}")
+    click.echo(f"{'ground truth':14}{'':>9}{'':>8}{m['gt_colourfulness']:>15.2f}{1.0:>8.3f}")
+    if json_out is not None:
+        write_json_atomic(json_out, json.loads(json.dumps(report.to_dict(), default=str)))
+    if csv_out is not None:
+        write_csv(report, csv_out)
+    if grid is not None:
+        click.echo(f"grid: {grid}")
+    sys.exit(1 if report.failed else 0)
 
 
 @main.command()
-def demo() -> None:
-    """Colorize samples/ with the bundled model into out/demo/ and write a grid."""
-    _fail("demo: not implemented yet")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled models/colorizer.onnx].")
+@click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True)
+def demo(model: Path | None, backend: str) -> None:
+    """Colorize samples/ with the bundled model into out/demo/ and write out/demo/grid.png."""
+    from engine.api import Colorizer
+    from engine.demo import OUT, run_demo
+
+    with Colorizer(model, backend) as colorizer:
+        click.echo(f"backend: {colorizer.describe()}")
+        summary, grid = run_demo(colorizer.colorize_dir)
+    click.echo(summary.line())
+    click.echo(f"outputs: {OUT}/  side-by-side grid: {grid}")
+    sys.exit(summary.exit_code)
 
 
 if __name__ == "__main__":
