@@ -8,16 +8,20 @@ fp32  uv 1e-4, rgb 1 level.  ORT and torch differ by float rounding only
       (measured ~1e-7 on uv); rgb may flip by one level where ``x*255+0.5`` lands
       on an integer boundary, never more.
 fp16  uv 4e-3, rgb 3 levels. FP16 has an 11-bit mantissa; the tiny test model
-      measures ~5e-4 on uv, so this leaves ~8x headroom for deeper/wider nets.
+      measures ~5e-4 on uv, a lightly trained half-width model 3e-4 (rgb 63 dB
+      PSNR vs FP32), so this leaves ~8x headroom for deeper/wider nets.
       The worst colour-matrix gain is U->B (2.03), so 4e-3 on uv is at most
       ~2.1 levels of B, plus one level of rounding -> 3 levels.
 int8  uv/rgb max differences are measured and recorded but not gated: on
       noise inputs a few pixels near tanh's knee can move far. The gate is
       image quality on held-out photos: mean PSNR of INT8 vs FP32 ``rgb`` must
-      be >= 30 dB (see ``export.quantize``): an RMS error of about 8 levels,
-      below what a viewer notices in a colorized photo's chroma, and well
-      above the broken outputs INT8 gives without reduce_range on a non-VNNI
-      CPU (single-digit to mid-teen dB).
+      be >= 35 dB (see ``export.quantize``). Measured on a lightly trained
+      half-width model (250 steps, 24.1 dB vs ground truth, gray 23.4 dB) on
+      this AVX2 CPU without VNNI: reduce_range=True gave 42.7 dB on the held-out
+      samples (43.3 mean / 37.0 min over 40 validation photos) and cost 0.15 dB
+      of PSNR vs ground truth; reduce_range=False gave 34.3 dB (35.3 / 28.2)
+      and cost 0.37 dB, half of what the model gains over gray. 35 dB passes the
+      first with a 7 dB margin and rejects the second.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 TOLERANCES: dict[str, dict[str, float | None]] = {
     "fp32": {"uv_max_abs": 1e-4, "rgb_max_levels": 1, "psnr_floor_db": None},
     "fp16": {"uv_max_abs": 4e-3, "rgb_max_levels": 3, "psnr_floor_db": None},
-    "int8": {"uv_max_abs": None, "rgb_max_levels": None, "psnr_floor_db": 30.0},
+    "int8": {"uv_max_abs": None, "rgb_max_levels": None, "psnr_floor_db": 35.0},
 }
 
 # (batch, height, width): two batch sizes, two odd spatial sizes, and the smallest image.
