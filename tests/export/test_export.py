@@ -183,7 +183,15 @@ def test_classification_head_temperature(tmp_path):
                          head_options={"centres": centres, "temperature": 0.4, "stride": 4})
     ckpt = tmp_path / "cls.pt"
     save_checkpoint(ckpt, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 3})
-    side = export_checkpoint(ckpt, tmp_path / "cls.onnx", temperature=1.5)
+    from click.testing import CliRunner
+
+    from cli import main
+
+    out = tmp_path / "cls.onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--temperature", "1.5"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith(f"exported {out} (fp32, opset ")
+    side = read_sidecar(out)
     assert side["model_config"]["head_options"]["temperature"] == 1.5
     assert side["model_config"]["head_options"]["centres"] == centres
     assert side["parity"]["uv_max_abs"] <= parity.TOLERANCES["fp32"]["uv_max_abs"]
