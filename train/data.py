@@ -92,8 +92,6 @@ def split_files(files: list[ImageFile], val_fraction: float) -> tuple[list[Image
         val_idx = {len(files) - 1}
     train = [f for i, f in enumerate(files) if i not in val_idx]
     val = [f for i, f in enumerate(files) if i in val_idx]
-    if not train:
-        raise DataError(f"{files[0].root}: {len(files)} image(s) is too few to split off a validation set")
     return train, val
 
 

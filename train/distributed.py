@@ -110,8 +110,8 @@ def run_on_main(info: DistInfo, fn: Callable[[], T]) -> T | None:
     if info.is_main:
         try:
             result = fn()
-        except ColorizerError as e:
-            message[0] = str(e)
+        except Exception as e:  # noqa: BLE001 - tell the other ranks, then re-raise unchanged
+            message[0] = str(e) if isinstance(e, ColorizerError) else f"rank 0 failed: {type(e).__name__}: {e}"
             dist.broadcast_object_list(message, src=0)
             raise
     dist.broadcast_object_list(message, src=0)

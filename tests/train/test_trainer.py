@@ -197,6 +197,8 @@ def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint(tiny_cf
     assert r.stderr.strip().splitlines() == [
         f"error: --resume: {out / 'last.pt'} was made with other settings: batch_size 4 in the checkpoint, 8 now"]
     assert (out / "last.pt").read_bytes() == before
+    with pytest.raises(ResumeError, match="seed 0 in the checkpoint, 1 now"):
+        train(tiny_cfg(steps=3, seed=1, resume=True))
     r = _cli("--data", photos, "--out", out, *TINY_ARGS, "--steps", "3")
     assert r.exit_code == 2 and "pass --resume" in r.output
 
