@@ -32,6 +32,18 @@ __all__ = ["Colorizer", "Progress", "RunSummary", "Shard", "UsageError"]
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
+def check_fail_list(src: Path, fail_list: str | os.PathLike[str] | None) -> Path | None:
+    """The ``--fail-list`` path, refused inside the input folder or in a folder that does not exist."""
+    if fail_list is None:
+        return None
+    fail_path = Path(fail_list).expanduser()
+    if src.resolve() in fail_path.resolve().parents:
+        raise UsageError(f"--fail-list {fail_path} is inside the input folder {src}; the input is never written")
+    if not fail_path.parent.is_dir():
+        raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
+    return fail_path
+
+
 class Colorizer:
     """A loaded model plus the pre/post-processing of the engine.
 
@@ -143,13 +155,7 @@ class Colorizer:
             shard = Shard.parse(shard)
         if not 1 <= int(jpeg_quality) <= 100:
             raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
-        fail_path = None
-        if fail_list is not None:
-            fail_path = Path(fail_list).expanduser()
-            if src_p.resolve() in fail_path.resolve().parents:
-                raise UsageError(f"--fail-list {fail_path} is inside the input folder {src_p}; the input is never written")
-            if not fail_path.parent.is_dir():
-                raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
+        fail_path = check_fail_list(src_p, fail_list)
         dst_p.mkdir(parents=True, exist_ok=True)
         readers, writers = self.io_threads
         settings = pipeline.Settings(
