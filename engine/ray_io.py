@@ -1,0 +1,339 @@
+"""``cli.py colorize-dir --ray``: a folder colorized on a Ray cluster, with the local run's rules and summary.
+
+    from engine.ray_io import RayColorizer
+
+    with RayColorizer("models/colorizer.onnx", address="auto", num_workers=8) as rc:
+        print(rc.describe())
+        summary = rc.colorize_dir("/shared/gray", "/shared/colour")     # the same RunSummary as Colorizer
+
+The driver lists the tree with ``engine.tree.walk`` (same shards, skip-existing,
+mirrored names, stale temp files removed) and builds a Ray Dataset of the paths
+to do. Ray tasks decode (``images.read_image``, ``images.fit``); an actor pool
+runs the model (``engine.ray_data.InferActor``); Ray tasks compose, encode and
+write each output with ``images.write_atomic`` (temp file + fsync + rename).
+Per-file problems come back as rows and are reported ``path: reason``; a full or
+read-only output disk stops the run (``RunStopped``), as in the local pipeline.
+Input and output folders (and the model) must be visible at the same paths on
+every node (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engine import images, tree
+from engine.api import DEFAULT_MAX_PIXELS, check_fail_list
+from engine.errors import ColorizerError
+from engine.pipeline import FATAL_ERRNOS, MAX_FAILURES_KEPT, Progress, RunStopped, RunSummary
+from engine.ray_data import (
+    ALPHA, BACKEND, CRASH_ENV, CROP_H, CROP_W, DEFAULT_MAX_WORKER_DEATHS, EMPTY, ERROR, KEY, LUMA, X,
+    RayRunError, _check_options, _ragged, compose_row, guarded, import_ray, infer_stage, make_ledger, plan_workers,
+)
+from engine.tree import Shard, UsageError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RayColorizer"]
+
+
+# ----------------------------------------------------------------------------- stages (run in Ray tasks)
+
+
+def _decode_files(batch: dict[str, np.ndarray], *, size: int, max_pixels: int | None, ledger: Any,
+                  max_deaths: int) -> dict[str, np.ndarray]:
+    keys = [str(k) for k in batch[KEY]]
+    n = len(keys)
+    lumas, alphas, exifs = [EMPTY] * n, [EMPTY] * n, [b""] * n
+    xs, hs, ws, errors = np.zeros((n, size, size), np.uint8), [0] * n, [0] * n, [""] * n
+
+    def run(rows: list[int]) -> None:
+        for i in rows:
+            try:
+                d = images.read_image(keys[i], max_pixels=max_pixels)
+                xs[i], (hs[i], ws[i]) = images.fit(d.luma, size)
+            except ColorizerError as e:
+                errors[i] = str(e)
+                continue
+            except Exception as e:  # noqa: BLE001 - one odd file must not end a run over millions
+                errors[i] = f"internal error while reading ({type(e).__name__}: {e})"
+                continue
+            lumas[i], alphas[i], exifs[i] = d.luma, EMPTY if d.alpha is None else d.alpha, d.exif or b""
+
+    def fail(i: int, reason: str) -> None:
+        errors[i] = reason
+
+    guarded(ledger, "decode", keys, run, fail, max_deaths)
+    out = dict(batch)
+    out.update({ERROR: np.array(errors, dtype=object), LUMA: _ragged(lumas), ALPHA: _ragged(alphas),
+                "exif": np.array(exifs, dtype=object), X: xs, CROP_H: np.array(hs), CROP_W: np.array(ws)})
+    return out
+
+
+def _write_one(batch: dict[str, np.ndarray], i: int, saturation: float, quality: int) -> tuple[str, str, str]:
+    """(status, reason, note) after composing, encoding and atomically writing row ``i``'s output."""
+    dst, fmt = Path(str(batch["dst"][i])), str(batch["fmt"][i])
+    note = "JPEG cannot hold alpha: alpha dropped" if fmt == "JPEG" and batch[ALPHA][i].size else ""
+    try:
+        out = compose_row(batch, i, saturation)
+        data = images.encode(out, fmt, quality=quality, exif=bytes(batch["exif"][i]) or None)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        images.write_atomic(dst, data)
+    except (images.WriteError, OSError) as e:
+        if getattr(e, "errno", None) in FATAL_ERRNOS:
+            return "fatal", f"{e}; stopping (the outputs written so far are complete)", ""
+        return "failed", str(e), ""
+    except ColorizerError as e:
+        return "failed", str(e), ""
+    except Exception as e:  # noqa: BLE001 - as in _decode_files
+        return "failed", f"internal error while writing ({type(e).__name__}: {e})", ""
+    return "colorized", "", note
+
+
+def _write_files(batch: dict[str, np.ndarray], *, saturation: float, quality: int, ledger: Any,
+                 max_deaths: int) -> dict[str, np.ndarray]:
+    n = len(batch[KEY])
+    reasons = [str(e) for e in batch[ERROR]]
+    status = ["failed" if r else "" for r in reasons]
+    notes = [""] * n
+    ok = [i for i in range(n) if not reasons[i]]
+
+    def run(rows: list[int]) -> None:
+        for r in rows:
+            i = ok[r]
+            status[i], reasons[i], notes[i] = _write_one(batch, i, saturation, quality)
+
+    def fail(r: int, reason: str) -> None:
+        status[ok[r]], reasons[ok[r]] = "failed", reason
+
+    guarded(ledger, "write", [str(batch[KEY][i]) for i in ok], run, fail, max_deaths)
+    return {"path": batch["path"], "status": np.array(status, dtype=object), "reason": np.array(reasons, dtype=object),
+            "note": np.array(notes, dtype=object), BACKEND: batch[BACKEND]}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+class RayColorizer:
+    """``Colorizer`` for a Ray cluster: same options and ``colorize_dir`` contract, workers instead of threads.
+
+    address: None starts a local Ray instance (or uses the one this process already has), "auto"
+    joins the cluster of this node (``ray start``), "HOST:PORT" a cluster's head.
+    num_workers / gpus_per_worker / cpus_per_worker: the actor pool (defaults: ``plan_workers``).
+    max_worker_deaths: a file in flight in this many worker deaths (per stage) fails instead of being retried.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        backend: str = "auto",
+        size: int = 256,
+        batch_size: int = 8,
+        saturation: float = 1.0,
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
+        address: str | None = None,
+        num_workers: int | None = None,
+        gpus_per_worker: float | None = None,
+        cpus_per_worker: float | None = None,
+        max_worker_deaths: int = DEFAULT_MAX_WORKER_DEATHS,
+        crash_on: str | None = None,
+    ) -> None:
+        ray = import_ray()
+        from engine.backends import resolve_model
+
+        _check_options(size, batch_size, saturation, max_worker_deaths)
+        if max_pixels is not None and max_pixels < 1:
+            raise UsageError(f"max_pixels: expected >= 1, found {max_pixels!r}")
+        self.model = None if model is None else os.path.abspath(os.fspath(Path(model).expanduser()))
+        # Usage errors (missing file, wrong suffix) here, before any worker starts; each worker resolves its own backend.
+        resolve_model(self.model, backend, device="cpu" if backend != "trt" else None)
+        self.backend, self.size, self.batch_size, self.saturation = backend, size, batch_size, float(saturation)
+        self.max_pixels, self.threads, self.max_deaths = max_pixels, threads, max_worker_deaths
+        self.crash_on = crash_on or os.environ.get(CRASH_ENV) or None
+        self._started = False
+        if ray.is_initialized():
+            self.where = "this process's Ray instance"
+        else:
+            try:
+                if address is None:
+                    ray.init(include_dashboard=False, logging_level=logging.WARNING)
+                else:
+                    ray.init(address=address, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise RayRunError(f"--ray-address {address or '(local)'}: cannot start or join Ray ({e})") from e
+            self._started = True
+            self.where = "a local Ray instance" if address is None else f"the cluster at {address}"
+        try:
+            self.plan = plan_workers(num_workers, gpus_per_worker, cpus_per_worker, strict=address is None)
+        except ColorizerError:
+            self.close()
+            raise
+        self.ray_version = ray.__version__
+
+    def describe(self) -> str:
+        model = self.model or "the bundled model"
+        return f"ray {self.ray_version} on {self.where}: {self.plan.describe()}; {self.backend} backend, {model}"
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+    def __enter__(self) -> "RayColorizer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def colorize_dir(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        shard: Shard | str | None = None,
+        jpeg_quality: int = 95,
+        fail_list: str | os.PathLike[str] | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> RunSummary:
+        """As ``Colorizer.colorize_dir``: mirrored tree, skip-existing, shards, ``fail_list``, ``RunSummary``."""
+        src_p, dst_p = tree.check_folders(src, dst)
+        if isinstance(shard, str):
+            shard = Shard.parse(shard)
+        if not 1 <= int(jpeg_quality) <= 100:
+            raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
+        fail_path = check_fail_list(src_p, fail_list)
+        dst_p.mkdir(parents=True, exist_ok=True)
+        try:
+            fail_file = open(fail_path, "w", encoding="utf-8") if fail_path is not None else None  # noqa: SIM115
+        except OSError as e:
+            raise UsageError(f"--fail-list {fail_path}: cannot write ({e.strerror or e})") from e
+        run = _Run(self, src_p, fail_file, progress)
+        try:
+            run.go(src_p, dst_p, shard, overwrite, int(jpeg_quality))
+        finally:
+            if fail_file is not None:
+                fail_file.close()
+        return run.summary
+
+
+class _Run:
+    """One ``colorize_dir`` call: the listing, the dataset, and the events folded into a ``RunSummary``."""
+
+    def __init__(self, rc: RayColorizer, src: Path, fail_file: Any, progress: Callable[[Progress], None] | None):
+        self.rc, self.src, self.fail_file, self.progress = rc, src, fail_file, progress
+        self.summary = RunSummary(backend=rc.describe())
+        self.total: int | None = None
+        self.notes: set[str] = set()
+        self.t0 = time.perf_counter()
+
+    def event(self, kind: str, path: str | None, info: str = "") -> None:
+        s = self.summary
+        if kind == "note":
+            if info not in self.notes:  # once per kind of note, as the local pipeline
+                self.notes.add(info)
+                log.info("%s", info)
+            return
+        if kind == "skipped":
+            s.skipped += 1
+        elif kind == "colorized":
+            s.colorized += 1
+        elif kind == "failed":
+            s.failed += 1
+            log.warning("%s: %s", path, info)
+            if len(s.failures) < MAX_FAILURES_KEPT:
+                s.failures.append((str(path), info))
+            if self.fail_file is not None:
+                self.fail_file.write(f"{path}\n")
+                self.fail_file.flush()
+        if self.progress is not None:
+            self.progress(Progress(kind, path, s.colorized, s.skipped, s.failed, self.total,
+                                   time.perf_counter() - self.t0))
+
+    def go(self, src: Path, dst: Path, shard: Shard | None, overwrite: bool, quality: int) -> None:
+        src_abs, dst_abs = src.absolute(), dst.absolute()
+        rows: list[tuple[str, str, str, str]] = []
+        png_exts: set[str] = set()
+        total = 0
+        for task in tree.walk(src_abs, dst_abs, shard=shard, overwrite=overwrite):
+            total += 1
+            shown = str(src / Path(task.src).relative_to(src_abs))  # the path as the user gave it, as the local run
+            if task.error is not None:
+                self.event("failed", shown, task.error)
+            elif task.skip:
+                self.event("skipped", shown)
+            else:
+                ext = task.src.suffix.lower()
+                if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
+                    png_exts.add(ext)
+                    self.event("note", None, f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})")
+                rows.append((str(task.src), str(task.dst), task.fmt, shown))
+        self.total = total
+        self.event("total", None)
+        if rows:
+            self._colorize(rows, quality)
+        self.summary.seconds = time.perf_counter() - self.t0
+
+    def _colorize(self, rows: list[tuple[str, str, str, str]], quality: int) -> None:
+        ray = import_ray()
+        rc = self.rc
+        ledger = make_ledger()
+        step = rc.batch_size
+        items = [{KEY: r[0], "dst": r[1], "fmt": r[2], "path": r[3]} for r in rows]
+        # Blocks of one batch each, built here (no Ray task): decode tasks spread over the cluster from the start.
+        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // step))
+        del items
+        ds.context.enable_progress_bars = False
+        ds.context.print_on_execution_start = False
+        ds = ds.map_batches(_decode_files, batch_size=step, batch_format="numpy",
+                            fn_kwargs=dict(size=rc.size, max_pixels=rc.max_pixels, ledger=ledger,
+                                           max_deaths=rc.max_deaths))
+        ds = infer_stage(ds, rc.plan, model=rc.model, backend=rc.backend, size=rc.size, batch_size=step,
+                         threads=rc.threads, ledger=ledger, max_deaths=rc.max_deaths, crash_on=rc.crash_on)
+        ds = ds.map_batches(_write_files, batch_size=step, batch_format="numpy",
+                            fn_kwargs=dict(saturation=rc.saturation, quality=quality, ledger=ledger,
+                                           max_deaths=rc.max_deaths))
+        backends: set[str] = set()
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for path, status, reason, note, name in zip(batch["path"], batch["status"], batch["reason"],
+                                                            batch["note"], batch[BACKEND]):
+                    if status == "fatal":
+                        raise RunStopped(str(reason))
+                    if note:
+                        self.event("note", None, str(note))
+                    if name:
+                        backends.add(str(name))
+                    self.event(str(status), str(path), str(reason))
+        except ray.exceptions.RayError as e:
+            raise RayRunError(_ray_error_message(e)) from e
+        finally:
+            if backends:
+                self.summary.backend = f"{rc.describe()}; workers ran {'; '.join(sorted(backends))}"
+            try:
+                ray.kill(ledger)
+            except ray.exceptions.RayError:
+                pass
+
+
+def _ray_error_message(e: Exception) -> str:
+    """One line for a Ray failure: the worker's own ``ColorizerError`` when there is one."""
+    cause: BaseException | None = e
+    for _ in range(10):  # a bounded walk down the chain of causes
+        if cause is None:
+            break
+        if isinstance(cause, ColorizerError) and not type(cause).__module__.startswith("ray"):
+            return f"a Ray worker failed: {cause}"
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"the Ray run failed ({type(e).__name__}: {first})"
+
