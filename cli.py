@@ -171,10 +171,21 @@ def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, 
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
 @click.option("--io-threads", type=(click.IntRange(1), click.IntRange(1)), default=None, metavar="READERS WRITERS",
               help="Decode and encode threads (default: from the CPU count and the device).")
+@click.option("--ray", "use_ray", is_flag=True,
+              help="Run on Ray (pip install -e '.[cluster]'): decode/write in Ray tasks, the model in an actor pool.")
+@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+              help="--ray: join this cluster (default: start a local Ray instance).")
+@click.option("--num-workers", type=click.IntRange(1), default=None,
+              help="--ray: model actors (default: one per GPU, else half the cluster's CPUs).")
+@click.option("--gpus-per-worker", type=click.FloatRange(0), default=None,
+              help="--ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0).")
+@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
+              help="--ray: CPUs reserved per actor (default: 1).")
 def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
                  batch_size: int, saturation: float, jpeg_quality: int, max_pixels: int, overwrite: bool,
                  shard: str | None, fail_list: Path | None, threads: int | None,
-                 io_threads: tuple[int, int] | None) -> None:
+                 io_threads: tuple[int, int] | None, use_ray: bool, ray_address: str | None,
+                 num_workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float | None) -> None:
     """Colorize every image under SRC into DST (mirrored tree, same names; existing outputs skipped).
 
     Exit codes: 0 all done, 1 some files failed (listed on stderr), 2 usage error.
@@ -185,9 +196,28 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
     from engine.tree import check_folders
 
     shard_obj = Shard.parse(shard) if shard else None
+    ray_options = {"--ray-address": ray_address, "--num-workers": num_workers, "--gpus-per-worker": gpus_per_worker,
+                   "--cpus-per-worker": cpus_per_worker}
+    if not use_ray and any(v is not None for v in ray_options.values()):
+        _fail(f"{', '.join(k for k, v in ray_options.items() if v is not None)}: only with --ray")
+    if use_ray and (device is not None or io_threads is not None):
+        _fail("--device and --io-threads: not with --ray (each Ray worker takes its GPU, Ray tasks decode and write)")
     check_folders(src, dst)  # fail fast, before loading a model
-    with Colorizer(model, backend, size=size, batch_size=batch_size, device=device, saturation=saturation,
-                   max_pixels=max_pixels, threads=threads, io_threads=io_threads) as colorizer:
+    if use_ray:
+        from engine.ray_io import RayColorizer  # imports Ray itself only when constructed
+
+        def make():
+            rc = RayColorizer(model, backend, size=size, batch_size=batch_size, saturation=saturation,
+                              max_pixels=max_pixels, threads=threads, address=ray_address, num_workers=num_workers,
+                              gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+            if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+                logging.getLogger("ray.data").setLevel(logging.ERROR)  # Ray Data's own progress/info lines
+            return rc
+    else:
+        def make():
+            return Colorizer(model, backend, size=size, batch_size=batch_size, device=device, saturation=saturation,
+                             max_pixels=max_pixels, threads=threads, io_threads=io_threads)
+    with make() as colorizer:
         click.echo(f"backend: {colorizer.describe()}" + (f", shard {shard_obj}" if shard_obj else ""))
         tty = sys.stderr.isatty()
         if tty:
