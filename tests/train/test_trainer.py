@@ -57,12 +57,17 @@ def test_training_writes_checkpoints_metrics_and_splits(tiny_cfg, tmp_path, capl
     assert not list(out.glob(".*.tmp-*"))
 
 
-def test_resume_continues_at_the_exact_step_with_identical_weights(tiny_cfg, tmp_path, caplog):
-    full = train(tiny_cfg(out=str(tmp_path / "full"), steps=8))
-    part = train(tiny_cfg(out=str(tmp_path / "part"), steps=8, stop_at_step=5))
+LOSS_SETTINGS = {"huber": {}, "classification": {"samples": 20000, "warmup": 3}}
+
+
+@pytest.mark.parametrize("loss", sorted(LOSS_SETTINGS))
+def test_resume_continues_at_the_exact_step_with_identical_weights(tiny_cfg, tmp_path, caplog, loss):
+    kw = dict(steps=8, loss=loss, loss_options=LOSS_SETTINGS[loss])
+    full = train(tiny_cfg(out=str(tmp_path / "full"), **kw))
+    part = train(tiny_cfg(out=str(tmp_path / "part"), stop_at_step=5, **kw))
     assert part.step == 5 and load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 5
     with caplog.at_level(logging.INFO):
-        resumed = train(tiny_cfg(out=str(tmp_path / "part"), steps=8, resume=True))
+        resumed = train(tiny_cfg(out=str(tmp_path / "part"), resume=True, **kw))
     assert resumed.resumed_from == 5 and resumed.step == 8
     assert f"resuming from {tmp_path / 'part' / 'last.pt'} at step 5/8" in caplog.text
     _assert_same_state(_state(tmp_path / "full" / "last.pt"), _state(tmp_path / "part" / "last.pt"))
