@@ -34,7 +34,7 @@ from export.fp16 import ExportError
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "install TensorRT on a GPU server: pip install tensorrt --extra-index-url https://pypi.nvidia.com "
+    "install TensorRT on a GPU server: pip install tensorrt --extra-index-url <NVIDIA Python index, per the TensorRT install guide> "
     "(see README, 'GPU servers')"
 )
 PRECISIONS = ("fp16", "fp32")

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 INSTALL_TRT = (
     "install TensorRT from NVIDIA's package index on the GPU server "
-    "(pip install tensorrt --extra-index-url https://pypi.nvidia.com) and cuda-python (pip install cuda-python)"
+    "(pip install tensorrt --extra-index-url <NVIDIA Python index, per the TensorRT install guide>) and cuda-python (pip install cuda-python)"
 )
 
 
