@@ -126,8 +126,10 @@ def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opse
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Engine file (default: the ONNX path with .plan); sidecar MODEL.plan.json beside it.")
 @click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
-@click.option("--batch", default="1:8:16", show_default=True, help="Batch MIN:OPT:MAX of the profile.")
-@click.option("--size", default="64:512:1024", show_default=True, help="Square H=W MIN:OPT:MAX of the profile.")
+@click.option("--batch", default="1:32:64", show_default=True,
+              help="Batch MIN:OPT:MAX of the profile (colorize-dir on a GPU: --batch-size 32-64).")
+@click.option("--size", default="64:256:1024", show_default=True,
+              help="Square H=W MIN:OPT:MAX of the profile (colorize-dir runs at --size, default 256).")
 @click.option("--workspace-gb", type=float, default=4.0, show_default=True)
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
 @click.option("--force", is_flag=True, help="Rebuild even if a matching engine exists.")
