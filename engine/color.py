@@ -101,10 +101,70 @@ def gray_u8_to_y(gray_u8: np.ndarray) -> np.ndarray:
     return np.asarray(gray_u8, dtype=np.float32) * np.float32(1.0 / 255.0)
 
 
+# YUV -> RGB in uint8 levels: RGB*255 = Y*255 * col0 + U * (255 col1) + V * (255 col2).
+_YUV_TO_RGB_255 = (YUV_TO_RGB * np.array([1.0, 255.0, 255.0])).astype(np.float32)
+
+
 def compose_u8(gray_u8: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Join uint8 luma ``(H, W)`` and float chroma ``(H, W, 2)`` -> uint8 RGB ``(H, W, 3)``."""
-    y = gray_u8_to_y(gray_u8)[..., None]
-    return yuv_to_rgb_u8(np.concatenate([y, np.asarray(uv, dtype=np.float32)], axis=-1))
+    """Join uint8 luma ``(H, W)`` and float chroma ``(H, W, 2)`` -> uint8 RGB ``(H, W, 3)``.
+
+    The same values as ``yuv_to_rgb_u8`` of the stacked YUV (clamp, round half up),
+    up to float rounding, computed channel by channel in float32 in place (no
+    ``(H, W, 3)`` float temporaries), so it is several times faster.
+    """
+    gray = np.asarray(gray_u8)
+    uv = np.asarray(uv, dtype=np.float32)
+    if uv.shape != gray.shape + (2,):
+        raise ValueError(f"uv: expected shape {gray.shape + (2,)}, found {tuple(uv.shape)}")
+    y = gray.astype(np.float32)  # Y * 255
+    u, v = uv[..., 0], uv[..., 1]
+    out = np.empty(gray.shape + (3,), dtype=np.uint8)
+    acc = np.empty(gray.shape, dtype=np.float32)
+    tmp = np.empty(gray.shape, dtype=np.float32)
+    for c in range(3):
+        ky, ku, kv = (float(k) for k in _YUV_TO_RGB_255[c])
+        np.multiply(y, np.float32(ky), out=acc)
+        for k, plane in ((ku, u), (kv, v)):
+            if abs(k) > 1e-6:  # R has no U term and B no V term (up to float rounding of the inverse)
+                np.multiply(plane, np.float32(k), out=tmp)
+                acc += tmp
+        acc += np.float32(0.5)
+        np.clip(acc, np.float32(0.0), np.float32(255.5), out=acc)
+        out[..., c] = acc  # float -> uint8 truncates: floor(x * 255 + 0.5) of the clamped value
+    return out
+
+
+# JPEG (JFIF) stores BT.601 Y'CbCr in levels: Cb = 128 + 255 * 0.5 * (B - Y) / (1 - W_B),
+# Cr = 128 + 255 * 0.5 * (R - Y) / (1 - W_R), with the same luma weights as this spec.
+# Since U = U_MAX * (B - Y) / (1 - W_B) and V = V_MAX * (R - Y) / (1 - W_R), chroma maps linearly:
+CBCR_OFFSET = 128.0
+CBCR_PER_UV = (255.0 * 0.5 / U_MAX, 255.0 * 0.5 / V_MAX)  # levels of Cb per unit U, of Cr per unit V
+
+
+def uv_to_cbcr(uv: np.ndarray, saturation: float = 1.0) -> np.ndarray:
+    """Chroma ``(..., 2)`` (U, V) -> JPEG's (Cb, Cr) in float levels (unrounded, unclamped), float32.
+
+    A JPEG whose Y plane is the photo's uint8 luma and whose Cb/Cr planes are these
+    decodes to ``compose_u8(luma, uv)`` (the decoder clamps out-of-cube colours the
+    same way), so JPEG output needs no RGB pass. ``saturation`` scales the chroma.
+    """
+    uv = np.asarray(uv, dtype=np.float32)
+    if uv.ndim < 1 or uv.shape[-1] != 2:
+        raise ValueError(f"uv: expected shape (..., 2), found {tuple(uv.shape)}")
+    scale = np.array(CBCR_PER_UV, dtype=np.float32) * np.float32(saturation)
+    return uv * scale + np.float32(CBCR_OFFSET)
+
+
+def uv_to_cbcr_u8(uv: np.ndarray, saturation: float = 1.0) -> np.ndarray:
+    """Chroma ``(..., 2)`` -> uint8 (Cb, Cr) ``(..., 2)``: ``uv_to_cbcr`` clamped to 0..255, rounded half up.
+
+    Agrees within one level with JPEG's own RGB -> YCbCr of ``compose_u8`` for colours
+    inside the RGB cube (tests/engine/test_color.py).
+    """
+    cbcr = uv_to_cbcr(uv, saturation)
+    np.clip(cbcr, np.float32(0.0), np.float32(255.0), out=cbcr)
+    cbcr += np.float32(0.5)
+    return cbcr.astype(np.uint8)
 
 
 def to_u8(x: np.ndarray) -> np.ndarray:

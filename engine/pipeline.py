@@ -4,6 +4,8 @@
          │ (skips)                │ (failures)                                            │ (done, failures)
          └──────────────────────────────── events ──► caller's thread: logging, progress, summary
 
+The per-photo work lives in ``engine.stages`` (JPEG outputs are encoded straight
+from Y/Cb/Cr planes); ``RunSummary.stages`` has the time spent in each stage.
 Every queue is bounded, so at most a few batches of photos are in memory
 whatever the size of the folder. The inference thread never decodes or
 encodes: on a GPU it only waits for the device while readers and writers keep
@@ -28,6 +30,7 @@ import numpy as np
 from engine import contract, images, tree
 from engine.backends.base import Runner
 from engine.errors import ColorizerError
+from engine.stages import StageTimes, read_photo, write_photo
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class RunSummary:
     seconds: float = 0.0
     backend: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first 10,000
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # engine.stages.StageTimes.as_dict()
 
     @property
     def images_per_second(self) -> float:
@@ -200,6 +204,7 @@ def run(
         raise tree.UsageError(f"--fail-list {fail_list}: cannot write ({e.strerror or e})") from e
     fatal: list[str] = []  # a full or read-only output disk: stop instead of failing every file
     budget = _Budget(s.inflight_bytes)
+    times = StageTimes()
     notes: set[str] = set()  # notes already logged (caller's thread)
     png_exts: set[str] = set()  # extensions already announced as written to PNG (walker thread)
 
@@ -240,8 +245,7 @@ def run(
                 if task is _DONE:
                     break
                 try:
-                    decoded = images.read_image(task.src, max_pixels=s.max_pixels)
-                    x, crop = images.fit(decoded.luma, s.size)
+                    decoded, x, crop = read_photo(task.src, s.size, s.max_pixels, times)
                 except ColorizerError as e:
                     events.put(("failed", task, str(e)))
                     continue
@@ -280,12 +284,9 @@ def run(
     def write_one(item: _Item, uv: np.ndarray) -> tuple | None:
         task, d = item.task, item.decoded
         try:
-            out = images.compose(d.luma, uv, saturation=s.saturation, alpha=d.alpha)
             if task.fmt == "JPEG" and d.alpha is not None:
                 events.put(("note", task, "JPEG cannot hold alpha: alpha dropped"))
-            data = images.encode(out, task.fmt, quality=s.jpeg_quality, exif=d.exif)
-            task.dst.parent.mkdir(parents=True, exist_ok=True)
-            images.write_atomic(task.dst, data)
+            write_photo(task, d, uv, saturation=s.saturation, jpeg_quality=s.jpeg_quality, times=times)
         except (images.WriteError, OSError) as e:
             if getattr(e, "errno", None) in FATAL_ERRNOS:
                 fatal.append(f"{e}; stopping (the outputs written so far are complete)")
@@ -338,7 +339,7 @@ def run(
     for t in threads + writers:
         t.start()
     try:
-        _infer_loop(runner, ready, to_write, s, stop, drain, budget)
+        _infer_loop(runner, ready, to_write, s, stop, drain, budget, times)
         for _ in writers:
             _put(to_write, _DONE, stop)
         for t in writers:
@@ -361,11 +362,12 @@ def run(
         if fail_file is not None:
             fail_file.close()
     summary.seconds = time.perf_counter() - t0
+    summary.stages = times.as_dict()
     return summary
 
 
 def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Settings,
-                stop: threading.Event, drain: Callable[[], None], budget: _Budget) -> None:
+                stop: threading.Event, drain: Callable[[], None], budget: _Budget, times: StageTimes) -> None:
     """Batch items from the readers, run the model, hand each photo's chroma to the writers."""
     readers_left = s.readers
     batch: list[_Item] = []
@@ -386,10 +388,12 @@ def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Se
             batch.append(item)
         starved = budget.starved() and ready.empty()  # the batch cannot grow until writers free memory
         if batch and (len(batch) >= s.batch_size or not readers_left or starved):
+            t = times.now()
             x = np.stack([it.model_input for it in batch])[:, None]
             uv = runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]
-            for i, it in enumerate(batch):
-                h, w = it.crop
-                _put(to_write, (it, np.ascontiguousarray(uv[i, :, :h, :w])), stop)
+            crops = [np.ascontiguousarray(uv[i, :, : it.crop[0], : it.crop[1]]) for i, it in enumerate(batch)]
+            times.lap("infer", t, photos=len(batch))
+            for it, chroma in zip(batch, crops):
+                _put(to_write, (it, chroma), stop)
             batch = []
             drain()

@@ -97,6 +97,17 @@ def test_every_input_kind_round_trips(colorizer, tmp_path):
     assert events and events[-1].done == len(kinds)
 
 
+def test_summary_reports_time_per_stage(colorizer, tmp_path):
+    from engine.stages import STAGES
+
+    write_photos(tmp_path / "in", 5)
+    s = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")
+    assert set(s.stages) == set(STAGES)
+    for name, st in s.stages.items():
+        assert st["photos"] == 5, name
+        assert 0 <= st["cpu_seconds"] and 0 < st["seconds"] < s.seconds * 4, name
+
+
 def test_resume_skips_and_overwrite_redoes(colorizer, tmp_path):
     write_photos(tmp_path / "in", 6)
     first = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")

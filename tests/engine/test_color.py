@@ -101,3 +101,48 @@ def test_matrices_are_exact_inverses_and_described():
     d = color.describe()
     assert d["name"] == color.SPEC_NAME and d["u_max"] == color.U_MAX and d["v_max"] == color.V_MAX
     np.testing.assert_allclose(np.array(d["rgb_to_yuv"]) @ np.array(d["yuv_to_rgb"]), np.eye(3), atol=1e-12)
+
+
+def _in_gamut_yuv(rng, n=20000):
+    """Random YUV samples whose RGB lies inside the cube (with a margin), as uint8 luma + float chroma."""
+    rgb = rng.uniform(0.03, 0.97, (n, 3)).astype(np.float32)
+    yuv = color.rgb_to_yuv(rgb)
+    gray = color.to_u8(yuv[:, 0])
+    return gray.reshape(100, -1), yuv[:, 1:].reshape(100, -1, 2)
+
+
+def test_uv_to_cbcr_matches_jpeg_own_conversion_of_compose_u8(rng):
+    """JPEG planes from uv agree within one level with Pillow/libjpeg's RGB -> YCbCr of compose_u8's RGB."""
+    from PIL import Image
+
+    gray, uv = _in_gamut_yuv(rng)
+    rgb = color.compose_u8(gray, uv)
+    ycc = np.asarray(Image.fromarray(rgb).convert("YCbCr")).astype(int)
+    cbcr = color.uv_to_cbcr_u8(uv).astype(int)
+    assert np.abs(cbcr - ycc[..., 1:]).max() <= 1
+    assert np.abs(gray.astype(int) - ycc[..., 0]).max() <= 1  # JPEG's Y is the spec's luma
+    # The JFIF formula written out (ITU-T T.871), independent of the constants in engine/color.py.
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    assert np.abs(cbcr - np.stack([cb, cr], -1)).max() <= 1.0
+
+
+def test_uv_to_cbcr_constants_saturation_and_clamping():
+    uv = np.array([[0.0, 0.0], [color.U_MAX, color.V_MAX], [-color.U_MAX, -color.V_MAX], [3.0, -3.0]], np.float32)
+    np.testing.assert_allclose(color.uv_to_cbcr(uv)[:3], [[128, 128], [255.5, 255.5], [0.5, 0.5]], atol=1e-4)
+    u8 = color.uv_to_cbcr_u8(uv)
+    np.testing.assert_array_equal(u8[[0, 1, 3]], [[128, 128], [255, 255], [255, 0]])  # 255.5 and beyond clamp
+    assert u8[2].max() <= 1  # 0.5 rounds half up
+    np.testing.assert_array_equal(color.uv_to_cbcr_u8(uv[1:2], saturation=0.0), [[128, 128]])
+    with pytest.raises(ValueError, match="expected shape"):
+        color.uv_to_cbcr(np.zeros((4, 3), np.float32))
+
+
+def test_compose_u8_is_yuv_to_rgb_u8_of_the_stacked_yuv(rng):
+    gray = rng.integers(0, 256, (64, 80), dtype=np.uint8)
+    uv = rng.uniform(-0.7, 0.7, (64, 80, 2)).astype(np.float32)  # in and far out of the cube
+    want = color.yuv_to_rgb_u8(np.concatenate([color.gray_u8_to_y(gray)[..., None], uv], axis=-1))
+    got = color.compose_u8(gray, uv)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.999

@@ -127,6 +127,32 @@ def test_compose_matches_cv2_resize_and_spec(monkeypatch):
     assert np.array_equal(gray[..., 0], luma) and np.array_equal(gray[..., 2], luma)
 
 
+def test_jpeg_from_planes_matches_compose_then_encode():
+    """The JPEG path (Y = luma, Cb/Cr from uv at model resolution) decodes to compose()'s pixels."""
+    rng = np.random.default_rng(5)
+    luma = cv2.GaussianBlur(pattern(270, 480, 0, 1)[..., 0], (0, 0), 2)
+    yy, xx = np.mgrid[0:34, 0:60] / 40.0
+    uv = np.stack([0.12 * np.sin(3 * xx + yy), 0.15 * np.cos(2 * yy - xx)]).astype(np.float32)
+    uv += rng.normal(0, 0.004, uv.shape).astype(np.float32)
+    exif = Image.Exif()
+    exif[0x0132] = "2020:01:02 03:04:05"
+    ref = np.asarray(Image.open(io.BytesIO(images.encode(images.compose(luma, uv, saturation=1.3), "JPEG", quality=95))))
+    cb, cr = images.compose_jpeg_chroma(luma.shape, uv, saturation=1.3)
+    assert cb.shape == cr.shape == luma.shape and cb.dtype == np.uint8
+    data = images.encode_jpeg_ycbcr(luma, cb, cr, quality=95, exif=exif.tobytes())
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "JPEG" and im.mode == "RGB" and im.size == (480, 270)
+    assert im.getexif().get(0x0132) == "2020:01:02 03:04:05"
+    got = np.asarray(im)
+    diff = np.abs(got.astype(int) - ref.astype(int))
+    assert diff.mean() < 1.0 and np.percentile(diff, 99.9) <= 4
+    # luma kept: the decoded output's spec luma is the input luma (up to JPEG loss)
+    assert np.abs(color.rgb_u8_to_luma_u8(got).astype(int) - luma).mean() < 1.0
+    # saturation 0 gives neutral chroma planes
+    cb0, cr0 = images.compose_jpeg_chroma(luma.shape, uv, saturation=0.0)
+    assert (cb0 == 128).all() and (cr0 == 128).all()
+
+
 def test_compose_keeps_luma_and_alpha():
     luma = pattern(50, 70, 0, 1)[..., 0]
     uv = np.full((2, 10, 14), 0.03, np.float32)
