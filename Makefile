@@ -7,12 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-gpu bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	# torch is pinned so pip takes the CPU wheel, not a multi-GB CUDA build.
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[cpu,train,dev]'
+	$(PIP) install -e '.[cpu,train,dev,cluster]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -61,6 +61,21 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray instance (2 CPUs) for one test module, so Ray starts once per module; skips without Ray."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (the cluster extra): pip install -e '.[cluster]'")
+    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install -e '.[cluster]'")
+    import logging
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, object_store_memory=512 << 20)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
