@@ -96,3 +96,16 @@ def load_model(path: str | os.PathLike[str], *, expect: ModelConfig | None = Non
         raise CheckpointError(f"{path}: weights do not fit the model config ({first})") from e
     model.eval()
     return model, data
+
+
+def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], **metadata: Any) -> None:
+    """Write a small inference-only copy of ``src``: model config, weights, step, metrics, ``metadata``.
+
+    Drops optimizer, scheduler and RNG state (two thirds of a training checkpoint's size);
+    the result still loads with ``load_model`` and exports with ``cli.py export``.
+    """
+    data = load_checkpoint(src)
+    keep = {k: data[k] for k in ("model_config", "model", "step", "metrics", "train_config") if k in data}
+    keep["model"] = {k: v.detach().clone() for k, v in keep["model"].items()}
+    keep["release"] = dict(metadata, source=str(src))
+    save_checkpoint(dst, keep)
