@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from engine import contract, images
+from engine import contract, images, stages
 from engine.errors import BackendUnavailable, ColorizerError
 from engine.tree import UsageError
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install -e '.[cluster]' (installs ray[data])"
 DEFAULT_MAX_WORKER_DEATHS = 3
-CRASH_ENV = "COLORIZER_RAY_CRASH_ON"  # test hook: "NAME" crashes the infer actor once on keys ending in NAME, "NAME!" always
+CRASH_ENV = "COLORIZER_RAY_CRASH_ON"  # test hook, see _crash_hook: "a.jpg,b.jpg!" (the infer actor exits)
 
 # Internal columns (prefixed so they cannot clash with a user's columns).
 KEY, ERROR, LUMA, ALPHA, X, CROP_H, CROP_W, UV, BACKEND = (
@@ -72,6 +72,7 @@ class _Ledger:
     def __init__(self) -> None:
         self.inflight: set[tuple[str, str]] = set()
         self.deaths: dict[tuple[str, str], int] = {}
+        self.times: dict[str, dict[str, float]] = {}  # engine.stages.StageTimes.as_dict(), summed over workers
 
     def begin(self, stage: str, keys: Sequence[str]) -> list[int]:
         """Mark ``keys`` in flight; a key still in flight from an earlier attempt is charged one death first."""
@@ -91,10 +92,27 @@ class _Ledger:
     def total_deaths(self) -> int:
         return sum(self.deaths.values())
 
+    def add_times(self, times: dict[str, dict[str, float]]) -> None:
+        for stage, values in times.items():
+            into = self.times.setdefault(stage, {"seconds": 0.0, "cpu_seconds": 0.0, "photos": 0})
+            for k, v in values.items():
+                into[k] = into.get(k, 0) + v
+
+    def stage_times(self) -> dict[str, dict[str, float]]:
+        return {stage: dict(values) for stage, values in self.times.items()}
+
 
 def make_ledger() -> Any:
     ray = import_ray()
     return ray.remote(num_cpus=0)(_Ledger).remote()
+
+
+def report_times(ledger: Any, times: stages.StageTimes) -> None:
+    """Add a batch's per-stage times to the run's totals (``RunSummary.stages``)."""
+    if ledger is not None:
+        import ray
+
+        ray.get(ledger.add_times.remote({k: v for k, v in times.as_dict().items() if v["photos"]}))
 
 
 def guarded(
@@ -139,15 +157,16 @@ def guarded(
 
 
 def _crash_hook(spec: str | None, keys: Sequence[str]) -> Callable[[int, int], None] | None:
+    """Test hook: ``"a.jpg,b.jpg!"`` exits the process on keys ending in a.jpg the first time, in b.jpg every time."""
     if not spec:
         return None
-    always = spec.endswith("!")
-    name = spec.rstrip("!")
+    rules = [(s.rstrip("!"), s.endswith("!")) for s in spec.split(",") if s.strip("! ")]
 
     def crash(i: int, deaths: int) -> None:
-        if str(keys[i]).endswith(name) and (always or deaths == 0):
-            log.debug("test hook: worker %d exits on %s", os.getpid(), keys[i])
-            os._exit(17)
+        for name, always in rules:
+            if str(keys[i]).endswith(name) and (always or deaths == 0):
+                log.debug("test hook: worker %d exits on %s", os.getpid(), keys[i])
+                os._exit(17)
 
     return crash
 
@@ -231,18 +250,23 @@ class InferActor:
         keys = [str(batch[KEY][i]) for i in ok]
         x_all = batch[X]
 
+        times = stages.StageTimes()
+
         def run(rows: list[int]) -> None:
             idx = [ok[r] for r in rows]
             for s in range(0, len(idx), self.batch_size):
                 part = idx[s : s + self.batch_size]
+                t = times.now()
                 x = np.ascontiguousarray(np.stack([x_all[i] for i in part]))[:, None]
                 uv[part] = self.runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]
+                times.lap("infer", t, photos=len(part))
 
         def fail(r: int, reason: str) -> None:
             errors[ok[r]] = reason
 
         crash = _crash_hook(self.crash_on or os.environ.get(CRASH_ENV), keys)
         guarded(self.ledger, "inference", keys, run, fail, self.max_deaths, crash)
+        report_times(self.ledger, times)
         out = {k: v for k, v in batch.items() if k != X}
         out[UV], out[ERROR] = uv, np.array(errors, dtype=object)
         out[BACKEND] = np.array([self.name] * n, dtype=object)

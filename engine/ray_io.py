@@ -8,9 +8,10 @@
 
 The driver lists the tree with ``engine.tree.walk`` (same shards, skip-existing,
 mirrored names, stale temp files removed) and builds a Ray Dataset of the paths
-to do. Ray tasks decode (``images.read_image``, ``images.fit``); an actor pool
-runs the model (``engine.ray_data.InferActor``); Ray tasks compose, encode and
-write each output with ``images.write_atomic`` (temp file + fsync + rename).
+to do. Ray tasks decode (``engine.stages.read_photo``); an actor pool runs the
+model (``engine.ray_data.InferActor``); Ray tasks compose, encode and write each
+output with ``engine.stages.write_photo`` (temp file + fsync + rename), the local
+pipeline's own functions, so outputs are the same files.
 Per-file problems come back as rows and are reported ``path: reason``; a full or
 read-only output disk stops the run (``RunStopped``), as in the local pipeline.
 Input and output folders (and the model) must be visible at the same paths on
@@ -27,13 +28,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine import images, tree
+from engine import images, stages, tree
 from engine.api import DEFAULT_MAX_PIXELS, check_fail_list
 from engine.errors import ColorizerError
 from engine.pipeline import FATAL_ERRNOS, MAX_FAILURES_KEPT, Progress, RunStopped, RunSummary
 from engine.ray_data import (
-    ALPHA, BACKEND, CRASH_ENV, CROP_H, CROP_W, DEFAULT_MAX_WORKER_DEATHS, EMPTY, ERROR, KEY, LUMA, X,
-    RayRunError, _check_options, _ragged, compose_row, guarded, import_ray, infer_stage, make_ledger, plan_workers,
+    ALPHA, BACKEND, CRASH_ENV, CROP_H, CROP_W, DEFAULT_MAX_WORKER_DEATHS, EMPTY, ERROR, KEY, LUMA, UV, X,
+    RayRunError, _check_options, _ragged, guarded, import_ray, report_times, infer_stage, make_ledger, plan_workers,
 )
 from engine.tree import Shard, UsageError
 
@@ -49,14 +50,14 @@ def _decode_files(batch: dict[str, np.ndarray], *, size: int, max_pixels: int | 
                   max_deaths: int) -> dict[str, np.ndarray]:
     keys = [str(k) for k in batch[KEY]]
     n = len(keys)
+    times = stages.StageTimes()
     lumas, alphas, exifs = [EMPTY] * n, [EMPTY] * n, [b""] * n
     xs, hs, ws, errors = np.zeros((n, size, size), np.uint8), [0] * n, [0] * n, [""] * n
 
     def run(rows: list[int]) -> None:
         for i in rows:
             try:
-                d = images.read_image(keys[i], max_pixels=max_pixels)
-                xs[i], (hs[i], ws[i]) = images.fit(d.luma, size)
+                d, xs[i], (hs[i], ws[i]) = stages.read_photo(Path(keys[i]), size, max_pixels, times)
             except ColorizerError as e:
                 errors[i] = str(e)
                 continue
@@ -69,21 +70,26 @@ def _decode_files(batch: dict[str, np.ndarray], *, size: int, max_pixels: int | 
         errors[i] = reason
 
     guarded(ledger, "decode", keys, run, fail, max_deaths)
+    report_times(ledger, times)
     out = dict(batch)
     out.update({ERROR: np.array(errors, dtype=object), LUMA: _ragged(lumas), ALPHA: _ragged(alphas),
                 "exif": np.array(exifs, dtype=object), X: xs, CROP_H: np.array(hs), CROP_W: np.array(ws)})
     return out
 
 
-def _write_one(batch: dict[str, np.ndarray], i: int, saturation: float, quality: int) -> tuple[str, str, str]:
-    """(status, reason, note) after composing, encoding and atomically writing row ``i``'s output."""
-    dst, fmt = Path(str(batch["dst"][i])), str(batch["fmt"][i])
-    note = "JPEG cannot hold alpha: alpha dropped" if fmt == "JPEG" and batch[ALPHA][i].size else ""
+def _write_one(batch: dict[str, np.ndarray], i: int, saturation: float, quality: int,
+               times: stages.StageTimes) -> tuple[str, str, str]:
+    """(status, reason, note) after ``stages.write_photo`` (compose, encode, temp file + rename) of row ``i``."""
+    src, dst, fmt = Path(str(batch[KEY][i])), Path(str(batch["dst"][i])), str(batch["fmt"][i])
+    alpha = batch[ALPHA][i]
+    note = "JPEG cannot hold alpha: alpha dropped" if fmt == "JPEG" and alpha.size else ""
+    task = tree.Task(rel=str(batch["path"][i]), src=src, dst=dst, fmt=fmt, skip=False)
+    decoded = images.Decoded(luma=batch[LUMA][i], alpha=alpha if alpha.size else None,
+                             exif=bytes(batch["exif"][i]) or None, source="")
+    h, w = int(batch[CROP_H][i]), int(batch[CROP_W][i])
     try:
-        out = compose_row(batch, i, saturation)
-        data = images.encode(out, fmt, quality=quality, exif=bytes(batch["exif"][i]) or None)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        images.write_atomic(dst, data)
+        stages.write_photo(task, decoded, np.ascontiguousarray(batch[UV][i][:, :h, :w]), saturation=saturation,
+                           jpeg_quality=quality, times=times)
     except (images.WriteError, OSError) as e:
         if getattr(e, "errno", None) in FATAL_ERRNOS:
             return "fatal", f"{e}; stopping (the outputs written so far are complete)", ""
@@ -102,16 +108,18 @@ def _write_files(batch: dict[str, np.ndarray], *, saturation: float, quality: in
     status = ["failed" if r else "" for r in reasons]
     notes = [""] * n
     ok = [i for i in range(n) if not reasons[i]]
+    times = stages.StageTimes()
 
     def run(rows: list[int]) -> None:
         for r in rows:
             i = ok[r]
-            status[i], reasons[i], notes[i] = _write_one(batch, i, saturation, quality)
+            status[i], reasons[i], notes[i] = _write_one(batch, i, saturation, quality, times)
 
     def fail(r: int, reason: str) -> None:
         status[ok[r]], reasons[ok[r]] = "failed", reason
 
     guarded(ledger, "write", [str(batch[KEY][i]) for i in ok], run, fail, max_deaths)
+    report_times(ledger, times)
     return {"path": batch["path"], "status": np.array(status, dtype=object), "reason": np.array(reasons, dtype=object),
             "note": np.array(notes, dtype=object), BACKEND: batch[BACKEND]}
 
@@ -320,6 +328,9 @@ class _Run:
             if backends:
                 self.summary.backend = f"{rc.describe()}; workers ran {'; '.join(sorted(backends))}"
             try:
+                got = ray.get(ledger.stage_times.remote(), timeout=10)
+                zero = {"seconds": 0.0, "cpu_seconds": 0.0, "photos": 0}
+                self.summary.stages = {st: got.get(st, dict(zero)) for st in stages.STAGES}
                 ray.kill(ledger)
             except ray.exceptions.RayError:
                 pass

@@ -201,3 +201,10 @@ def test_ray_missing_says_how_to_install(tmp_path):
 
 def test_no_temp_files_left(runs):
     assert not [p for p in (runs["root"] / "ray").rglob(".*") if p.is_file()]
+
+
+def test_stage_times_summed_over_workers(runs):
+    st = runs["ray"].stages
+    assert set(st) == set(runs["local"].stages)
+    assert st["decode"]["photos"] >= runs["ray"].colorized and st["infer"]["photos"] >= runs["ray"].colorized
+    assert st["write"]["photos"] == runs["ray"].colorized and st["infer"]["seconds"] > 0
