@@ -381,13 +381,10 @@ def colorize_dataset(
     ``.plan`` beside the ``.onnx``, else ONNX Runtime).
     """
     ray = import_ray("colorize_dataset")
-    from engine.backends import resolve_model
-
     _check_options(size, batch_size, saturation, max_worker_deaths)
+    model_path = check_model(model, backend)
     if not ray.is_initialized():
         ray.init()
-    model_path = None if model is None else os.path.abspath(os.fspath(model))
-    resolve_model(model_path, backend, device="cpu" if backend != "trt" else None)  # usage errors now, not in a worker
     plan = plan_workers(num_workers, gpus_per_worker, cpus_per_worker, strict=False)
     ledger = make_ledger()
     ds = ds.map_batches(_prepare_arrays, fn_kwargs=dict(column=column, size=size), batch_size=batch_size,
@@ -397,6 +394,19 @@ def colorize_dataset(
     return ds.map_batches(_compose_arrays, batch_size=batch_size, batch_format="numpy",
                           fn_kwargs=dict(output_column=output_column, saturation=float(saturation), ledger=ledger,
                                          max_deaths=max_worker_deaths))
+
+
+def check_model(model: str | os.PathLike[str] | None, backend: str) -> str | None:
+    """The model as an absolute path (workers may run elsewhere), checked here: a missing file, a wrong
+    suffix or a missing/stale sidecar is a usage error now, not a failure in every worker."""
+    from engine import contract
+    from engine.backends import resolve_model
+
+    path = None if model is None else os.path.abspath(os.path.expanduser(os.fspath(model)))
+    kind, resolved = resolve_model(path, backend, device="cpu" if backend != "trt" else None)
+    if kind in ("ort", "trt"):
+        contract.read_sidecar(resolved)
+    return path
 
 
 def _check_options(size: int, batch_size: int, saturation: float, max_worker_deaths: int) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +35,7 @@ from engine.errors import ColorizerError
 from engine.pipeline import FATAL_ERRNOS, MAX_FAILURES_KEPT, Progress, RunStopped, RunSummary
 from engine.ray_data import (
     ALPHA, BACKEND, CRASH_ENV, CROP_H, CROP_W, DEFAULT_MAX_WORKER_DEATHS, EMPTY, ERROR, KEY, LUMA, UV, X,
-    RayRunError, _check_options, _ragged, guarded, import_ray, report_times, infer_stage, make_ledger, plan_workers,
+    RayRunError, _check_options, _ragged, check_model, guarded, import_ray, report_times, infer_stage, make_ledger, plan_workers,
 )
 from engine.tree import Shard, UsageError
 
@@ -154,14 +155,10 @@ class RayColorizer:
         crash_on: str | None = None,
     ) -> None:
         ray = import_ray()
-        from engine.backends import resolve_model
-
         _check_options(size, batch_size, saturation, max_worker_deaths)
         if max_pixels is not None and max_pixels < 1:
             raise UsageError(f"max_pixels: expected >= 1, found {max_pixels!r}")
-        self.model = None if model is None else os.path.abspath(os.fspath(Path(model).expanduser()))
-        # Usage errors (missing file, wrong suffix) here, before any worker starts; each worker resolves its own backend.
-        resolve_model(self.model, backend, device="cpu" if backend != "trt" else None)
+        self.model = check_model(model, backend)  # each worker then resolves its own backend (TensorRT on GPUs)
         self.backend, self.size, self.batch_size, self.saturation = backend, size, batch_size, float(saturation)
         self.max_pixels, self.threads, self.max_deaths = max_pixels, threads, max_worker_deaths
         self.crash_on = crash_on or os.environ.get(CRASH_ENV) or None
@@ -345,6 +342,10 @@ def _ray_error_message(e: Exception) -> str:
         if isinstance(cause, ColorizerError) and not type(cause).__module__.startswith("ray"):
             return f"a Ray worker failed: {cause}"
         cause = getattr(cause, "cause", None) or cause.__cause__
+    # An actor that failed in __init__ comes back as ActorDiedError with the traceback as text only.
+    found = re.findall(r"^engine\.[\w.]+?: (.+)$", str(getattr(e, "error_msg", "") or e), re.MULTILINE)
+    if found:
+        return f"a Ray worker failed: {found[-1]}"
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return f"the Ray run failed ({type(e).__name__}: {first})"
 

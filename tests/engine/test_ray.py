@@ -208,3 +208,23 @@ def test_stage_times_summed_over_workers(runs):
     assert set(st) == set(runs["local"].stages)
     assert st["decode"]["photos"] >= runs["ray"].colorized and st["infer"]["photos"] >= runs["ray"].colorized
     assert st["write"]["photos"] == runs["ray"].colorized and st["infer"]["seconds"] > 0
+
+
+def test_bad_model_is_a_usage_error_before_ray_starts(tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (the cluster extra): pip install -e '.[cluster]'")
+    from engine.errors import ArtifactError
+    from engine.ray_io import RayColorizer
+
+    (tmp_path / "m.onnx").write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match="sidecar m.json not found"):
+        RayColorizer(tmp_path / "m.onnx")
+
+
+def test_worker_start_failure_is_one_line():
+    from engine.ray_io import _ray_error_message
+
+    class ActorDied(Exception):
+        error_msg = ("The actor died because of an error raised in its creation task\nTraceback (most recent call last):\n"
+                     '  File "x.py", line 1\nengine.errors.BackendUnavailable: trt: TensorRT is not installed here\n')
+
+    assert _ray_error_message(ActorDied("x")) == "a Ray worker failed: trt: TensorRT is not installed here"
