@@ -266,7 +266,7 @@ class _Run:
 
     def go(self, src: Path, dst: Path, shard: Shard | None, overwrite: bool, quality: int) -> None:
         src_abs, dst_abs = src.absolute(), dst.absolute()
-        rows: list[tuple[str, str, str, str]] = []
+        items: list[dict[str, str]] = []  # the files to do (about 500 bytes each, freed once handed to Ray)
         png_exts: set[str] = set()
         total = 0
         for task in tree.walk(src_abs, dst_abs, shard=shard, overwrite=overwrite):
@@ -281,22 +281,21 @@ class _Run:
                 if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
                     png_exts.add(ext)
                     self.event("note", None, f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})")
-                rows.append((str(task.src), str(task.dst), task.fmt, shown))
+                items.append({KEY: str(task.src), "dst": str(task.dst), "fmt": task.fmt, "path": shown})
         self.total = total
         self.event("total", None)
-        if rows:
-            self._colorize(rows, quality)
+        if items:
+            self._colorize(items, quality)
         self.summary.seconds = time.perf_counter() - self.t0
 
-    def _colorize(self, rows: list[tuple[str, str, str, str]], quality: int) -> None:
+    def _colorize(self, items: list[dict[str, str]], quality: int) -> None:
         ray = import_ray()
         rc = self.rc
         ledger = make_ledger()
         step = rc.batch_size
-        items = [{KEY: r[0], "dst": r[1], "fmt": r[2], "path": r[3]} for r in rows]
         # Blocks of one batch each, built here (no Ray task): decode tasks spread over the cluster from the start.
         ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // step))
-        del items
+        items.clear()  # the blocks are in Ray's object store now
         ds.context.enable_progress_bars = False
         ds.context.print_on_execution_start = False
         ds = ds.map_batches(_decode_files, batch_size=step, batch_format="numpy",
