@@ -64,6 +64,7 @@ class Colorizer:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
         io_threads: tuple[int, int] | None = None,
+        io_nice: int | None = None,
     ) -> None:
         if not isinstance(size, int) or not 16 <= size <= 4096:
             raise UsageError(f"size: expected an integer in 16..4096, found {size!r}")
@@ -75,6 +76,8 @@ class Colorizer:
             raise UsageError(f"max_pixels: expected >= 1, found {max_pixels!r}")
         if io_threads is not None and (len(io_threads) != 2 or min(io_threads) < 1):
             raise UsageError(f"io_threads: expected (readers >= 1, writers >= 1), found {io_threads!r}")
+        if io_nice is not None and not 0 <= io_nice <= 19:
+            raise UsageError(f"io_nice: expected 0..19, found {io_nice!r}")
         self.size = size
         self.batch_size = batch_size
         self.saturation = float(saturation)
@@ -86,6 +89,7 @@ class Colorizer:
             log.info("batch size %d is above the engine's profile maximum %d: batches are split", batch_size,
                      self.runner.max_batch)
         self.io_threads = io_threads or pipeline.default_io_threads(self.runner.on_gpu)
+        self.io_nice = io_nice if io_nice is not None else pipeline.default_io_nice(self.runner.on_gpu)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -166,6 +170,7 @@ class Colorizer:
             jpeg_quality=int(jpeg_quality),
             readers=readers,
             writers=writers,
+            io_nice=self.io_nice,
         )
         log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
         return pipeline.run(

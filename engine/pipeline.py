@@ -30,6 +30,11 @@ import numpy as np
 from engine import contract, images, tree
 from engine.backends.base import Runner
 from engine.errors import ColorizerError
+from engine.flow import Budget as _Budget
+from engine.flow import Stopping as _Stop
+from engine.flow import get as _get
+from engine.flow import lower_priority
+from engine.flow import put as _put
 from engine.stages import StageTimes, read_photo, write_photo
 
 log = logging.getLogger(__name__)
@@ -104,43 +109,10 @@ class Settings:
     readers: int = 1
     writers: int = 1
     inflight_bytes: int = 2 << 30  # photos held between decode and write (luma, alpha, composed output)
+    io_nice: int = 0  # added to the nice value of reader/writer threads (the API uses 10 with a CPU model)
 
 
 BYTES_PER_PIXEL = 6  # luma + alpha held from decode to write, plus the composed RGB(A) in the writer
-
-
-class _Budget:
-    """Caps the bytes of photos in flight, so a folder of huge scans cannot exhaust memory.
-
-    A photo larger than the whole budget still goes through, alone.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.waiting = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, n: int, stop: threading.Event) -> None:
-        with self._cond:
-            self.waiting += 1
-            try:
-                while self.used and self.used + n > self.limit:
-                    if stop.is_set():
-                        raise _Stop
-                    self._cond.wait(0.2)
-            finally:
-                self.waiting -= 1
-            self.used += n
-
-    def release(self, n: int) -> None:
-        with self._cond:
-            self.used -= n
-            self._cond.notify_all()
-
-    def starved(self) -> bool:
-        """A reader waits for memory: a partial batch must go now (it cannot grow until writes finish)."""
-        return self.waiting > 0
 
 
 def default_io_threads(on_gpu: bool) -> tuple[int, int]:
@@ -152,29 +124,9 @@ def default_io_threads(on_gpu: bool) -> tuple[int, int]:
     return readers, max(1, min(16, cpus - readers - 1))
 
 
-class _Stop(Exception):
-    pass
-
-
-def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
-    while True:
-        if stop.is_set():
-            raise _Stop
-        try:
-            q.put(item, timeout=0.2)
-            return
-        except queue.Full:
-            continue
-
-
-def _get(q: queue.Queue, stop: threading.Event) -> object:
-    while True:
-        if stop.is_set():
-            raise _Stop
-        try:
-            return q.get(timeout=0.2)
-        except queue.Empty:
-            continue
+def default_io_nice(on_gpu: bool) -> int:
+    """Nice increment of reader/writer threads: 0 (off) for now; see benchmarks/pipeline.py --io-nice."""
+    return 0
 
 
 def run(
@@ -239,6 +191,7 @@ def run(
         events.put(("total", None, tree.count(src, shard)))
 
     def reader() -> None:
+        lower_priority(s.io_nice)
         try:
             while True:
                 task = _get(tasks, stop)
@@ -265,6 +218,7 @@ def run(
                 pass
 
     def writer() -> None:
+        lower_priority(s.io_nice)
         try:
             while True:
                 job = _get(to_write, stop)
