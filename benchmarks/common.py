@@ -1,0 +1,243 @@
+"""Shared pieces of the benchmarks: the backends measured, model artifacts, machine description, statistics.
+
+Backends (names used on the command line and in the JSON):
+
+    torch              the training checkpoint (.pt) through the engine's PyTorch eager runner (FP32)
+    onnxruntime        FP32 ONNX export, ONNX Runtime (the engine's ort runner)
+    onnxruntime-int8   INT8 (static QDQ) export, ONNX Runtime
+    onnxruntime-fp16   FP16 export, ONNX Runtime (meant for GPUs; very slow on a CPU)
+    tensorrt           TensorRT FP16 engine built from the FP32 export (GPU only)
+
+ONNX variants are exported from the checkpoint with ``export.to_onnx.export_checkpoint``
+(the same parity checks and INT8 quality gate as ``cli.py export``) into a cache
+folder keyed by the checkpoint's sha256, so a second run reuses them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.backends.base import physical_cores
+from engine.contract import read_sidecar, sha256_file
+from engine.errors import ColorizerError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "models" / "colorizer.pt"
+
+
+class BenchmarkError(ColorizerError):
+    """A benchmark cannot run as asked (missing model, bad option)."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    engine_backend: str  # engine.backends: "torch", "ort" or "trt"
+    precision: str  # fp32, fp16, int8
+    artifact: str  # "checkpoint", "onnx" or "plan"
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "torch": BackendSpec("torch", "torch", "fp32", "checkpoint"),
+    "onnxruntime": BackendSpec("onnxruntime", "ort", "fp32", "onnx"),
+    "onnxruntime-int8": BackendSpec("onnxruntime-int8", "ort", "int8", "onnx"),
+    "onnxruntime-fp16": BackendSpec("onnxruntime-fp16", "ort", "fp16", "onnx"),
+    "tensorrt": BackendSpec("tensorrt", "trt", "fp16", "plan"),
+}
+
+
+def parse_list(text: str, what: str, cast: type = str) -> list[Any]:
+    """``"a,b"`` -> ["a", "b"] (cast each); raises ``BenchmarkError`` naming the option."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise BenchmarkError(f"--{what}: expected a comma-separated list, found {text!r}")
+    try:
+        values = [cast(t) for t in items]
+    except ValueError as e:
+        raise BenchmarkError(f"--{what}: expected {cast.__name__} values, found {text!r}") from e
+    if cast is int and min(values) < 1:
+        raise BenchmarkError(f"--{what}: expected positive integers, found {text!r}")
+    return values
+
+
+def parse_backends(text: str) -> list[BackendSpec]:
+    names = parse_list(text, "backends")
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise BenchmarkError(f"--backends: expected some of {', '.join(BACKENDS)}, found {', '.join(unknown)}")
+    return [BACKENDS[n] for n in dict.fromkeys(names)]
+
+
+def parse_onnx_overrides(items: list[str] | None) -> dict[str, Path]:
+    """``["fp32=a.onnx", "int8=b.onnx"]`` -> {precision: path}; each file must exist with its sidecar."""
+    out: dict[str, Path] = {}
+    for item in items or []:
+        precision, sep, path = item.partition("=")
+        if not sep or precision not in ("fp32", "fp16", "int8"):
+            raise BenchmarkError(f"--onnx: expected PRECISION=PATH with PRECISION fp32, fp16 or int8, found {item!r}")
+        p = Path(path).expanduser()
+        read_sidecar(p)  # ArtifactError (a ColorizerError) when missing or changed
+        out[precision] = p
+    return out
+
+
+def check_model(model: str | os.PathLike[str] | None) -> Path:
+    """The checkpoint to benchmark; a clear error when it (the default bundled one included) is missing."""
+    path = Path(model).expanduser() if model is not None else DEFAULT_MODEL
+    if not path.is_file():
+        hint = (
+            "the bundled model is not trained yet; pass --model CHECKPOINT.pt (any checkpoint, e.g. one saved with "
+            "train.checkpoint.save_checkpoint of ColorizerNet(ModelConfig(width_mult=0.5)))"
+            if model is None
+            else "pass an existing training checkpoint (.pt)"
+        )
+        raise BenchmarkError(f"--model {path}: checkpoint not found; {hint}")
+    if path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
+        raise BenchmarkError(f"--model: expected a training checkpoint (.pt), found {path.name}")
+    return path
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "colorizer" / "bench"
+
+
+def onnx_for(checkpoint: Path, precision: str, cache_dir: Path, overrides: dict[str, Path]) -> Path:
+    """The ONNX export of ``checkpoint`` at ``precision``: an override, a cached export, or a new one."""
+    if precision in overrides:
+        return overrides[precision]
+    digest = sha256_file(checkpoint)[:16]
+    out = cache_dir / f"{checkpoint.stem}-{digest}" / f"model-{precision}.onnx"
+    try:
+        read_sidecar(out)
+        return out
+    except ColorizerError:
+        pass
+    from export.to_onnx import export_checkpoint  # imports torch: only when an export is needed
+
+    log.info("exporting %s (%s) to %s", checkpoint, precision, out)
+    export_checkpoint(checkpoint, out, precision=precision)
+    return out
+
+
+def plan_for(onnx_fp32: Path, sizes: list[int], batches: list[int]) -> Path:
+    """A TensorRT FP16 engine of ``onnx_fp32`` whose profile covers the sizes and batch sizes (cached)."""
+    from export.trt_build import build_engine
+
+    lo, hi, top = min(sizes), max(sizes), max(batches)
+    plan = onnx_fp32.with_name(f"{onnx_fp32.stem}-fp16-b{top}-s{lo}-{hi}.plan")
+    build_engine(onnx_fp32, plan, precision="fp16", batch=(1, top, top), size=(lo, hi, hi))
+    return plan
+
+
+def artifact_precision_info(path: Path) -> dict[str, Any]:
+    """What the export recorded about quality (INT8 PSNR vs FP32 and its floor), for the report."""
+    try:
+        meta = read_sidecar(path, verify_sha256=False)
+    except ColorizerError:
+        return {}
+    parity = meta.get("parity") or {}
+    tol = meta.get("tolerance") or {}
+    info = {k: parity[k] for k in ("psnr_db", "uv_max_abs", "rgb_max_levels") if k in parity}
+    if tol.get("psnr_floor_db") is not None:
+        info["psnr_floor_db"] = tol["psnr_floor_db"]
+    return info
+
+
+# ----------------------------------------------------------------------------- machine and numbers
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpus() -> list[str]:
+    from engine.backends.base import cuda_device_count
+
+    if cuda_device_count() == 0:
+        return []
+    try:
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except (ImportError, RuntimeError):
+        return ["CUDA device (name unknown)"]
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, memory, GPUs, load and library versions: the context every number needs."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    try:
+        import psutil
+
+        memory_gib = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        memory_gib = None
+    versions = {d: _version(d) for d in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt", "numpy",
+                                          "opencv-python-headless", "pillow")}
+    versions = {k: v for k, v in versions.items() if v}
+    versions["python"] = platform.python_version()
+    return {
+        "cpu": _cpu_model(),
+        "cores": physical_cores(),
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "gpu": _gpus() or None,
+        "load_average": load,
+        "os": f"{platform.system()} {platform.release()}",
+        "versions": versions,
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of positive finite values."""
+    good = [v for v in values if math.isfinite(v) and v > 0]
+    if not good:
+        raise BenchmarkError(f"no valid measurement among {values}")
+    return {"median": statistics.median(good), "min": min(good), "max": max(good)}
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise BenchmarkError(f"{path}: cannot read benchmark JSON ({e})") from e
+    if not isinstance(data, dict) or "machine" not in data:
+        raise BenchmarkError(f"{path}: expected a benchmark JSON with 'machine', found {type(data).__name__}")
+    return data

@@ -1,0 +1,192 @@
+"""Model-only throughput through the engine's runners, backends interleaved round by round.
+
+What one number means: images per second of ``runner.infer(gray)`` on a uint8
+``(batch, 1, size, size)`` batch of natural-looking photos, asking for the chroma
+output as the folder pipeline does (the graph still computes both outputs), i.e.
+uint8 gray in, colour out, the exported graph the engine runs. Warm-up calls
+(session/graph initialisation, TensorRT tactic caches) are excluded.
+
+Noise: in every round each backend runs for about ``round_seconds`` (at least one
+call), in a rotating order, so a burst of load from other processes hits all
+backends alike. The result is the median over rounds with min and max; the
+speed-up versus PyTorch is the median of the per-round ratios (same round, same
+load), which is far steadier than a ratio of medians on a busy machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import BackendSpec, BenchmarkError, spread
+from benchmarks.photos import model_batch
+from engine import contract
+from engine.backends import create_runner
+from engine.backends.base import Runner
+from engine.errors import ColorizerError
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = (contract.OUTPUT_UV,)
+
+
+@dataclass
+class Contender:
+    """One backend ready to measure: its runner (active) or why it is skipped."""
+
+    spec: BackendSpec
+    device: str
+    model: Path | None = None
+    runner: Runner | None = None
+    skipped: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.spec.name
+
+
+def open_contender(spec: BackendSpec, model: Path, device: str, threads: int | None) -> Contender:
+    """Create and activate the runner; a backend that cannot run here becomes a skipped contender."""
+    c = Contender(spec, device, model)
+    try:
+        runner = create_runner(spec.engine_backend, model, device=device, threads=threads)
+        c.runner = runner.activate()
+        c.info["describe"] = runner.describe()
+        if runner.on_gpu != device.startswith("cuda"):
+            raise BenchmarkError(f"{spec.name}: asked for {device}, but it runs on {runner.describe()}")
+    except ColorizerError as e:
+        c.runner, c.skipped = None, str(e)
+    return c
+
+
+def _calls_for(runner: Runner, x: np.ndarray, round_seconds: float, warmup: int) -> int:
+    """Warm up, then the number of calls that fill about ``round_seconds`` (at least 1)."""
+    for _ in range(max(0, warmup - 1)):
+        runner.infer(x, outputs=OUTPUTS)
+    t = time.perf_counter()
+    runner.infer(x, outputs=OUTPUTS)
+    one = max(time.perf_counter() - t, 1e-6)
+    return max(1, min(1000, int(round_seconds / one)))
+
+
+def measure_config(contenders: list[Contender], size: int, batch: int, *, rounds: int, round_seconds: float,
+                   warmup: int = 2, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds for one (size, batch): ``{backend: {"rates": [...], "calls": k}}``."""
+    x = model_batch(batch, size, seed)
+    live = [c for c in contenders if c.runner is not None]
+    calls = {c.key: _calls_for(c.runner, x, round_seconds, warmup) for c in live}
+    rates: dict[str, list[float]] = {c.key: [] for c in live}
+    for r in range(rounds):
+        order = live[r % len(live):] + live[: r % len(live)] if live else []
+        for c in order:
+            k = calls[c.key]
+            t = time.perf_counter()
+            for _ in range(k):
+                c.runner.infer(x, outputs=OUTPUTS)
+            rates[c.key].append(batch * k / (time.perf_counter() - t))
+        log.debug("size %d batch %d round %d: %s", size, batch, r, {k: round(v[-1], 2) for k, v in rates.items()})
+    return {k: {"rates": v, "calls": calls[k]} for k, v in rates.items()}
+
+
+def results_for(contenders: list[Contender], size: int, batch: int,
+                measured: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """JSON rows for one (size, batch), with the speed-up vs PyTorch of the same device (per-round ratios)."""
+    rows = []
+    for c in contenders:
+        if c.key not in measured:
+            continue
+        rates = measured[c.key]["rates"]
+        s = spread(rates)
+        torch_key = next((t.key for t in contenders if t.spec.engine_backend == "torch" and t.device == c.device
+                          and t.key in measured), None)
+        row: dict[str, Any] = {
+            "backend": c.key,
+            "engine_backend": c.spec.engine_backend,
+            "precision": c.spec.precision,
+            "device": c.device,
+            "size": size,
+            "batch_size": batch,
+            "images_per_s": round(s["median"], 3),
+            "images_per_s_min": round(s["min"], 3),
+            "images_per_s_max": round(s["max"], 3),
+            "rounds": len(rates),
+            "calls_per_round": measured[c.key]["calls"],
+            "speedup_vs_torch": None,  # no PyTorch result on this device to compare with
+        }
+        if torch_key is not None:
+            ratios = [a / b for a, b in zip(rates, measured[torch_key]["rates"]) if b > 0 and math.isfinite(a / b)]
+            rs = spread(ratios)
+            row.update(speedup_vs_torch=round(rs["median"], 3), speedup_vs_torch_min=round(rs["min"], 3),
+                       speedup_vs_torch_max=round(rs["max"], 3))
+        if c.info.get("precision_info"):
+            row["export_quality"] = c.info["precision_info"]
+        rows.append(row)
+    return rows
+
+
+def close_all(contenders: list[Contender]) -> None:
+    for c in contenders:
+        if c.runner is not None:
+            c.runner.deactivate()
+            c.runner = None
+
+
+def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int], batches: list[int], *,
+                   device: str = "cpu", rounds: int = 5, round_seconds: float = 1.0, threads: int | None = None,
+                   cache_dir: Path, onnx: dict[str, Path] | None = None) -> tuple[list[dict], list[dict]]:
+    """Measure every backend at every (size, batch); returns (results rows, skipped backends with reasons)."""
+    from benchmarks.common import artifact_precision_info, onnx_for, plan_for
+
+    if rounds < 1 or not round_seconds > 0:
+        raise BenchmarkError(f"--rounds: expected >= 1 (and round seconds > 0), found {rounds}, {round_seconds}")
+    contenders: list[Contender] = []
+    for spec in specs:
+        dev = "cuda:0" if spec.engine_backend == "trt" and not device.startswith("cuda") else device
+        try:
+            if spec.artifact == "checkpoint":
+                model = checkpoint
+            elif spec.artifact == "onnx":
+                model = onnx_for(checkpoint, spec.precision, cache_dir, onnx or {})
+            else:
+                _require_gpu_stack()
+                model = plan_for(onnx_for(checkpoint, "fp32", cache_dir, onnx or {}), sizes, batches)
+        except ColorizerError as e:
+            contenders.append(Contender(spec, dev, skipped=str(e)))
+            continue
+        c = open_contender(spec, model, dev, threads)
+        if spec.artifact == "onnx":
+            c.info["precision_info"] = artifact_precision_info(model)
+        contenders.append(c)
+        if c.skipped:
+            log.warning("%s skipped: %s", spec.name, c.skipped)
+    try:
+        if not any(c.runner is not None for c in contenders):
+            raise BenchmarkError("no backend can run here: " + "; ".join(f"{c.key}: {c.skipped}" for c in contenders))
+        rows: list[dict[str, Any]] = []
+        for size in sizes:
+            for batch in batches:
+                measured = measure_config(contenders, size, batch, rounds=rounds, round_seconds=round_seconds)
+                rows += results_for(contenders, size, batch, measured)
+    finally:
+        close_all(contenders)
+    skipped = [{"backend": c.key, "precision": c.spec.precision, "device": c.device, "reason": c.skipped}
+               for c in contenders if c.skipped]
+    return rows, skipped
+
+
+def _require_gpu_stack() -> None:
+    """TensorRT needs a CUDA device and the tensorrt package; checked without importing tensorrt first."""
+    from engine.backends.trt import trt_available
+
+    if not trt_available():
+        from export.trt_build import require_gpu_stack
+
+        require_gpu_stack()  # raises BackendUnavailable with what is missing
+        raise BenchmarkError("tensorrt: TensorRT or cuda-python cannot be imported here")

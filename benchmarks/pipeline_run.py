@@ -1,0 +1,176 @@
+"""End-to-end ``colorize-dir`` benchmark: one run per subprocess, model-only measured in the same process.
+
+A run (``worker``) opens ``engine.api.Colorizer`` (the code the CLI runs), then:
+
+1. model only: ``runner.infer`` on natural-looking batches of the same size and batch
+   size, for about ``model_seconds`` after a warm-up;
+2. ``Colorizer.colorize_dir(folder, temp output, overwrite=True)`` over the generated
+   1080p JPEGs: images/s from its ``RunSummary``, and time per stage
+   (``RunSummary.stages``: decode, resize, infer, compose, encode, write);
+3. model only again (so both phases see similar machine load);
+
+and reports the pipeline's share of the model-only images/s, and the process's
+peak RSS (``resource.getrusage``; each run is its own process so runs do not
+contaminate each other), plus the RSS sampled during the folder run (psutil).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BenchmarkError
+
+MIB = 2**20
+
+
+class _RssSampler:
+    """Max RSS of this process, sampled every ``period`` seconds in a thread (psutil)."""
+
+    def __init__(self, period: float = 0.05) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._period = period
+        self._stop = threading.Event()
+        self.start_bytes = self._proc.memory_info().rss
+        self.max_bytes = self.start_bytes
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self.max_bytes = max(self.max_bytes, self._proc.memory_info().rss)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        end = self._proc.memory_info().rss
+        return {"start_mib": self.start_bytes / MIB, "max_mib": max(self.max_bytes, end) / MIB, "end_mib": end / MIB}
+
+
+def _model_only(runner: Any, batch: int, size: int, seconds: float, warmup: int) -> dict[str, float]:
+    from benchmarks.measure import OUTPUTS
+    from benchmarks.photos import model_batch
+
+    x = model_batch(batch, size, seed=1)
+    for _ in range(warmup):
+        runner.infer(x, outputs=OUTPUTS)
+    rates, t_start = [], time.perf_counter()
+    while not rates or time.perf_counter() - t_start < seconds:
+        t = time.perf_counter()
+        runner.infer(x, outputs=OUTPUTS)
+        rates.append(batch / (time.perf_counter() - t))
+    elapsed = time.perf_counter() - t_start
+    return {"images": batch * len(rates), "seconds": elapsed, "batches": len(rates)}
+
+
+def worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One benchmark run in this process (see the module docstring). ``cfg`` comes from ``run_config``."""
+    from engine.api import Colorizer
+
+    io_threads = tuple(cfg["io_threads"]) if cfg.get("io_threads") else None
+    out_dir = Path(tempfile.mkdtemp(prefix="colorizer-bench-out-", dir=cfg.get("out_root")))
+    try:
+        with Colorizer(cfg["model"], backend=cfg["engine_backend"], size=cfg["size"], batch_size=cfg["batch_size"],
+                       device=cfg["device"], threads=cfg.get("threads"), io_threads=io_threads,
+                       io_nice=cfg.get("io_nice")) as c:
+            before = _model_only(c.runner, cfg["batch_size"], cfg["size"], cfg["model_seconds"], warmup=2)
+            sampler = _RssSampler()
+            summary = c.colorize_dir(cfg["folder"], out_dir, overwrite=True)
+            rss = sampler.stop()
+            after = _model_only(c.runner, cfg["batch_size"], cfg["size"], cfg["model_seconds"], warmup=0)
+            describe, (readers, writers), io_nice = c.describe(), c.io_threads, c.io_nice
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if summary.failed or summary.colorized != cfg["files"]:
+        raise BenchmarkError(f"colorize-dir: {summary.line()}; first failures: {summary.failures[:3]}")
+    model_ips = (before["images"] + after["images"]) / (before["seconds"] + after["seconds"])
+    per_phase = [before["images"] / before["seconds"], after["images"] / after["seconds"]]
+    stages = {
+        name: {
+            "ms_per_photo": 1000 * st["seconds"] / max(1, st["photos"]),
+            "cpu_ms_per_photo": 1000 * st["cpu_seconds"] / max(1, st["photos"]),
+        }
+        for name, st in summary.stages.items()
+    }
+    return {
+        "backend": cfg["backend"],
+        "precision": cfg["precision"],
+        "device": cfg["device"],
+        "size": cfg["size"],
+        "batch_size": cfg["batch_size"],
+        "files": summary.colorized,
+        "runner": describe,
+        "io_threads": [readers, writers],
+        "io_nice": io_nice,
+        "images_per_s": summary.images_per_second,
+        "seconds": summary.seconds,
+        "model_only_images_per_s": model_ips,
+        "model_only_images_per_s_min": min(per_phase),
+        "model_only_images_per_s_max": max(per_phase),
+        "share_of_model_only": summary.images_per_second / model_ips,
+        "stages": stages,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "pipeline_rss_mib": rss,
+    }
+
+
+def run_config(cfg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Run ``worker(cfg)`` in a fresh Python process; returns its result (raises ``BenchmarkError`` on failure)."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "benchmarks.pipeline", "--worker", json.dumps(cfg)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise BenchmarkError(f"pipeline run {cfg['backend']} {cfg['size']}px x{cfg['files']} timed out") from e
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise BenchmarkError(f"pipeline run {cfg['backend']} {cfg['size']}px x{cfg['files']} failed "
+                             f"(exit {proc.returncode}): {' | '.join(tail)}")
+    return json.loads(lines[-1])
+
+
+def memory_checks(runs: list[dict[str, Any]], rss_target_gib: float, flat_tolerance: float) -> list[dict[str, Any]]:
+    """Peak RSS at 512 px batch 8 under the target; and flat memory from the smallest to the largest file count."""
+    checks = []
+    for r in runs:
+        if r["size"] == 512 and r["batch_size"] == 8:
+            gib = r["peak_rss_mib"] / 1024
+            checks.append({"target": f"{r['backend']} 512px batch 8, {r['files']} files: peak RSS < {rss_target_gib} GiB",
+                           "value": gib, "threshold": rss_target_gib,
+                           "status": "PASS" if gib < rss_target_gib else "FAIL"})
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["backend"], r["device"], r["size"], r["batch_size"]), []).append(r)
+    for (backend, _, size, batch), rs in groups.items():
+        if len({r["files"] for r in rs}) < 2:
+            continue
+        small = min(rs, key=lambda r: r["files"])
+        large = max(rs, key=lambda r: r["files"])
+        limit = small["peak_rss_mib"] * (1 + flat_tolerance) + 64
+        checks.append({
+            "target": f"{backend} {size}px batch {batch}: peak RSS flat from {small['files']} to {large['files']} files "
+                      f"({small['peak_rss_mib']:.0f} -> {large['peak_rss_mib']:.0f} MiB)",
+            "value": large["peak_rss_mib"] / small["peak_rss_mib"], "threshold": 1 + flat_tolerance,
+            "status": "PASS" if large["peak_rss_mib"] <= limit else "FAIL"})
+    return checks
+
+
+def share_checks(runs: list[dict[str, Any]], target: float) -> list[dict[str, Any]]:
+    """colorize-dir at >= ``target`` of model-only images/s (checked on every CPU run at 224 px batch 8)."""
+    return [{"target": f"{r['backend']} 224px batch 8, {r['files']} files: colorize-dir >= {target:.0%} of model-only",
+             "value": r["share_of_model_only"], "threshold": target,
+             "status": "PASS" if r["share_of_model_only"] >= target else "FAIL"}
+            for r in runs if r["size"] == 224 and r["batch_size"] == 8 and r["device"] == "cpu"]

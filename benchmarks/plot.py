@@ -1,0 +1,57 @@
+"""Chart and README table from benchmark JSON.
+
+    .venv/bin/python benchmarks/plot.py benchmarks/results/throughput.json \\
+        --png benchmarks/results/throughput.png --markdown benchmarks/results/throughput.md
+
+A throughput JSON gives a bar chart (images/s per backend and size, one panel per
+batch size, min-max as error bars) and the markdown table; a pipeline JSON gives its
+markdown table (no chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common, report  # noqa: E402
+from engine.errors import ColorizerError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("json", type=Path, help="output of throughput.py --json (or pipeline.py --json)")
+    p.add_argument("--png", type=Path, default=None, help="write the chart here (throughput JSON only)")
+    p.add_argument("--markdown", type=Path, default=None, help="write the table here (default: print it)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        data = common.read_json(args.json)
+        if data.get("benchmark") == "pipeline":
+            if args.png:
+                raise common.BenchmarkError("--png: charts are drawn from throughput JSON only")
+            table = report.pipeline_markdown(data)
+        else:
+            table = report.throughput_markdown(data)
+            if args.png:
+                print(f"wrote {report.plot_throughput(data, args.png)}")
+    except ColorizerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table, encoding="utf-8")
+        print(f"wrote {args.markdown}")
+    else:
+        print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

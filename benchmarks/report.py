@@ -1,0 +1,154 @@
+"""Turning benchmark JSON into what people read: target checks, a markdown table, a PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import BenchmarkError
+
+# (backend, device kind, size, batch) -> minimum speed-up vs PyTorch eager FP32 on the same device.
+THROUGHPUT_TARGETS = (
+    ("onnxruntime", "cpu", 224, 8, 1.7),
+    ("onnxruntime-int8", "cpu", 224, 8, 2.8),
+    ("tensorrt", "cuda", 224, 32, 4.0),
+)
+PIPELINE_SHARE_TARGET = 0.90  # colorize-dir images/s over model-only images/s, same backend/size/batch
+PEAK_RSS_TARGET_GIB = 2.5  # at 512 px, batch 8
+FLAT_RSS_TOLERANCE = 0.10  # peak RSS of the largest file count within 10 % (or 64 MiB) of the smallest
+
+
+def throughput_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One check per target whose configuration was measured: value, target, PASS/FAIL."""
+    checks = []
+    for backend, kind, size, batch, target in THROUGHPUT_TARGETS:
+        for r in results:
+            if (r["backend"], r["device"].split(":")[0], r["size"], r["batch_size"]) != (backend, kind, size, batch):
+                continue
+            value = r.get("speedup_vs_torch")
+            if value is None:
+                continue
+            name = f"{backend} {size}px batch {batch} on {kind}: >= {target}x PyTorch eager"
+            ok = value >= target
+            quality = r.get("export_quality", {})
+            if "psnr_db" in quality and quality.get("psnr_floor_db") is not None:
+                q_ok = quality["psnr_db"] >= quality["psnr_floor_db"]
+                name += f" (export PSNR {quality['psnr_db']:.1f} dB vs floor {quality['psnr_floor_db']:.0f} dB)"
+                ok = ok and q_ok
+            checks.append({"target": name, "value": value, "threshold": target, "status": "PASS" if ok else "FAIL"})
+    return checks
+
+
+def check_lines(checks: list[dict[str, Any]]) -> list[str]:
+    return [f"{c['status']}  {c['target']}: {c['value']:.2f}" for c in checks]
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    gpu = ", ".join(m["gpu"]) if m.get("gpu") else "no GPU"
+    v = m.get("versions", {})
+    libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt") if k in v)
+    load = m.get("load_average")
+    load_txt = f"; load average {load[0]:.1f} at the start" if load else ""
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {gpu}; {libs}{load_txt}"
+
+
+def throughput_markdown(data: dict[str, Any]) -> str:
+    """The README table: one row per backend/size/batch, with spread and speed-up vs PyTorch."""
+    lines = []
+    if data.get("command"):
+        lines.append(f"Command: `{data['command']}`  ")
+    lines.append(f"Machine: {_machine_line(data['machine'])}  ")
+    if data.get("model"):
+        lines.append(f"Model: {data['model']}  ")
+    lines.append(f"Rounds: {data.get('rounds', '?')} (backends interleaved; median, min–max over rounds)")
+    lines.append("")
+    lines.append("| backend | precision | device | size | batch | images/s | min–max | × PyTorch |")
+    lines.append("|---|---|---|---:|---:|---:|---:|---:|")
+    for r in data["results"]:
+        speed = f"{r['speedup_vs_torch']:.2f}" if r.get("speedup_vs_torch") is not None else "–"
+        lines.append(
+            f"| {r['backend']} | {r['precision']} | {r['device']} | {r['size']} | {r['batch_size']} | "
+            f"{r['images_per_s']:.2f} | {r['images_per_s_min']:.2f}–{r['images_per_s_max']:.2f} | {speed} |"
+        )
+    for s in data.get("skipped", []):
+        lines.append(f"\nSkipped {s['backend']} ({s['device']}): {s['reason']}")
+    checks = data.get("checks") or []
+    if checks:
+        lines.append("")
+        lines += [f"- {line}" for line in check_lines(checks)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_throughput(data: dict[str, Any], out: str | Path) -> Path:
+    """Bar chart: images/s per backend (bars) and size (groups), one panel per batch size; min–max as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = data.get("results") or []
+    if not results:
+        raise BenchmarkError("plot: the JSON has no results to plot")
+    batches = sorted({r["batch_size"] for r in results})
+    sizes = sorted({r["size"] for r in results})
+    backends = list(dict.fromkeys(f"{r['backend']} ({r['device']})" for r in results))
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches) + 1.5, 4.2), squeeze=False)
+    width = 0.8 / len(backends)
+    for ax, batch in zip(axes[0], batches):
+        for j, name in enumerate(backends):
+            xs, ys, lo, hi = [], [], [], []
+            for i, size in enumerate(sizes):
+                r = next((r for r in results if f"{r['backend']} ({r['device']})" == name and r["size"] == size
+                          and r["batch_size"] == batch), None)
+                if r is None:
+                    continue
+                xs.append(i + (j - (len(backends) - 1) / 2) * width)
+                ys.append(r["images_per_s"])
+                lo.append(r["images_per_s"] - r["images_per_s_min"])
+                hi.append(r["images_per_s_max"] - r["images_per_s"])
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=name)
+        ax.set_xticks(range(len(sizes)), [f"{s} px" for s in sizes])
+        ax.set_title(f"batch {batch}")
+        ax.set_ylabel("images/s (model only)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    m = data["machine"]
+    fig.suptitle(f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores" + (f", {m['gpu'][0]}" if m.get("gpu") else ""),
+                 fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def pipeline_markdown(data: dict[str, Any]) -> str:
+    """The README table of colorize-dir runs: images/s, share of model-only, peak RSS, time per stage."""
+    lines = []
+    if data.get("command"):
+        lines.append(f"Command: `{data['command']}`  ")
+    lines.append(f"Machine: {_machine_line(data['machine'])}  ")
+    lines.append(f"Photos: {data.get('photos', '?')}")
+    lines.append("")
+    stages = list(data["runs"][0]["stages"]) if data.get("runs") else []
+    head = "| backend | size | batch | files | colorize-dir img/s | model-only img/s | share | peak RSS | "
+    head += " | ".join(f"{s} ms" for s in stages) + " |"
+    lines.append(head)
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stages))
+    for r in data.get("runs", []):
+        cells = " | ".join(f"{r['stages'][s]['ms_per_photo']:.1f} ({r['stages'][s]['cpu_ms_per_photo']:.1f})"
+                           for s in stages)
+        lines.append(
+            f"| {r['backend']} | {r['size']} | {r['batch_size']} | {r['files']} | {r['images_per_s']:.2f} | "
+            f"{r['model_only_images_per_s']:.2f} | {r['share_of_model_only']:.0%} | {r['peak_rss_mib']:.0f} MiB | "
+            f"{cells} |"
+        )
+    lines.append("")
+    lines.append("Stage times are per photo: wall time summed over the threads doing that stage (thread CPU time in "
+                 "parentheses); `infer` is the batch call divided by its photos.")
+    checks = data.get("checks") or []
+    if checks:
+        lines.append("")
+        lines += [f"- {line}" for line in check_lines(checks)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,125 @@
+"""Smoke tests of benchmarks/throughput.py, pipeline.py and plot.py at tiny sizes (tiny model, 32 px, 1 round).
+
+They check the JSON schema and that every number is positive and finite; speed
+targets are reported by the scripts (PASS/FAIL lines), never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import pipeline as pipeline_script
+from benchmarks import plot as plot_script
+from benchmarks import throughput as throughput_script
+
+ROW_KEYS = {"backend", "precision", "device", "size", "batch_size", "images_per_s", "images_per_s_min",
+            "images_per_s_max", "speedup_vs_torch"}
+
+
+def _numbers(obj):
+    """Every int/float in a JSON value (bools excluded)."""
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _numbers(v)
+
+
+def _check_machine(m):
+    assert {"cpu", "cores", "gpu", "versions"} <= set(m)
+    assert m["cores"] >= 1 and "python" in m["versions"] and "onnxruntime" in m["versions"]
+
+
+@pytest.fixture(scope="module")
+def throughput_json(tiny_checkpoint, tiny_onnx, tmp_path_factory):
+    """One tiny run: torch + ORT FP32 (the fixture's export) + ORT INT8 (exported by the script) + TensorRT."""
+    out = tmp_path_factory.mktemp("tp")
+    argv = ["--model", str(tiny_checkpoint), "--onnx", f"fp32={tiny_onnx}",
+            "--backends", "torch,onnxruntime,onnxruntime-int8,tensorrt", "--sizes", "32,48", "--batch-sizes", "1,2",
+            "--rounds", "1", "--round-seconds", "0.01", "--cache-dir", str(out / "cache"),
+            "--json", str(out / "t.json"), "--markdown", str(out / "t.md")]
+    assert throughput_script.main(argv) == 0
+    return out
+
+
+def test_throughput_json_schema(throughput_json, capsys):
+    data = json.loads((throughput_json / "t.json").read_text())
+    _check_machine(data["machine"])
+    rows = data["results"]
+    assert {(r["backend"], r["size"], r["batch_size"]) for r in rows} >= {
+        (b, s, n) for b in ("torch", "onnxruntime", "onnxruntime-int8") for s in (32, 48) for n in (1, 2)}
+    for r in rows:
+        assert ROW_KEYS <= set(r), r
+        assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
+        assert r["device"] == "cpu" and r["speedup_vs_torch"] is not None
+    measured = [{k: r[k] for k in ROW_KEYS | {"rounds", "calls_per_round"}} for r in rows]
+    assert all(math.isfinite(x) and x > 0 for x in _numbers(measured)), measured
+    int8 = next(r for r in rows if r["backend"] == "onnxruntime-int8")
+    assert int8["precision"] == "int8" and int8["export_quality"]["psnr_db"] >= int8["export_quality"]["psnr_floor_db"]
+    if not data["machine"]["gpu"]:  # TensorRT cannot run here: listed as skipped, with the reason
+        skipped = {s["backend"]: s["reason"] for s in data["skipped"]}
+        assert "tensorrt" in skipped and "CUDA" in skipped["tensorrt"]
+        assert all(r["backend"] != "tensorrt" for r in rows)
+    md = (throughput_json / "t.md").read_text()
+    assert "| backend | precision | device | size | batch | images/s |" in md and "benchmarks/throughput.py" in md
+
+
+def test_plot_png_and_table(throughput_json):
+    png, md = throughput_json / "t.png", throughput_json / "t2.md"
+    assert plot_script.main([str(throughput_json / "t.json"), "--png", str(png), "--markdown", str(md)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert md.read_text() == (throughput_json / "t.md").read_text()
+
+
+def test_pipeline_json_schema(tiny_onnx, tmp_path):
+    out = tmp_path / "p.json"
+    argv = ["--onnx", f"fp32={tiny_onnx}", "--backends", "onnxruntime", "--sizes", "32", "--batch-sizes", "2",
+            "--files", "3,5", "--width", "160", "--height", "90", "--model-seconds", "0.05",
+            "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "p.md")]
+    assert pipeline_script.main(argv) == 0
+    data = json.loads(out.read_text())
+    _check_machine(data["machine"])
+    assert [(r["files"], r["backend"]) for r in data["runs"]] == [(3, "onnxruntime"), (5, "onnxruntime")]
+    for r in data["runs"]:
+        assert set(r["stages"]) == {"decode", "resize", "infer", "compose", "encode", "write"}
+        assert r["peak_rss_mib"] > 50 and 0 < r["share_of_model_only"] < 10
+    assert all(math.isfinite(x) and x > 0 for x in _numbers({k: r[k] for r in data["runs"] for k in (
+        "images_per_s", "model_only_images_per_s", "share_of_model_only", "peak_rss_mib", "seconds")}))
+    assert any("peak RSS flat" in c["target"] for c in data["checks"])
+    assert "| backend | size | batch | files |" in (tmp_path / "p.md").read_text()
+    assert plot_script.main([str(out)]) == 0  # a pipeline JSON prints its table
+
+
+def test_missing_default_model_is_a_clear_usage_error(monkeypatch, tmp_path, capsys):
+    from benchmarks import common
+
+    monkeypatch.setattr(common, "DEFAULT_MODEL", tmp_path / "models" / "colorizer.pt")
+    assert throughput_script.main(["--backends", "torch", "--sizes", "32", "--batch-sizes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "colorizer.pt: checkpoint not found" in err and "--model" in err
+    assert throughput_script.main(["--backends", "torch,nope", "--model", str(tmp_path / "x.pt")]) == 2
+    assert "--backends: expected some of" in capsys.readouterr().err
+    assert pipeline_script.main(["--files", "0", "--model", str(tmp_path / "x.pt")]) == 2
+
+
+@pytest.mark.gpu
+def test_throughput_tensorrt_and_torch_on_cuda(tiny_checkpoint, tiny_onnx, tmp_path):
+    out = tmp_path / "g.json"
+    argv = ["--model", str(tiny_checkpoint), "--onnx", f"fp32={tiny_onnx}", "--device", "cuda",
+            "--backends", "torch,tensorrt", "--sizes", "64", "--batch-sizes", "1,4", "--rounds", "1",
+            "--round-seconds", "0.05", "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    assert throughput_script.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["machine"]["gpu"]
+    rows = {(r["backend"], r["batch_size"]): r for r in data["results"]}
+    assert set(rows) == {("torch", 1), ("torch", 4), ("tensorrt", 1), ("tensorrt", 4)}, data.get("skipped")
+    for r in rows.values():
+        assert r["device"].startswith("cuda") and r["images_per_s"] > 0 and r["speedup_vs_torch"] > 0
