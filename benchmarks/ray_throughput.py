@@ -7,7 +7,9 @@ Every run colorizes the same folder of gray JPEGs into a new output folder with 
 model and options: first the local pipeline (``Colorizer.colorize_dir``), then ``RayColorizer``
 with each worker count, on a local Ray instance (or the one this process has). Each result
 has the run's own summary rate (model/actor start-up included, as a user sees it) and the
-steady rate between the first and the last output written (start-up excluded). Ray's own
+steady rate between the first and the last output written (start-up excluded), and the CPU
+seconds per photo of this process and all its descendants (Ray's processes included): on a machine
+shared with other jobs the rates move with the load, the CPU per photo much less. Ray's own
 start-up (``ray.init``) is reported separately. Without ``--model``: ``models/colorizer.onnx``,
 or else a randomly initialised ``seed`` model (same compute as a trained one) exported once
 into the work folder.
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for r in data["results"]:
         print(f"{r['mode']:>14}: {r['images_per_second']:7.2f} img/s over the run ({r['seconds']:.1f} s), "
-              f"{r['steady_images_per_second']:7.2f} img/s steady, {r['failed']} failed")
+              f"{r['steady_images_per_second']:7.2f} img/s steady, {r['cpu_ms_per_image']:6.0f} ms CPU/image, "
+              f"{r['failed']} failed")
     print(f"ray.init: {data['ray_init_seconds']:.1f} s; load average {data['machine']['load_average']}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +167,50 @@ def _load() -> list[float] | None:
 # ----------------------------------------------------------------------------- runs
 
 
+class _TreeCPU:
+    """CPU seconds (user + system) of this process and all its descendants (Ray's processes when this
+    process started Ray) over a run: sampled every 0.25 s, so processes that exit during the run count too.
+    A measure of the work done per photo that other jobs on the machine do not change (unlike img/s)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.base: dict[tuple[int, float], float] = {}
+        self.last: dict[tuple[int, float], float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self, into: dict[tuple[int, float], float]) -> None:
+        import psutil
+
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                into[(proc.pid, proc.create_time())] = t.user + t.system
+            except psutil.Error:
+                continue
+
+    def _loop(self) -> None:
+        while not self.stop.wait(0.25):
+            self._sample(self.last)
+
+    def __enter__(self) -> "_TreeCPU":
+        self._sample(self.base)
+        self.last.update(self.base)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample(self.last)
+
+    @property
+    def seconds(self) -> float:
+        return sum(v - self.base.get(k, 0.0) for k, v in self.last.items())
+
+
 class _Clock:
     """Progress callback: when the first and the last output were written."""
 
@@ -184,22 +231,25 @@ class _Clock:
         return (self.count - 1) / (self.last - self.first)
 
 
-def _result(mode: str, summary: Any, clock: _Clock, startup: float, **extra: Any) -> dict[str, Any]:
+def _result(mode: str, summary: Any, clock: _Clock, startup: float, cpu: _TreeCPU, **extra: Any) -> dict[str, Any]:
     return {"mode": mode, **extra, "colorized": summary.colorized, "failed": summary.failed,
             "seconds": round(summary.seconds, 3), "startup_seconds": round(startup, 3),
             "images_per_second": round(summary.images_per_second, 3),
-            "steady_images_per_second": round(clock.steady(), 3), "backend": summary.backend}
+            "steady_images_per_second": round(clock.steady(), 3),
+            "cpu_seconds": round(cpu.seconds, 2),
+            "cpu_ms_per_image": round(1000 * cpu.seconds / max(1, summary.colorized), 1),
+            "stages": summary.stages, "backend": summary.backend}
 
 
 def measure_local(model: Path, photos: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from engine.api import Colorizer
 
     t0 = time.perf_counter()
-    with Colorizer(model, size=args.size, batch_size=args.batch_size) as c:
+    with _TreeCPU() as cpu, Colorizer(model, size=args.size, batch_size=args.batch_size) as c:
         startup = time.perf_counter() - t0
         clock = _Clock()
         summary = c.colorize_dir(photos, _fresh(work, "out-local"), progress=clock)
-    return _result("local", summary, clock, startup)
+    return _result("local", summary, clock, startup, cpu)
 
 
 def start_ray(address: str | None) -> tuple[Any, float]:
@@ -223,12 +273,13 @@ def measure_ray(model: Path, photos: Path, work: Path, args: argparse.Namespace,
     cpus = float(ray.cluster_resources().get("CPU", 1))
     per_worker = max(0.25, min(1.0, (cpus - 1) / workers))  # leave one CPU to the decode and write tasks
     t0 = time.perf_counter()
-    with RayColorizer(model, size=args.size, batch_size=args.batch_size, num_workers=workers,
-                      cpus_per_worker=per_worker) as rc:
+    with _TreeCPU() as cpu, RayColorizer(model, size=args.size, batch_size=args.batch_size, num_workers=workers,
+                                         cpus_per_worker=per_worker) as rc:
         startup = time.perf_counter() - t0
         clock = _Clock()
         summary = rc.colorize_dir(photos, _fresh(work, f"out-ray-{workers}"), progress=clock)
-    return _result(f"ray-{workers}-workers", summary, clock, startup, workers=workers, cpus_per_worker=per_worker)
+    return _result(f"ray-{workers}-workers", summary, clock, startup, cpu, workers=workers,
+                   cpus_per_worker=per_worker)
 
 
 def _fresh(work: Path, name: str) -> Path:

@@ -18,6 +18,7 @@ def test_ray_throughput_smoke(ray_local, tiny_onnx, tmp_path, capsys):
     for r in data["results"]:
         assert r["colorized"] == 4 and r["failed"] == 0 and r["images_per_second"] > 0
     assert data["results"][1]["vs_local_run"] > 0 and "img/s steady" in capsys.readouterr().out
+    assert all(r["cpu_seconds"] > 0 and r["stages"]["infer"]["photos"] == 4 for r in data["results"])
 
 
 def test_ray_throughput_usage_error(tmp_path, capsys):
