@@ -31,6 +31,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.photos import photo_folder  # noqa: E402
 from engine.errors import ColorizerError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ColorizerError("--count and every --workers value must be >= 1")
     work = args.work or Path(tempfile.mkdtemp(prefix="ray-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    photos = photo_folder(work / "photos", args.count, width, height)
+    photos = photo_folder(work / "photos", args.count, width, height)  # the shared benchmark photos
     model = args.model or (BUNDLED_ONNX if BUNDLED_ONNX.is_file() else random_model(work / "model"))
     machine = machine_state()
     results = [measure_local(model, photos, work, args)]
@@ -106,29 +107,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-
-def photo_folder(root: Path, count: int, width: int, height: int) -> Path:
-    """``count`` natural-looking gray JPEGs (benchmarks.photos when present, else simple gradients + noise)."""
-    try:
-        from benchmarks.photos import photo_folder as shared_folder
-    except ImportError:
-        shared_folder = None
-    if shared_folder is not None:
-        return shared_folder(root, count, width, height)
-    import numpy as np
-    from PIL import Image
-
-    folder = root / f"{width}x{height}-n{count}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        p = folder / f"photo-{i:05d}.jpg"
-        if not p.is_file():
-            rng = np.random.default_rng(i)
-            yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-            img = 128 + 60 * np.sin(xx / (40 + i)) * np.cos(yy / 50) + rng.normal(0, 6, (height, width))
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(p, quality=90)
-    return folder
 
 
 def random_model(folder: Path) -> Path:
