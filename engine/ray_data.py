@@ -9,16 +9,14 @@
         row["colorized"]       # uint8 (H, W, 3) (RGBA for inputs with alpha), full resolution, as Colorizer.colorize
         row["colorize_error"]  # "" or the reason this row failed (its "colorized" is then an empty (0, 0, 3) array)
 
-Stages: prepare (luma, fit: Ray tasks) -> infer (``map_batches`` over an actor pool,
-``ActorPoolStrategy``: each actor loads the engine once through ``engine.backends``:
-TensorRT on a GPU node with a ``.plan``, ONNX Runtime otherwise) -> compose (tasks).
-``engine.ray_io`` builds the folder run (``cli.py colorize-dir --ray``) from the same actor.
+Stages: prepare (luma, fit: tasks) -> infer (``map_batches`` over an ``ActorPoolStrategy`` pool;
+each actor loads the engine once through ``engine.backends``: TensorRT on a GPU node with a
+``.plan``, else ONNX Runtime) -> compose (tasks). ``engine.ray_io`` runs folders on the same actor.
 
-Worker deaths are retried, but never forever: a small ledger actor counts, per row
-and stage, the attempts that were in flight in a process that died. After a death
-the batch is redone one row at a time, so only the row that kills the worker is
-charged, and a row charged ``max_worker_deaths`` times fails with a reason instead
-of being tried again. Ray itself is imported lazily: nothing here runs without it.
+Worker deaths are retried, never forever: a ledger actor counts, per row and stage, the attempts in
+flight in a process that died. After a death the batch is redone one row at a time, so only the row
+that kills the worker is charged; a row charged ``max_worker_deaths`` times fails with a reason.
+Ray is imported lazily: importing this module does not need it.
 """
 
 from __future__ import annotations
@@ -88,9 +86,6 @@ class _Ledger:
     def end(self, stage: str, keys: Sequence[str]) -> None:
         for k in keys:
             self.inflight.discard((stage, str(k)))
-
-    def total_deaths(self) -> int:
-        return sum(self.deaths.values())
 
     def add_times(self, times: dict[str, dict[str, float]]) -> None:
         for stage, values in times.items():
@@ -201,19 +196,13 @@ def plan_workers(num_workers: int | None, gpus_per_worker: float | None, cpus_pe
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 0)), float(res.get("GPU", 0))
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if gpus >= 1 else 0.0
-    if gpus_per_worker < 0 or (num_workers is not None and num_workers < 1):
-        raise UsageError(f"--num-workers >= 1 and --gpus-per-worker >= 0 expected, found {num_workers}, {gpus_per_worker}")
-    if cpus_per_worker is None:
-        cpus_per_worker = 1.0
-    if cpus_per_worker <= 0:
-        raise UsageError(f"--cpus-per-worker: expected > 0, found {cpus_per_worker}")
+    gpus_per_worker = (1.0 if gpus >= 1 else 0.0) if gpus_per_worker is None else gpus_per_worker
+    cpus_per_worker = 1.0 if cpus_per_worker is None else cpus_per_worker
+    if gpus_per_worker < 0 or cpus_per_worker <= 0 or (num_workers is not None and num_workers < 1):
+        raise UsageError(f"workers: expected --num-workers >= 1, --gpus-per-worker >= 0, --cpus-per-worker > 0, "
+                         f"found {num_workers}, {gpus_per_worker}, {cpus_per_worker}")
     if num_workers is None:
-        if gpus_per_worker > 0:
-            num_workers = max(1, int(gpus // gpus_per_worker))
-        else:
-            num_workers = max(1, int((cpus / 2) // cpus_per_worker))
+        num_workers = max(1, int(gpus // gpus_per_worker) if gpus_per_worker > 0 else int((cpus / 2) // cpus_per_worker))
     if gpus_per_worker > 0 and num_workers * gpus_per_worker > gpus:
         msg = f"{num_workers} workers x {gpus_per_worker:g} GPU need {num_workers * gpus_per_worker:g} GPUs; the cluster has {gpus:g}"
         if strict:
@@ -248,9 +237,7 @@ class InferActor:
         uv = np.zeros((n, 2, self.size, self.size), np.float32)
         ok = [i for i in range(n) if not errors[i]]
         keys = [str(batch[KEY][i]) for i in ok]
-        x_all = batch[X]
-
-        times = stages.StageTimes()
+        x_all, times = batch[X], stages.StageTimes()
 
         def run(rows: list[int]) -> None:
             idx = [ok[r] for r in rows]
@@ -306,8 +293,9 @@ def _prepare_arrays(batch: dict[str, np.ndarray], *, column: str, size: int) -> 
             xs[i], (h, w) = images.fit(luma, size)
             lumas.append(luma), alphas.append(EMPTY if alpha is None else alpha), hs.append(h), ws.append(w)
             errors.append("")
-        except ColorizerError as e:
-            lumas.append(EMPTY), alphas.append(EMPTY), hs.append(0), ws.append(0), errors.append(str(e))
+        except Exception as e:  # noqa: BLE001 - one odd array must not end the dataset: it gets its reason
+            reason = str(e) if isinstance(e, ColorizerError) else f"internal error ({type(e).__name__}: {e})"
+            lumas.append(EMPTY), alphas.append(EMPTY), hs.append(0), ws.append(0), errors.append(reason)
     out = dict(batch)
     out.update({KEY: np.array([uuid.uuid4().hex for _ in range(n)], dtype=object), ERROR: np.array(errors, dtype=object),
                 LUMA: _ragged(lumas), ALPHA: _ragged(alphas), X: xs, CROP_H: np.array(hs), CROP_W: np.array(ws)})
@@ -356,20 +344,10 @@ def _compose_arrays(batch: dict[str, np.ndarray], *, output_column: str, saturat
 
 
 def colorize_dataset(
-    ds: Any,
-    *,
-    model: str | os.PathLike[str] | None = None,
-    backend: str = "auto",
-    column: str = "image",
-    output_column: str = "colorized",
-    size: int = 256,
-    batch_size: int = 8,
-    saturation: float = 1.0,
-    num_workers: int | None = None,
-    gpus_per_worker: float | None = None,
-    cpus_per_worker: float | None = None,
-    threads: int | None = None,
-    max_worker_deaths: int = DEFAULT_MAX_WORKER_DEATHS,
+    ds: Any, *, model: str | os.PathLike[str] | None = None, backend: str = "auto", column: str = "image",
+    output_column: str = "colorized", size: int = 256, batch_size: int = 8, saturation: float = 1.0,
+    num_workers: int | None = None, gpus_per_worker: float | None = None, cpus_per_worker: float | None = None,
+    threads: int | None = None, max_worker_deaths: int = DEFAULT_MAX_WORKER_DEATHS,
 ) -> Any:
     """A lazy ``ray.data.Dataset``: ``ds`` plus ``output_column`` (uint8 colour, full resolution) and ``colorize_error``.
 
