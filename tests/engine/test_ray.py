@@ -94,6 +94,19 @@ def test_rerun_skips_finished_files(runs, caplog):
     assert [r for r in caplog.records if r.getMessage().startswith(f"{runs['src'] / 'zero.jpg'}: ")]
 
 
+def test_shard_takes_the_same_files_as_locally(ray_local, tiny_onnx, tmp_path):
+    from engine.ray_io import RayColorizer
+    from engine.tree import Shard
+
+    src = tmp_path / "in"
+    photos = write_photos(src, 8)
+    with RayColorizer(tiny_onnx, size=SIZE, num_workers=1) as rc:
+        s = rc.colorize_dir(src, tmp_path / "out", shard="1/2")
+    owned = sorted(str(p.relative_to(src)) for p in photos if Shard(1, 2).owns(p.relative_to(src).as_posix()))
+    done = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert done == owned and s.colorized == len(owned) and 0 < len(owned) < 8
+
+
 def test_worker_killed_mid_run_finishes_and_a_killer_file_fails(ray_local, tiny_onnx, tmp_path):
     """The infer actor os._exit()s on img0002 the first time (retried: colorized) and on img0004 every time
     (charged at most max_worker_deaths times, then reported failed); the run completes."""
