@@ -98,14 +98,22 @@ def load_model(path: str | os.PathLike[str], *, expect: ModelConfig | None = Non
     return model, data
 
 
-def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], **metadata: Any) -> None:
+def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+                       head_options: dict[str, Any] | None = None, **metadata: Any) -> None:
     """Write a small inference-only copy of ``src``: model config, weights, step, metrics, ``metadata``.
 
     Drops optimizer, scheduler and RNG state (two thirds of a training checkpoint's size);
     the result still loads with ``load_model`` and exports with ``cli.py export``.
+    ``head_options`` overrides inference-time head settings (e.g. the annealed-mean
+    ``temperature`` chosen on the validation split), so the PyTorch backend decodes
+    exactly like the exported graph.
     """
     data = load_checkpoint(src)
     keep = {k: data[k] for k in ("model_config", "model", "step", "metrics", "train_config") if k in data}
+    if head_options:
+        config = dict(keep["model_config"])
+        config["head_options"] = {**config.get("head_options", {}), **head_options}
+        keep["model_config"] = config
     keep["model"] = {k: v.detach().clone() for k, v in keep["model"].items()}
     keep["release"] = dict(metadata, source=str(src))
     save_checkpoint(dst, keep)
