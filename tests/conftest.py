@@ -89,3 +89,18 @@ def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
     export_checkpoint(tiny_checkpoint, path, precision="fp32")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _isolate_logging_levels():
+    """Entry points called in-process (benchmark mains, CLI) set logger levels; undo that after each test."""
+    import logging
+
+    manager = logging.root.manager
+    before = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    root_level = logging.root.level
+    yield
+    logging.root.setLevel(root_level)
+    for name, lg in list(manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger):
+            lg.setLevel(before.get(name, logging.NOTSET))
