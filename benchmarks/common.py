@@ -8,9 +8,12 @@ Backends (names used on the command line and in the JSON):
     onnxruntime-fp16   FP16 export, ONNX Runtime (meant for GPUs; very slow on a CPU)
     tensorrt           TensorRT FP16 engine built from the FP32 export (GPU only)
 
-ONNX variants are exported from the checkpoint with ``export.to_onnx.export_checkpoint``
-(the same parity checks and INT8 quality gate as ``cli.py export``) into a cache
-folder keyed by the checkpoint's sha256, so a second run reuses them.
+ONNX variants: ``--onnx PRECISION=PATH`` if given; else the exports shipped beside the
+checkpoint and made from it (``models/colorizer.onnx``, ``models/colorizer-int8.onnx``:
+their sidecar records the checkpoint's sha256), so the shipped artifacts are what is
+measured; else an export with ``export.to_onnx.export_checkpoint`` (the same parity
+checks and INT8 quality gate as ``cli.py export``) into a cache folder keyed by the
+checkpoint's sha256, so a second run reuses it.
 """
 
 from __future__ import annotations
@@ -114,12 +117,28 @@ def default_cache_dir() -> Path:
     return Path(base) / "colorizer" / "bench"
 
 
+def shipped_export(checkpoint: Path, precision: str, digest: str) -> Path | None:
+    """An export shipped beside the checkpoint (``colorizer.onnx``, ``colorizer-int8.onnx``, ...) made from it."""
+    name = f"{checkpoint.stem}.onnx" if precision == "fp32" else f"{checkpoint.stem}-{precision}.onnx"
+    path = checkpoint.with_name(name)
+    try:
+        meta = read_sidecar(path)
+    except ColorizerError:
+        return None
+    source = meta.get("checkpoint") or {}
+    return path if meta.get("precision") == precision and source.get("sha256") == digest else None
+
+
 def onnx_for(checkpoint: Path, precision: str, cache_dir: Path, overrides: dict[str, Path]) -> Path:
-    """The ONNX export of ``checkpoint`` at ``precision``: an override, a cached export, or a new one."""
+    """The ONNX export of ``checkpoint`` at ``precision``: an override, the shipped export made from this
+    checkpoint (e.g. ``models/colorizer-int8.onnx``), a cached export, or a new one (into the cache)."""
     if precision in overrides:
         return overrides[precision]
-    digest = sha256_file(checkpoint)[:16]
-    out = cache_dir / f"{checkpoint.stem}-{digest}" / f"model-{precision}.onnx"
+    digest = sha256_file(checkpoint)
+    shipped = shipped_export(checkpoint, precision, digest)
+    if shipped is not None:
+        return shipped
+    out = cache_dir / f"{checkpoint.stem}-{digest[:16]}" / f"model-{precision}.onnx"
     try:
         read_sidecar(out)
         return out

@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--io-threads", type=int, nargs=2, default=None, metavar=("READERS", "WRITERS"))
     p.add_argument("--io-nice", type=int, default=None, help="nice increment of decode/encode threads (default: engine's)")
     p.add_argument("--model-seconds", type=float, default=4.0, help="model-only time before and after each run")
+    p.add_argument("--repeats", type=int, default=1, help="folder runs per process, each between model-only phases")
     p.add_argument("--cache-dir", type=Path, default=None, help="exports and generated photos (default ~/.cache)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
@@ -101,7 +102,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
                            "backend": spec.name, "precision": spec.precision, "device": args.device,
                            "size": size, "batch_size": batch, "threads": args.threads, "io_threads": args.io_threads,
                            "io_nice": args.io_nice,
-                           "folder": str(folder), "files": count, "model_seconds": args.model_seconds}
+                           "folder": str(folder), "files": count, "model_seconds": args.model_seconds,
+                           "repeats": args.repeats}
                     r = pipeline_run.run_config(cfg)
                     runs.append(r)
                     print(f"{spec.name:18s} {size:4d}px batch {batch:3d} {count:5d} files: {r['images_per_s']:7.2f} img/s"

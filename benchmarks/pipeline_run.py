@@ -7,9 +7,11 @@ A run (``worker``) opens ``engine.api.Colorizer`` (the code the CLI runs), then:
 2. ``Colorizer.colorize_dir(folder, temp output, overwrite=True)`` over the generated
    1080p JPEGs: images/s from its ``RunSummary``, and time per stage
    (``RunSummary.stages``: decode, resize, infer, compose, encode, write);
-3. model only again (so both phases see similar machine load);
+3. model only again; steps 2-3 ``repeats`` times (folder runs interleaved with
+   model-only phases, as the throughput benchmark interleaves backends);
 
-and reports the pipeline's share of the model-only images/s, and the process's
+and reports the pipeline's share of the model-only images/s (each folder run over the
+mean of the model-only phases around it; the median run when repeated), the process's
 peak RSS (``resource.getrusage``; each run is its own process so runs do not
 contaminate each other), plus the RSS sampled during the folder run (psutil).
 """
@@ -79,23 +81,30 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     from engine.api import Colorizer
 
     io_threads = tuple(cfg["io_threads"]) if cfg.get("io_threads") else None
+    repeats = max(1, int(cfg.get("repeats", 1)))
     out_dir = Path(tempfile.mkdtemp(prefix="colorizer-bench-out-", dir=cfg.get("out_root")))
+    phases, runs = [], []
     try:
         with Colorizer(cfg["model"], backend=cfg["engine_backend"], size=cfg["size"], batch_size=cfg["batch_size"],
                        device=cfg["device"], threads=cfg.get("threads"), io_threads=io_threads,
                        io_nice=cfg.get("io_nice")) as c:
-            before = _model_only(c.runner, cfg["batch_size"], cfg["size"], cfg["model_seconds"], warmup=2)
-            sampler = _RssSampler()
-            summary = c.colorize_dir(cfg["folder"], out_dir, overwrite=True)
-            rss = sampler.stop()
-            after = _model_only(c.runner, cfg["batch_size"], cfg["size"], cfg["model_seconds"], warmup=0)
+            phases.append(_model_only(c.runner, cfg["batch_size"], cfg["size"], cfg["model_seconds"], warmup=2))
+            for _ in range(repeats):  # model only, folder, model only, folder, ..., model only
+                sampler = _RssSampler()
+                runs.append((c.colorize_dir(cfg["folder"], out_dir, overwrite=True), sampler.stop()))
+                phases.append(_model_only(c.runner, cfg["batch_size"], cfg["size"], cfg["model_seconds"], warmup=0))
             describe, (readers, writers), io_nice = c.describe(), c.io_threads, c.io_nice
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    if summary.failed or summary.colorized != cfg["files"]:
-        raise BenchmarkError(f"colorize-dir: {summary.line()}; first failures: {summary.failures[:3]}")
-    model_ips = (before["images"] + after["images"]) / (before["seconds"] + after["seconds"])
-    per_phase = [before["images"] / before["seconds"], after["images"] / after["seconds"]]
+    for summary, _ in runs:
+        if summary.failed or summary.colorized != cfg["files"]:
+            raise BenchmarkError(f"colorize-dir: {summary.line()}; first failures: {summary.failures[:3]}")
+    rates = [p["images"] / p["seconds"] for p in phases]
+    # Each folder run is compared with the model-only phases just before and after it (same machine load).
+    shares = [summary.images_per_second / ((rates[i] + rates[i + 1]) / 2) for i, (summary, _) in enumerate(runs)]
+    order = sorted(range(len(runs)), key=lambda i: shares[i])
+    summary, rss = runs[order[len(order) // 2]]  # the median run's numbers
+    model_ips = sum(p["images"] for p in phases) / sum(p["seconds"] for p in phases)
     stages = {
         name: {
             "ms_per_photo": 1000 * st["seconds"] / max(1, st["photos"]),
@@ -113,12 +122,16 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "runner": describe,
         "io_threads": [readers, writers],
         "io_nice": io_nice,
+        "repeats": repeats,
         "images_per_s": summary.images_per_second,
+        "images_per_s_all": [r.images_per_second for r, _ in runs],
         "seconds": summary.seconds,
         "model_only_images_per_s": model_ips,
-        "model_only_images_per_s_min": min(per_phase),
-        "model_only_images_per_s_max": max(per_phase),
-        "share_of_model_only": summary.images_per_second / model_ips,
+        "model_only_images_per_s_min": min(rates),
+        "model_only_images_per_s_max": max(rates),
+        "share_of_model_only": shares[order[len(order) // 2]],
+        "share_of_model_only_min": min(shares),
+        "share_of_model_only_max": max(shares),
         "stages": stages,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "pipeline_rss_mib": rss,

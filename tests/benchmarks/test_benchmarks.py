@@ -82,7 +82,7 @@ def test_plot_png_and_table(throughput_json):
 def test_pipeline_json_schema(tiny_onnx, tmp_path):
     out = tmp_path / "p.json"
     argv = ["--onnx", f"fp32={tiny_onnx}", "--backends", "onnxruntime", "--sizes", "32", "--batch-sizes", "2",
-            "--files", "3,5", "--width", "160", "--height", "90", "--model-seconds", "0.05",
+            "--files", "3,5", "--width", "160", "--height", "90", "--model-seconds", "0.05", "--repeats", "2",
             "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "p.md")]
     assert pipeline_script.main(argv) == 0
     data = json.loads(out.read_text())
@@ -90,12 +90,30 @@ def test_pipeline_json_schema(tiny_onnx, tmp_path):
     assert [(r["files"], r["backend"]) for r in data["runs"]] == [(3, "onnxruntime"), (5, "onnxruntime")]
     for r in data["runs"]:
         assert set(r["stages"]) == {"decode", "resize", "infer", "compose", "encode", "write"}
-        assert r["peak_rss_mib"] > 50 and 0 < r["share_of_model_only"] < 10
+        assert r["peak_rss_mib"] > 50 and 0 < r["share_of_model_only"] < 10 and r["repeats"] == 2
+        assert r["share_of_model_only_min"] <= r["share_of_model_only"] <= r["share_of_model_only_max"]
     assert all(math.isfinite(x) and x > 0 for x in _numbers({k: r[k] for r in data["runs"] for k in (
         "images_per_s", "model_only_images_per_s", "share_of_model_only", "peak_rss_mib", "seconds")}))
     assert any("peak RSS flat" in c["target"] for c in data["checks"])
     assert "| backend | size | batch | files |" in (tmp_path / "p.md").read_text()
     assert plot_script.main([str(out)]) == 0  # a pipeline JSON prints its table
+
+
+def test_exports_shipped_beside_the_checkpoint_are_used(tiny_checkpoint, tiny_onnx, tmp_path):
+    """models/colorizer.pt with models/colorizer.onnx exported from it: benchmarked as shipped, not re-exported."""
+    import shutil
+
+    from benchmarks import common
+    from engine.contract import sidecar_path
+
+    shutil.copy(tiny_checkpoint, tmp_path / "colorizer.pt")
+    shutil.copy(tiny_onnx, tmp_path / "colorizer.onnx")
+    shutil.copy(sidecar_path(tiny_onnx), tmp_path / "colorizer.json")
+    got = common.onnx_for(tmp_path / "colorizer.pt", "fp32", tmp_path / "cache", {})
+    assert got == tmp_path / "colorizer.onnx" and not (tmp_path / "cache").exists()
+    # an export made from another checkpoint (sha256 differs), or of another precision, is not used
+    assert common.shipped_export(tmp_path / "colorizer.pt", "fp32", "0" * 64) is None
+    assert common.shipped_export(tmp_path / "colorizer.pt", "int8", common.sha256_file(tmp_path / "colorizer.pt")) is None
 
 
 def test_missing_default_model_is_a_clear_usage_error(monkeypatch, tmp_path, capsys):
