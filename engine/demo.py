@@ -8,13 +8,12 @@ from typing import Any, Callable
 import numpy as np
 
 from engine import color
-from engine.evaluate import write_grid
+from engine.evaluate import IMAGE_SUFFIXES, write_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 OUT = ROOT / "out" / "demo"
 PANEL_HEIGHT = 240
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def _panel(rgb: np.ndarray, height: int) -> np.ndarray:

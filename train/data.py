@@ -39,10 +39,11 @@ import numpy as np
 
 from engine import color
 from engine.errors import ColorizerError
+from engine.evaluate import IMAGE_SUFFIXES as PHOTO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = tuple(sorted(PHOTO_SUFFIXES))  # str.endswith wants a tuple
 CACHE_VERSION = 1
 CROP_SCALE = 1.25  # cached short side = round(CROP_SCALE * image_size)
 
