@@ -27,9 +27,18 @@ class BackendError(ColorizerError):
 
 
 class Runner(ABC):
-    """One model on one device. Not thread-safe: one thread calls ``infer``."""
+    """One model on one device. Not thread-safe: one thread calls ``infer``.
+
+    On a CPU, ``infer`` runs a large batch as consecutive calls of at most
+    ``cpu_pixels_per_call`` pixels (at least one image): a CNN's activations for a
+    batch of 8 at 224 px (tens of MB per layer) spill out of the CPU caches, and on a
+    2-core Zen3 one image per call gave 20-55 % more images/s than 8 at 224 and 256 px,
+    for PyTorch and ONNX Runtime alike (two images per call: as good at 224 px, 25 %
+    slower at 256 px). Batches stay whole on a GPU. ``None`` disables it.
+    """
 
     name = "base"
+    cpu_pixels_per_call: int | None = 1 << 16  # 65,536 pixels: one image of 224-256 px, four of 128 px
 
     def __init__(self) -> None:
         self.is_active = False
@@ -65,7 +74,16 @@ class Runner(ABC):
         if unknown:
             raise BackendError(f"{self.name}: outputs: expected 'rgb' and/or 'uv', found {sorted(unknown)}")
         gray = check_input(gray)
-        out = self._infer(gray, wanted)
+        n, _, h, w = gray.shape
+        step = n
+        if self.cpu_pixels_per_call and not self.on_gpu:
+            step = max(1, self.cpu_pixels_per_call // max(1, h * w))
+        if n <= step:
+            out = self._infer(gray, wanted)
+        else:
+            parts = [check_output(self._infer(gray[i : i + step], wanted), gray[i : i + step].shape, self.name, wanted)
+                     for i in range(0, n, step)]
+            out = {k: np.concatenate([part[k] for part in parts]) for k in wanted}
         return check_output(out, gray.shape, self.name, wanted)
 
     @abstractmethod

@@ -221,3 +221,45 @@ def test_trt_colorize_dir_matches_ort(tiny_onnx, tmp_path):
         a = np.asarray(Image.open(p)).astype(int)
         b = np.asarray(Image.open(tmp_path / "gpu" / p.relative_to(tmp_path / "cpu"))).astype(int)
         assert np.abs(a - b).max() <= 2, p
+
+
+class _Recorder(base.Runner):
+    """Echoes the input as chroma; records the batch shape of every call."""
+
+    name = "recorder"
+
+    def __init__(self, gpu: bool = False) -> None:
+        super().__init__()
+        self.gpu, self.calls = gpu, []
+
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None: ...
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.gpu
+
+    def _infer(self, gray, outputs):
+        self.calls.append(gray.shape[0])
+        uv = np.repeat(gray.astype(np.float32), 2, axis=1)
+        return {"uv": uv, "rgb": np.repeat(gray, 3, axis=1)}
+
+
+def test_cpu_batches_run_in_cache_sized_calls():
+    gray = np.random.default_rng(0).integers(0, 256, (8, 1, 224, 224), dtype=np.uint8)
+    with _Recorder() as r:
+        out = r.infer(gray)
+        assert r.calls == [1] * 8  # one 224 x 224 image per call on a CPU
+        np.testing.assert_array_equal(out["rgb"], np.repeat(gray, 3, axis=1))  # same order, same values
+        np.testing.assert_array_equal(out["uv"][:, 0], gray[:, 0].astype(np.float32))
+        r.calls.clear()
+        r.infer(np.zeros((9, 1, 128, 128), np.uint8), outputs=("uv",))
+        assert r.calls == [4, 4, 1]
+        r.cpu_pixels_per_call = None
+        r.calls.clear()
+        r.infer(gray)
+        assert r.calls == [8]
+    with _Recorder(gpu=True) as r:
+        r.infer(gray)
+        assert r.calls == [8]  # a GPU gets the whole batch
