@@ -52,13 +52,20 @@ class Contender:
         return self.spec.name
 
 
-def open_contender(spec: BackendSpec, model: Path, device: str, threads: int | None) -> Contender:
-    """Create and activate the runner; a backend that cannot run here becomes a skipped contender."""
+def open_contender(spec: BackendSpec, model: Path, device: str, threads: int | None,
+                   whole_batches: bool = False) -> Contender:
+    """Create and activate the runner; a backend that cannot run here becomes a skipped contender.
+
+    ``whole_batches``: no CPU micro-batching (``Runner.cpu_pixels_per_call = None``), for comparison.
+    """
     c = Contender(spec, device, model)
     try:
         runner = create_runner(spec.engine_backend, model, device=device, threads=threads)
+        if whole_batches:
+            runner.cpu_pixels_per_call = None
         c.runner = runner.activate()
         c.info["describe"] = runner.describe()
+        c.info["cpu_pixels_per_call"] = None if runner.on_gpu else runner.cpu_pixels_per_call
         if runner.on_gpu != device.startswith("cuda"):
             raise BenchmarkError(f"{spec.name}: asked for {device}, but it runs on {runner.describe()}")
     except ColorizerError as e:
@@ -119,6 +126,7 @@ def results_for(contenders: list[Contender], size: int, batch: int,
             "rounds": len(rates),
             "calls_per_round": measured[c.key]["calls"],
             "speedup_vs_torch": None,  # no PyTorch result on this device to compare with
+            "cpu_pixels_per_call": c.info.get("cpu_pixels_per_call"),
         }
         if torch_key is not None:
             ratios = [a / b for a, b in zip(rates, measured[torch_key]["rates"]) if b > 0 and math.isfinite(a / b)]
@@ -140,7 +148,8 @@ def close_all(contenders: list[Contender]) -> None:
 
 def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int], batches: list[int], *,
                    device: str = "cpu", rounds: int = 5, round_seconds: float = 1.0, threads: int | None = None,
-                   cache_dir: Path, onnx: dict[str, Path] | None = None) -> tuple[list[dict], list[dict]]:
+                   cache_dir: Path, onnx: dict[str, Path] | None = None,
+                   whole_batches: bool = False) -> tuple[list[dict], list[dict]]:
     """Measure every backend at every (size, batch); returns (results rows, skipped backends with reasons)."""
     from benchmarks.common import artifact_precision_info, onnx_for, plan_for
 
@@ -160,7 +169,7 @@ def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int],
         except ColorizerError as e:
             contenders.append(Contender(spec, dev, skipped=str(e)))
             continue
-        c = open_contender(spec, model, dev, threads)
+        c = open_contender(spec, model, dev, threads, whole_batches)
         if spec.artifact == "onnx":
             c.info["precision_info"] = artifact_precision_info(model)
         contenders.append(c)

@@ -60,7 +60,12 @@ def throughput_markdown(data: dict[str, Any]) -> str:
     lines.append(f"Machine: {_machine_line(data['machine'])}  ")
     if data.get("model"):
         lines.append(f"Model: {data['model']}  ")
-    lines.append(f"Rounds: {data.get('rounds', '?')} (backends interleaved; median, min–max over rounds)")
+    lines.append(f"Rounds: {data.get('rounds', '?')} (backends interleaved; median, min–max over rounds)  ")
+    pixels = {r.get("cpu_pixels_per_call") for r in data["results"] if r["device"] == "cpu"}
+    if data.get("whole_batches"):
+        lines.append("CPU batches run whole (one call per batch, --whole-batches)")
+    elif pixels - {None}:
+        lines.append(f"CPU batches run as calls of at most {max(pixels - {None}):,} pixels (the engine's default)")
     lines.append("")
     lines.append("| backend | precision | device | size | batch | images/s | min–max | × PyTorch |")
     lines.append("|---|---|---|---:|---:|---:|---:|---:|")

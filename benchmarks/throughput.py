@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:K] for torch and onnxruntime (tensorrt: always a GPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: physical cores)")
+    p.add_argument("--whole-batches", action="store_true",
+                   help="no CPU micro-batching: each batch in one call (engine default: 65,536 pixels per call)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per configuration")
     p.add_argument("--round-seconds", type=float, default=1.0, help="time per backend per round (at least one call)")
     p.add_argument("--cache-dir", type=Path, default=None, help=f"exports cache (default {common.default_cache_dir()})")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, skipped = measure.run_throughput(
             checkpoint, specs, sizes, batches, device=args.device, rounds=args.rounds,
             round_seconds=args.round_seconds, threads=args.threads,
-            cache_dir=args.cache_dir or common.default_cache_dir(), onnx=onnx)
+            cache_dir=args.cache_dir or common.default_cache_dir(), onnx=onnx, whole_batches=args.whole_batches)
     except ColorizerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "benchmarks/throughput.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "model": str(checkpoint) if checkpoint else {k: str(v) for k, v in onnx.items()},
         "rounds": args.rounds,
+        "whole_batches": args.whole_batches,
         "machine": machine,
         "results": rows,
         "skipped": skipped,
