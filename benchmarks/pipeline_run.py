@@ -36,7 +36,11 @@ MIB = 2**20
 
 
 class _RssSampler:
-    """Max RSS of this process, sampled every ``period`` seconds in a thread (psutil)."""
+    """RSS of this process sampled every ``period`` seconds in a thread (psutil): max overall and per half.
+
+    A leak shows as a second half whose maximum keeps climbing above the first half's;
+    queues filling up show as a first-half rise that then stays flat.
+    """
 
     def __init__(self, period: float = 0.05) -> None:
         import psutil
@@ -44,20 +48,25 @@ class _RssSampler:
         self._proc = psutil.Process()
         self._period = period
         self._stop = threading.Event()
-        self.start_bytes = self._proc.memory_info().rss
-        self.max_bytes = self.start_bytes
+        self._t0 = time.perf_counter()
+        self.samples = [(0.0, self._proc.memory_info().rss)]
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self._period):
-            self.max_bytes = max(self.max_bytes, self._proc.memory_info().rss)
+            self.samples.append((time.perf_counter() - self._t0, self._proc.memory_info().rss))
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
         self._thread.join()
-        end = self._proc.memory_info().rss
-        return {"start_mib": self.start_bytes / MIB, "max_mib": max(self.max_bytes, end) / MIB, "end_mib": end / MIB}
+        self.samples.append((time.perf_counter() - self._t0, self._proc.memory_info().rss))
+        half = self.samples[-1][0] / 2
+        first = [r for t, r in self.samples if t <= half]
+        second = [r for t, r in self.samples if t > half] or first
+        return {"start_mib": self.samples[0][1] / MIB, "max_mib": max(r for _, r in self.samples) / MIB,
+                "end_mib": self.samples[-1][1] / MIB, "first_half_max_mib": max(first) / MIB,
+                "second_half_max_mib": max(second) / MIB}
 
 
 def _model_only(runner: Any, batch: int, size: int, seconds: float, warmup: int) -> dict[str, float]:
@@ -156,7 +165,8 @@ def run_config(cfg: dict[str, Any], timeout: float | None = None) -> dict[str, A
 
 
 def memory_checks(runs: list[dict[str, Any]], rss_target_gib: float, flat_tolerance: float) -> list[dict[str, Any]]:
-    """Peak RSS at 512 px batch 8 under the target; and flat memory from the smallest to the largest file count."""
+    """Peak RSS at 512 px batch 8 under the target; flat memory within the largest run (second half vs first)
+    and from the smallest to the largest file count."""
     checks = []
     for r in runs:
         if r["size"] == 512 and r["batch_size"] == 8:
@@ -168,10 +178,17 @@ def memory_checks(runs: list[dict[str, Any]], rss_target_gib: float, flat_tolera
     for r in runs:
         groups.setdefault((r["backend"], r["device"], r["size"], r["batch_size"]), []).append(r)
     for (backend, _, size, batch), rs in groups.items():
+        large = max(rs, key=lambda r: r["files"])
+        m = large["pipeline_rss_mib"]
+        limit = m["first_half_max_mib"] * (1 + flat_tolerance / 2) + 32
+        checks.append({
+            "target": f"{backend} {size}px batch {batch}, {large['files']} files: RSS flat during the run "
+                      f"(max {m['first_half_max_mib']:.0f} MiB in the first half, {m['second_half_max_mib']:.0f} in the second)",
+            "value": m["second_half_max_mib"] / m["first_half_max_mib"], "threshold": 1 + flat_tolerance / 2,
+            "status": "PASS" if m["second_half_max_mib"] <= limit else "FAIL"})
         if len({r["files"] for r in rs}) < 2:
             continue
         small = min(rs, key=lambda r: r["files"])
-        large = max(rs, key=lambda r: r["files"])
         limit = small["peak_rss_mib"] * (1 + flat_tolerance) + 64
         checks.append({
             "target": f"{backend} {size}px batch {batch}: peak RSS flat from {small['files']} to {large['files']} files "
