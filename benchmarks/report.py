@@ -151,7 +151,8 @@ def pipeline_markdown(data: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append("Stage times are per photo: wall time summed over the threads doing that stage (thread CPU time in "
-                 "parentheses); `infer` is the batch call divided by its photos.")
+                 "parentheses); `infer` is the batch call divided by its photos, its CPU time that of the calling "
+                 "thread only (not the runtime's other threads).")
     checks = data.get("checks") or []
     if checks:
         lines.append("")

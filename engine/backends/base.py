@@ -32,7 +32,7 @@ class Runner(ABC):
     On a CPU, ``infer`` runs a large batch as consecutive calls of at most
     ``cpu_pixels_per_call`` pixels (at least one image): a CNN's activations for a
     batch of 8 at 224 px (tens of MB per layer) spill out of the CPU caches, and on a
-    2-core Zen3 one image per call gave 20-55 % more images/s than 8 at 224 and 256 px,
+    2-core Zen3 one image per call gave 15-55 % more images/s than 8 at 224 and 256 px,
     for PyTorch and ONNX Runtime alike (two images per call: as good at 224 px, 25 %
     slower at 256 px). Batches stay whole on a GPU. ``None`` disables it.
     """
