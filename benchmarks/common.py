@@ -2,7 +2,10 @@
 
 Backends (names used on the command line and in the JSON):
 
-    torch              the training checkpoint (.pt) through the engine's PyTorch eager runner (FP32)
+    torch              the training checkpoint (.pt) through the engine's PyTorch eager runner (FP32;
+                       channels-last on the CPU): the baseline of ``speedup_vs_torch`` and the targets
+    torch-nchw         the same runner forced to plain NCHW tensors, as the seed project's prototype
+                       measured PyTorch eager (not run by default; rows get ``speedup_vs_torch_nchw``)
     onnxruntime        FP32 ONNX export, ONNX Runtime (the engine's ort runner)
     onnxruntime-int8   INT8 (static QDQ) export, ONNX Runtime
     onnxruntime-fp16   FP16 export, ONNX Runtime (meant for GPUs; very slow on a CPU)
@@ -50,10 +53,15 @@ class BackendSpec:
     engine_backend: str  # engine.backends: "torch", "ort" or "trt"
     precision: str  # fp32, fp16, int8
     artifact: str  # "checkpoint", "onnx" or "plan"
+    channels_last: bool | None = None  # torch only: TorchRunner(channels_last=...); None = the runner's default
 
+
+TORCH_BASELINE = "torch"  # speedup_vs_torch and the throughput targets are measured against this one
+TORCH_NCHW = "torch-nchw"  # the prototype's baseline: speedup_vs_torch_nchw
 
 BACKENDS: dict[str, BackendSpec] = {
     "torch": BackendSpec("torch", "torch", "fp32", "checkpoint"),
+    "torch-nchw": BackendSpec("torch-nchw", "torch", "fp32", "checkpoint", channels_last=False),
     "onnxruntime": BackendSpec("onnxruntime", "ort", "fp32", "onnx"),
     "onnxruntime-int8": BackendSpec("onnxruntime-int8", "ort", "int8", "onnx"),
     "onnxruntime-fp16": BackendSpec("onnxruntime-fp16", "ort", "fp16", "onnx"),

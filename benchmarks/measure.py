@@ -11,6 +11,10 @@ call), in a rotating order, so a burst of load from other processes hits all
 backends alike. The result is the median over rounds with min and max; the
 speed-up versus PyTorch is the median of the per-round ratios (same round, same
 load), which is far steadier than a ratio of medians on a busy machine.
+``speedup_vs_torch`` is always against the ``torch`` backend (the engine's eager
+runner, channels-last on the CPU); when ``torch-nchw`` (plain NCHW eager, the
+prototype's baseline) ran in the same configuration, rows also carry
+``speedup_vs_torch_nchw``, computed the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import BackendSpec, BenchmarkError, spread
+from benchmarks.common import TORCH_BASELINE, TORCH_NCHW, BackendSpec, BenchmarkError, spread
 from benchmarks.photos import model_batch
 from engine import contract
 from engine.backends import create_runner
@@ -60,7 +64,7 @@ def open_contender(spec: BackendSpec, model: Path, device: str, threads: int | N
     """
     c = Contender(spec, device, model)
     try:
-        runner = create_runner(spec.engine_backend, model, device=device, threads=threads)
+        runner = _create_runner(spec, model, device, threads)
         if whole_batches:
             runner.cpu_pixels_per_call = None
         c.runner = runner.activate()
@@ -71,6 +75,17 @@ def open_contender(spec: BackendSpec, model: Path, device: str, threads: int | N
     except ColorizerError as e:
         c.runner, c.skipped = None, str(e)
     return c
+
+
+def _create_runner(spec: BackendSpec, model: Path, device: str, threads: int | None) -> Runner:
+    """The engine's runner for ``spec`` (inactive); a spec with a memory layout gets a TorchRunner with it."""
+    if spec.channels_last is None:
+        return create_runner(spec.engine_backend, model, device=device, threads=threads)
+    if spec.engine_backend != "torch":
+        raise BenchmarkError(f"{spec.name}: channels_last applies to the torch backend only")
+    from engine.backends.torch_eager import TorchRunner  # imports torch only in activate()
+
+    return TorchRunner(model, device=device, threads=threads, channels_last=spec.channels_last)
 
 
 def _calls_for(runner: Runner, x: np.ndarray, round_seconds: float, warmup: int) -> int:
@@ -104,15 +119,24 @@ def measure_config(contenders: list[Contender], size: int, batch: int, *, rounds
 
 def results_for(contenders: list[Contender], size: int, batch: int,
                 measured: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """JSON rows for one (size, batch), with the speed-up vs PyTorch of the same device (per-round ratios)."""
+    """JSON rows for one (size, batch), with the speed-up vs PyTorch of the same device (per-round ratios).
+
+    ``speedup_vs_torch``: against the ``torch`` backend only (None without it, never against ``torch-nchw``);
+    ``speedup_vs_torch_nchw`` (with min and max): only on rows whose device also has a ``torch-nchw`` result.
+    """
+
+    def baseline(name: str, device: str) -> list[float] | None:
+        return next((measured[t.key]["rates"] for t in contenders
+                     if t.key == name and t.device == device and t.key in measured), None)
+
     rows = []
     for c in contenders:
         if c.key not in measured:
             continue
         rates = measured[c.key]["rates"]
         s = spread(rates)
-        torch_key = next((t.key for t in contenders if t.spec.engine_backend == "torch" and t.device == c.device
-                          and t.key in measured), None)
+        torch_rates = baseline(TORCH_BASELINE, c.device)
+        nchw_rates = baseline(TORCH_NCHW, c.device)
         row: dict[str, Any] = {
             "backend": c.key,
             "engine_backend": c.spec.engine_backend,
@@ -128,15 +152,20 @@ def results_for(contenders: list[Contender], size: int, batch: int,
             "speedup_vs_torch": None,  # no PyTorch result on this device to compare with
             "cpu_pixels_per_call": c.info.get("cpu_pixels_per_call"),
         }
-        if torch_key is not None:
-            ratios = [a / b for a, b in zip(rates, measured[torch_key]["rates"]) if b > 0 and math.isfinite(a / b)]
-            rs = spread(ratios)
-            row.update(speedup_vs_torch=round(rs["median"], 3), speedup_vs_torch_min=round(rs["min"], 3),
-                       speedup_vs_torch_max=round(rs["max"], 3))
+        if torch_rates is not None:
+            row.update(_speedup("speedup_vs_torch", rates, torch_rates))
+        if nchw_rates is not None:
+            row.update(_speedup("speedup_vs_torch_nchw", rates, nchw_rates))
         if c.info.get("precision_info"):
             row["export_quality"] = c.info["precision_info"]
         rows.append(row)
     return rows
+
+
+def _speedup(key: str, rates: list[float], base: list[float]) -> dict[str, float]:
+    """``{key: median, key_min, key_max}`` of the per-round ratios ``rates[i] / base[i]``."""
+    rs = spread([a / b for a, b in zip(rates, base) if b > 0 and math.isfinite(a / b)])
+    return {key: round(rs["median"], 3), f"{key}_min": round(rs["min"], 3), f"{key}_max": round(rs["max"], 3)}
 
 
 def close_all(contenders: list[Contender]) -> None:

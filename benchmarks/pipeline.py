@@ -82,6 +82,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     specs = common.parse_backends(args.backends)
     if any(s.artifact == "plan" for s in specs):
         raise common.BenchmarkError("--backends: tensorrt runs through --model X.plan only in throughput.py for now")
+    if any(s.channels_last is not None for s in specs):  # colorize-dir runs the engine's default torch layout
+        raise common.BenchmarkError("--backends: torch-nchw is a throughput.py baseline only (use torch here)")
     sizes = common.parse_list(args.sizes, "sizes", int)
     batches = common.parse_list(args.batch_sizes, "batch-sizes", int)
     counts = common.parse_list(args.files, "files", int)

@@ -53,7 +53,11 @@ def _machine_line(m: dict[str, Any]) -> str:
 
 
 def throughput_markdown(data: dict[str, Any]) -> str:
-    """The README table: one row per backend/size/batch, with spread and speed-up vs PyTorch."""
+    """The README table: one row per backend/size/batch, with spread and speed-up vs PyTorch.
+
+    "× PyTorch" is against the ``torch`` backend; a "× PyTorch NCHW" column (against ``torch-nchw``) is added
+    only when some row has ``speedup_vs_torch_nchw``.
+    """
     lines = []
     if data.get("command"):
         lines.append(f"Command: `{data['command']}`  ")
@@ -66,15 +70,23 @@ def throughput_markdown(data: dict[str, Any]) -> str:
         lines.append("CPU batches run whole (one call per batch, --whole-batches)")
     elif pixels - {None}:
         lines.append(f"CPU batches run as calls of at most {max(pixels - {None}):,} pixels (the engine's default)")
+    nchw = any(r.get("speedup_vs_torch_nchw") is not None for r in data["results"])
     lines.append("")
-    lines.append("| backend | precision | device | size | batch | images/s | min–max | × PyTorch |")
-    lines.append("|---|---|---|---:|---:|---:|---:|---:|")
+    lines.append("| backend | precision | device | size | batch | images/s | min–max | × PyTorch |"
+                 + (" × PyTorch NCHW |" if nchw else ""))
+    lines.append("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if nchw else ""))
     for r in data["results"]:
         speed = f"{r['speedup_vs_torch']:.2f}" if r.get("speedup_vs_torch") is not None else "–"
+        extra = ""
+        if nchw:
+            extra = f" {r['speedup_vs_torch_nchw']:.2f} |" if r.get("speedup_vs_torch_nchw") is not None else " – |"
         lines.append(
             f"| {r['backend']} | {r['precision']} | {r['device']} | {r['size']} | {r['batch_size']} | "
-            f"{r['images_per_s']:.2f} | {r['images_per_s_min']:.2f}–{r['images_per_s_max']:.2f} | {speed} |"
+            f"{r['images_per_s']:.2f} | {r['images_per_s_min']:.2f}–{r['images_per_s_max']:.2f} | {speed} |{extra}"
         )
+    if nchw:
+        lines.append("\n× PyTorch: vs `torch` (the engine's eager runner, channels-last on a CPU); "
+                     "× PyTorch NCHW: vs `torch-nchw` (plain NCHW eager, as the prototype measured).")
     for s in data.get("skipped", []):
         lines.append(f"\nSkipped {s['backend']} ({s['device']}): {s['reason']}")
     checks = data.get("checks") or []

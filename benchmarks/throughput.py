@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--onnx", action="append", metavar="PRECISION=PATH",
                    help="use this export instead of exporting the checkpoint (repeatable: fp32=..., int8=...)")
     p.add_argument("--backends", default="torch,onnxruntime,onnxruntime-int8,tensorrt",
-                   help=f"comma-separated, of {', '.join(common.BACKENDS)}")
+                   help=f"comma-separated, of {', '.join(common.BACKENDS)} (torch-nchw: plain NCHW PyTorch eager, "
+                        "the prototype's baseline; adds speedup_vs_torch_nchw)")
     p.add_argument("--sizes", default="224,512", help="square input sizes in pixels")
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:K] for torch and onnxruntime (tensorrt: always a GPU)")
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     data["checks"] = report.throughput_checks(rows)
     for r in rows:
         speed = f"  {r['speedup_vs_torch']:.2f}x torch" if r.get("speedup_vs_torch") is not None else ""
+        if r.get("speedup_vs_torch_nchw") is not None:
+            speed += f"  {r['speedup_vs_torch_nchw']:.2f}x torch-nchw"
         print(f"{r['backend']:18s} {r['device']:7s} {r['size']:5d}px batch {r['batch_size']:3d}: "
               f"{r['images_per_s']:8.2f} img/s ({r['images_per_s_min']:.2f}-{r['images_per_s_max']:.2f}){speed}")
     for s in skipped:

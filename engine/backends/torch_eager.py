@@ -6,7 +6,10 @@ so the rest of the engine stays importable and runnable without torch.
 A fair eager baseline: ``torch.inference_mode``, the same thread count as ONNX
 Runtime (physical cores) and, on the CPU, channels-last weights and activations
 (oneDNN's fast layout: 30-45 % more images/s than NCHW for this network on a
-2-core Zen3, at 224 and 512 px, batch 1 and 8).
+2-core Zen3, at 224 and 512 px, batch 1 and 8). ``channels_last`` overrides the
+layout: ``None`` (default) is channels-last on the CPU and plain NCHW on CUDA,
+``False`` forces NCHW everywhere (how the prototype ran it; the benchmarks'
+``torch-nchw`` baseline), ``True`` forces channels-last on CUDA too.
 """
 
 from __future__ import annotations
@@ -27,15 +30,27 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 class TorchRunner(Runner):
     name = "torch"
 
-    def __init__(self, model: str | os.PathLike[str], *, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike[str],
+        *,
+        device: str | None = None,
+        threads: int | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        """``channels_last``: memory layout of weights and activations; ``None`` (default) means channels-last
+        on the CPU and NCHW on CUDA, ``False`` plain NCHW, ``True`` channels-last on any device."""
         super().__init__()
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise BackendError(f"torch backend: channels_last: expected True, False or None, found {channels_last!r}")
         self.model = Path(model)
         self.device = device
         self.threads = threads
+        self.channels_last = channels_last
         self._torch: Any = None
         self._graph: Any = None
         self._dev: Any = None
-        self._channels_last = False
+        self._channels_last = False  # the layout in use, decided in activate()
 
     def _activate(self) -> None:
         if self.model.suffix.lower() not in CHECKPOINT_SUFFIXES:
@@ -64,7 +79,7 @@ class TorchRunner(Runner):
             torch.set_num_threads(int(self.threads or physical_cores()))
         model, _ = load_model(self.model)
         self._graph = ColorizeGraph(model).eval().to(self._dev)
-        self._channels_last = kind == "cpu"
+        self._channels_last = kind == "cpu" if self.channels_last is None else self.channels_last
         if self._channels_last:
             self._graph = self._graph.to(memory_format=torch.channels_last)
         self._torch = torch
@@ -89,4 +104,6 @@ class TorchRunner(Runner):
     def describe(self) -> str:
         dev = str(self._dev) if self._dev is not None else (self.device or "cpu")
         version = getattr(self._torch, "__version__", "?")
-        return f"torch (PyTorch {version} eager, {dev}) {self.model}"
+        layout = ("channels-last" if self._channels_last else "NCHW") if self._dev is not None else None
+        where = f"{dev}, {layout}" if layout else dev
+        return f"torch (PyTorch {version} eager, {where}) {self.model}"

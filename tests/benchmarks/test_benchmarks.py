@@ -17,6 +17,7 @@ from benchmarks import throughput as throughput_script
 
 ROW_KEYS = {"backend", "precision", "device", "size", "batch_size", "images_per_s", "images_per_s_min",
             "images_per_s_max", "speedup_vs_torch"}
+NCHW_KEYS = {"speedup_vs_torch_nchw", "speedup_vs_torch_nchw_min", "speedup_vs_torch_nchw_max"}
 
 
 def _numbers(obj):
@@ -40,10 +41,12 @@ def _check_machine(m):
 
 @pytest.fixture(scope="module")
 def throughput_json(tiny_checkpoint, tiny_onnx, tmp_path_factory):
-    """One tiny run: torch + ORT FP32 (the fixture's export) + ORT INT8 (exported by the script) + TensorRT."""
+    """One tiny run: torch-nchw + torch + ORT FP32 (the fixture's export) + ORT INT8 (exported by the script) +
+    TensorRT. torch-nchw comes first: ``speedup_vs_torch`` must still be against ``torch``."""
     out = tmp_path_factory.mktemp("tp")
     argv = ["--model", str(tiny_checkpoint), "--onnx", f"fp32={tiny_onnx}",
-            "--backends", "torch,onnxruntime,onnxruntime-int8,tensorrt", "--sizes", "32,48", "--batch-sizes", "1,2",
+            "--backends", "torch-nchw,torch,onnxruntime,onnxruntime-int8,tensorrt", "--sizes", "32,48",
+            "--batch-sizes", "1,2",
             "--rounds", "1", "--round-seconds", "0.01", "--cache-dir", str(out / "cache"),
             "--json", str(out / "t.json"), "--markdown", str(out / "t.md")]
     assert throughput_script.main(argv) == 0
@@ -55,13 +58,22 @@ def test_throughput_json_schema(throughput_json, capsys):
     _check_machine(data["machine"])
     rows = data["results"]
     assert {(r["backend"], r["size"], r["batch_size"]) for r in rows} >= {
-        (b, s, n) for b in ("torch", "onnxruntime", "onnxruntime-int8") for s in (32, 48) for n in (1, 2)}
+        (b, s, n) for b in ("torch-nchw", "torch", "onnxruntime", "onnxruntime-int8") for s in (32, 48) for n in (1, 2)}
     for r in rows:
-        assert ROW_KEYS <= set(r), r
+        assert ROW_KEYS | NCHW_KEYS <= set(r), r
         assert r["images_per_s_min"] <= r["images_per_s"] <= r["images_per_s_max"]
+        assert r["speedup_vs_torch_nchw_min"] <= r["speedup_vs_torch_nchw"] <= r["speedup_vs_torch_nchw_max"]
         assert r["device"] == "cpu" and r["speedup_vs_torch"] is not None
-    measured = [{k: r[k] for k in ROW_KEYS | {"rounds", "calls_per_round"}} for r in rows]
+    measured = [{k: r[k] for k in ROW_KEYS | NCHW_KEYS | {"rounds", "calls_per_round"}} for r in rows]
     assert all(math.isfinite(x) and x > 0 for x in _numbers(measured)), measured
+    by = {(r["backend"], r["size"], r["batch_size"]): r for r in rows}
+    for s in (32, 48):
+        for n in (1, 2):
+            torch_row, nchw_row = by["torch", s, n], by["torch-nchw", s, n]
+            assert torch_row["speedup_vs_torch"] == 1.0 and nchw_row["speedup_vs_torch_nchw"] == 1.0
+            assert nchw_row["precision"] == "fp32" and nchw_row["engine_backend"] == "torch"
+            # one round: torch vs nchw is the inverse of nchw vs torch (up to rounding to 3 decimals)
+            assert torch_row["speedup_vs_torch_nchw"] * nchw_row["speedup_vs_torch"] == pytest.approx(1, rel=0.01)
     int8 = next(r for r in rows if r["backend"] == "onnxruntime-int8")
     assert int8["precision"] == "int8" and int8["export_quality"]["psnr_db"] >= int8["export_quality"]["psnr_floor_db"]
     if not data["machine"]["gpu"]:  # TensorRT cannot run here: listed as skipped, with the reason
@@ -70,6 +82,7 @@ def test_throughput_json_schema(throughput_json, capsys):
         assert all(r["backend"] != "tensorrt" for r in rows)
     md = (throughput_json / "t.md").read_text()
     assert "| backend | precision | device | size | batch | images/s |" in md and "benchmarks/throughput.py" in md
+    assert "| × PyTorch | × PyTorch NCHW |" in md and "| torch-nchw | fp32 | cpu | 32 | 1 |" in md
 
 
 def test_plot_png_and_table(throughput_json):
@@ -77,6 +90,61 @@ def test_plot_png_and_table(throughput_json):
     assert plot_script.main([str(throughput_json / "t.json"), "--png", str(png), "--markdown", str(md)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert md.read_text() == (throughput_json / "t.md").read_text()
+
+
+def test_torch_nchw_contender_runs_nchw(tiny_checkpoint):
+    from benchmarks import common, measure
+
+    spec = common.parse_backends("torch-nchw")[0]
+    assert spec.name == "torch-nchw" and spec.engine_backend == "torch" and spec.channels_last is False
+    c = measure.open_contender(spec, tiny_checkpoint, "cpu", threads=1)
+    try:
+        assert c.skipped is None and "NCHW" in c.info["describe"]
+    finally:
+        measure.close_all([c])
+    default = throughput_script.parse_args([]).backends
+    assert "torch-nchw" not in common.parse_list(default, "backends")  # opt-in only
+    assert "torch-nchw" in throughput_script.parse_args(["--backends", "torch-nchw"]).backends
+
+
+def _fake_rows(names, rates):
+    """results_for on made-up per-round rates (no runner needed)."""
+    from benchmarks import common, measure
+
+    contenders = [measure.Contender(common.BACKENDS[n], "cpu") for n in names]
+    measured = {n: {"rates": rates[n], "calls": 1} for n in names}
+    return {r["backend"]: r for r in measure.results_for(contenders, 224, 8, measured)}
+
+
+def test_speedups_keep_torch_as_the_baseline():
+    from benchmarks import report
+
+    rates = {"torch": [10.0, 12.0, 8.0], "torch-nchw": [5.0, 10.0, 8.0], "onnxruntime": [20.0, 18.0, 8.0]}
+    rows = _fake_rows(["torch-nchw", "torch", "onnxruntime"], rates)
+    ort = rows["onnxruntime"]
+    assert (ort["speedup_vs_torch"], ort["speedup_vs_torch_min"], ort["speedup_vs_torch_max"]) == (1.5, 1.0, 2.0)
+    assert (ort["speedup_vs_torch_nchw"], ort["speedup_vs_torch_nchw_min"], ort["speedup_vs_torch_nchw_max"]) == (
+        1.8, 1.0, 4.0)
+    assert rows["torch"]["speedup_vs_torch_nchw"] == 1.2 and rows["torch-nchw"]["speedup_vs_torch"] == 0.833
+    # the target checks read speedup_vs_torch (1.5x here), not the larger ratio against NCHW
+    checks = report.throughput_checks(list(rows.values()))
+    assert [(c["value"], c["status"]) for c in checks] == [(1.5, "FAIL")]
+
+    # without torch: no speed-up against torch at all (never silently against torch-nchw), so no target check
+    rows = _fake_rows(["torch-nchw", "onnxruntime"], rates)
+    assert rows["onnxruntime"]["speedup_vs_torch"] is None and rows["onnxruntime"]["speedup_vs_torch_nchw"] == 1.8
+    assert report.throughput_checks(list(rows.values())) == []
+
+    # without torch-nchw: no new field, and the table keeps its columns
+    rows = _fake_rows(["torch", "onnxruntime"], rates)
+    assert all("speedup_vs_torch_nchw" not in r for r in rows.values())
+    md = report.throughput_markdown({"machine": {}, "results": list(rows.values())})
+    assert "NCHW" not in md and md.count("| × PyTorch |") == 1
+
+
+def test_pipeline_refuses_torch_nchw(tmp_path, capsys):
+    assert pipeline_script.main(["--backends", "torch-nchw", "--model", str(tmp_path / "x.pt")]) == 2
+    assert "torch-nchw is a throughput.py baseline only" in capsys.readouterr().err
 
 
 def test_pipeline_json_schema(tiny_onnx, tmp_path):

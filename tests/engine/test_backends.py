@@ -68,6 +68,31 @@ def test_ort_and_torch_agree(tiny_onnx, tiny_checkpoint):
     assert np.abs(a["rgb"].astype(int) - b["rgb"].astype(int)).max() <= 1
 
 
+def test_torch_nchw_matches_channels_last(tiny_checkpoint):
+    """TorchRunner(channels_last=False): plain NCHW weights and activations, same outputs as the default layout."""
+    import torch
+
+    from engine.backends.torch_eager import TorchRunner
+
+    x = gray_batch(3, 72)
+    default = TorchRunner(tiny_checkpoint, device="cpu")
+    nchw = TorchRunner(tiny_checkpoint, device="cpu", channels_last=False)
+    assert default.channels_last is None and nchw.channels_last is False
+    with default as cl, nchw:
+        assert "channels-last" in cl.describe() and "NCHW" in nchw.describe()
+        # a 3x3 conv weight with several input channels: the layouts really differ
+        name, w_cl = next((n, w) for n, w in cl._graph.named_parameters() if w.dim() == 4 and min(w.shape[1:]) > 1)
+        w_nchw = dict(nchw._graph.named_parameters())[name]
+        assert w_cl.is_contiguous(memory_format=torch.channels_last) and not w_cl.is_contiguous()
+        assert w_nchw.is_contiguous() and not w_nchw.is_contiguous(memory_format=torch.channels_last)
+        a, b = cl.infer(x), nchw.infer(x)
+    assert a["uv"].shape == b["uv"].shape == (3, 2, 72, 72)
+    np.testing.assert_allclose(b["uv"], a["uv"], rtol=1e-4, atol=1e-5)
+    assert np.abs(a["rgb"].astype(int) - b["rgb"].astype(int)).max() <= 1
+    with pytest.raises(BackendError, match="channels_last"):
+        TorchRunner(tiny_checkpoint, channels_last="no")  # type: ignore[arg-type]
+
+
 def test_sidecar_tamper_is_refused(tiny_onnx, tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(tiny_onnx.read_bytes() + b"\0")
