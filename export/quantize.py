@@ -9,7 +9,8 @@
 * Quantization: ``quantize_static`` in QDQ format, per-channel symmetric int8
   weights, uint8 activations, MinMax calibration. The colour pre/post nodes
   (``export.fp16.colour_nodes``) are excluded, so uint8 I/O and the YUV -> RGB
-  math stay exact FP32; only the network body is quantized.
+  math stay exact FP32; only the network body is quantized (a classification
+  head up to its logits: ``float_head_nodes``).
 * ``reduce_range`` (7-bit weights) is on unless the CPU has VNNI
   (``avx512_vnni`` / ``avx_vnni`` in /proc/cpuinfo): without VNNI, AVX2's
   u8*s8 multiply-add saturates 16-bit intermediates and 8-bit weights give broken
@@ -174,7 +175,9 @@ def quantize_int8(
         except Exception as e:  # noqa: BLE001 - ORT's optimizer raises many types
             raise ExportError(f"INT8 pre-processing failed ({type(e).__name__}: {e})") from e
         pre_model = onnx.load(str(pre))
-        nodes = {**colour_nodes(pre_model), "head": head_nodes(pre_model)}
+        head = head_nodes(pre_model)
+        head_float = float_head_nodes(pre_model, head)
+        nodes = {**colour_nodes(pre_model), "head": head_float}
         exclude = nodes["pre"] + nodes["post"] + nodes["head"]
         luma = _luma_tensor(pre_model, set(nodes["pre"]))
         # Y = gray/255 quantized with scale 1/255, zero point 0 is exactly the 256 gray levels:
@@ -224,11 +227,35 @@ def quantize_int8(
             "preprocess": "colour-spec luma, short side resized, centre crop",
         },
         "fp32_nodes": nodes,
+        "head_quantized": [n for n in head if n not in set(head_float)],
         "luma_quantization": {"tensor": luma, "scale": "1/255", "zero_point": 0} if luma else None,
         "post_inputs_rewired_to_float": rewired,
         "_eval": held,
         "_eval_names": held_names,
     }
+
+
+def float_head_nodes(model: Any, head: list[str]) -> list[str]:
+    """The part of the UV head that stays FP32 under INT8.
+
+    A regression head (conv -> tanh -> scale) stays float entirely: quantizing it
+    would put ``uv`` itself through 8 bits. A classification head is quantized up
+    to its logits (pooling, convolutions: the costly part, ~15 % of the INT8 time
+    when left in float) and keeps the Softmax and everything after it (annealed
+    mean over the bin centres, upsampling) in float.
+    """
+    names = set(head)
+    in_head = [n for n in model.graph.node if n.name in names]
+    softmax = [n for n in in_head if n.op_type == "Softmax"]
+    if len(softmax) != 1:
+        return list(head)
+    keep = {softmax[0].name}
+    reached = set(softmax[0].output)
+    for node in in_head:  # graph order is topological
+        if any(i in reached for i in node.input):
+            keep.add(node.name)
+            reached.update(node.output)
+    return [n for n in head if n in keep]
 
 
 def _luma_tensor(model: Any, pre: set[str]) -> str | None:

@@ -171,3 +171,41 @@ def test_calibration_reader_protocol():
     assert reader.get_next() is not None and reader.get_next() is None
     reader.rewind()
     assert reader.get_next() is not None
+
+
+def test_int8_classification_head_quantized_up_to_its_logits(tmp_path):
+    """The logits conv runs in INT8; Softmax, the annealed mean and the upsampling stay float."""
+    import torch
+
+    from train.model import ColorizerNet, ModelConfig
+
+    torch.manual_seed(2)
+    centres = [[u, v] for u in (-0.2, 0.0, 0.2) for v in (-0.3, 0.0, 0.3)]
+    config = ModelConfig(width="seed", width_mult=0.125, head="classification",
+                         head_options={"centres": centres, "temperature": 1.0, "stride": 4})
+    ckpt = tmp_path / "cls.pt"
+    save_checkpoint(ckpt, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 1})
+    out = tmp_path / "cls8.onnx"
+    export_checkpoint(ckpt, out, precision="int8")
+    info = read_sidecar(out)["precision_info"]
+    model = onnx.load(str(out))
+    names = {n.name: n for n in model.graph.node}
+    prod = {o: n for n in model.graph.node for o in n.output}
+    ops = {n: names[n].op_type for n in info["fp32_nodes"]["head"]}
+    assert "Softmax" in ops.values() and "Conv" in ops.values()  # softmax + annealed-mean conv stay float
+    quantized = [names[n] for n in info["head_quantized"] if n in names]  # the quantizer drops Relu (folded into Q)
+    convs = [n for n in quantized if n.op_type == "Conv"]
+    assert len(convs) == 2  # the head's 3x3 conv and its 1x1 logits conv
+    for conv in convs:  # weights and activations come through Q/DQ
+        assert all(prod[i].op_type == "DequantizeLinear" for i in conv.input[:2])
+    softmax = next(names[n] for n, op in ops.items() if op == "Softmax")
+    assert prod[softmax.input[0]].op_type == "DequantizeLinear"  # logits are 8-bit
+    consumers = [n for n in model.graph.node if softmax.output[0] in n.input]
+    assert consumers and all(n.op_type != "QuantizeLinear" for n in consumers)  # probabilities stay float
+    assert prod["uv"].op_type != "DequantizeLinear"
+
+
+def test_float_head_nodes_keeps_a_regression_head_whole(int8_onnx):
+    side = read_sidecar(int8_onnx)
+    assert side["precision_info"]["head_quantized"] == []
+    assert side["precision_info"]["fp32_nodes"]["head"]
