@@ -5,9 +5,17 @@ converted first, colour nodes kept FP32) parsed into a strongly typed network:
 TensorRT 10 needs the ``STRONGLY_TYPED`` creation flag, TensorRT 11 makes every
 network strongly typed (the flag is deprecated and ignored, so it is not passed).
 One optimization profile covers batch and square spatial sizes of input ``gray``.
+TF32 is switched off (TensorRT enables it by default): FP32 layers, the colour
+nodes of an FP16 engine included, stay FP32.
+
+TensorRT takes a uint8 network input only straight into a Cast and gives a uint8
+output only straight out of one (NVIDIA/TensorRT#3985): ``Shape`` nodes reading
+``gray`` are rewired to its Cast before parsing (``uint8_io_for_tensorrt``), and
+ceil-mode AveragePool without pads gets ``count_include_pad=0``, the same result
+in ONNX, unambiguous in TensorRT (``ceil_avgpool_for_tensorrt``).
 
 Engine cache: if ``out`` exists and its sidecar's ``cache_key`` (source ONNX
-sha256, precision, profile, TensorRT version, GPU name and compute capability)
+sha256, precision, profile, TensorRT version, GPU name, compute capability, TF32 off)
 matches, and the plan's sha256 matches, it is reused unless ``force``.
 
 Without a CUDA device or without ``tensorrt`` this raises ``BackendUnavailable``.
@@ -170,6 +178,7 @@ def build_engine(
         "tensorrt": trt.__version__,
         "gpu": gpu["name"],
         "compute_capability": gpu["compute_capability"],
+        "tf32": False,
     }
     if not force:
         cached = _cached(out, key)
@@ -179,6 +188,8 @@ def build_engine(
 
     with tempfile.TemporaryDirectory(prefix="colorizer-trt-") as work:
         source, conversion = _source_onnx(onnx_path, src_precision, precision, Path(work))
+        source, rewired = _tensorrt_onnx(source, Path(work))
+        conversion = {**conversion, "tensorrt_rewrites": rewired}
         plan = _build(trt, source, profile, workspace_gb, Path(timing_cache) if timing_cache else None)
     check = verify_engine(trt, plan, onnx_path, batch, size) if verify else {"skipped": "verify=False"}
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -259,6 +270,123 @@ def _diff_sessions(ref: Any, new: Any, inputs: list[np.ndarray]) -> dict[str, An
     return {"uv_max_abs": uv_d, "rgb_max_levels": rgb_d}
 
 
+_UINT8, _FLOAT, _FLOAT16 = 2, 1, 10  # onnx.TensorProto data types
+
+
+def uint8_io_for_tensorrt(model: Any) -> list[str]:
+    """Make the uint8 I/O of an ONNX ``model`` acceptable to TensorRT (in place); returns what was changed.
+
+    TensorRT supports uint8 only as a network input feeding a Cast to float/half, or as a
+    network output produced by such a Cast; no other layer takes uint8, not even Shape
+    (NVIDIA/TensorRT#3985; ``DataType.UINT8`` in the TensorRT Python API docs). Our
+    exports read ``gray`` with a Cast and two ``Shape`` nodes (H and W for the final
+    resize): a Shape is rewired to the Cast's output, which has the same shape. Any other
+    uint8 use raises ``ExportError``.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    nodes = list(graph.node)
+
+    def cast_to(node: Any) -> Any:
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == "to"), None)
+
+    changes: list[str] = []
+    first: list[Any] = []  # Casts to move to the front, before the nodes now reading them
+    for inp in graph.input:
+        if inp.type.tensor_type.elem_type != _UINT8:
+            continue
+        users = [n for n in nodes if inp.name in n.input]
+        casts = [n for n in users if n.op_type == "Cast" and cast_to(n) in (_FLOAT, _FLOAT16)]
+        others = [n for n in users if not any(n is c for c in casts)]
+        bad = [f"{n.op_type} {n.name!r}" for n in others if n.op_type != "Shape"]
+        if bad or (others and not casts):
+            raise ExportError(
+                f"TensorRT takes uint8 input {inp.name!r} only through a Cast to float; it also feeds "
+                f"{', '.join(bad) or 'Shape nodes and no such Cast'}; re-export the model"
+            )
+        if not others:
+            continue
+        cast = casts[0]
+        for n in others:
+            n.input[:] = [cast.output[0] if x == inp.name else x for x in n.input]
+            changes.append(f"{n.op_type} {n.name!r} reads {cast.output[0]!r} (Cast of {inp.name!r}) instead of {inp.name!r}")
+        first.append(cast)
+    outputs = {o.name for o in graph.output}
+    for n in nodes:
+        if n.op_type == "Cast" and cast_to(n) == _UINT8 and not set(n.output) <= outputs:
+            raise ExportError(f"TensorRT has no uint8 tensors inside a network: Cast {n.name!r} to uint8 feeds other nodes")
+    producers = {o: n for n in nodes for o in n.output}
+    for out in graph.output:
+        if out.type.tensor_type.elem_type == _UINT8 and getattr(producers.get(out.name), "op_type", None) != "Cast":
+            raise ExportError(f"TensorRT gives uint8 output {out.name!r} only straight from a Cast; re-export the model")
+    if first:  # a Cast of a graph input can go first; keeps the node list topologically sorted
+        order = first + [n for n in nodes if not any(n is c for c in first)]
+        copies = [onnx.NodeProto.FromString(n.SerializeToString()) for n in order]
+        del graph.node[:]
+        graph.node.extend(copies)
+    return changes
+
+
+def ceil_avgpool_for_tensorrt(model: Any) -> list[str]:
+    """``count_include_pad=0`` on AveragePool nodes with ``ceil_mode=1`` and no padding (in place); returns what changed.
+
+    Without pads the attribute changes nothing in ONNX (AveragePool-19 counts only the
+    taps inside the padded input, as PyTorch does; ONNX Runtime since opset 19), but the
+    ONNX parser maps it to ``IPoolingLayer.average_count_excludes_padding`` (False for 1)
+    with ``PaddingMode.EXPLICIT_ROUND_UP`` for ceil mode: whether TensorRT then counts the
+    overhang of the last window in the divisor is not documented, while excluding padding
+    is correct either way. Our classification head pools by 4 with ceil mode, so every
+    size that is not a multiple of 4 has such a window. Opsets before 19 are left alone.
+    """
+    from onnx import helper
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < 19:
+        return []
+    changes = []
+    for n in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type != "AveragePool" or attrs.get("ceil_mode") != 1 or attrs.get("count_include_pad") != 1:
+            continue
+        if any(attrs.get("pads", [])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            continue
+        for a in n.attribute:
+            if a.name == "count_include_pad":
+                a.i = 0
+        changes.append(f"AveragePool {n.name!r}: count_include_pad=0 (no pads; ceil mode)")
+    return changes
+
+
+def _tensorrt_onnx(source: Path, work: Path) -> tuple[Path, list[str]]:
+    """``source`` as is, or a copy in ``work`` made acceptable to TensorRT (uint8 I/O, ceil-mode AveragePool)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    changes = uint8_io_for_tensorrt(model) + ceil_avgpool_for_tensorrt(model)
+    if not changes:
+        return source, []
+    path = work / "tensorrt.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    log.info("for TensorRT: %s", "; ".join(changes))
+    return path, changes
+
+
+def _attach_timing_cache(config: Any, cache_path: Path) -> None:
+    """Load ``cache_path`` into ``config``; a cache from another GPU, TensorRT version or a broken file is replaced."""
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    if blob:
+        log.warning("timing cache %s does not fit this GPU or TensorRT version: starting a new one (it is overwritten)",
+                    cache_path)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise ExportError(f"TensorRT could not create a timing cache for {cache_path}")
+
+
 def _build(trt: Any, source: Path, profile: dict[str, list[int]], workspace_gb: float, cache_path: Path | None) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -269,12 +397,13 @@ def _build(trt: Any, source: Path, profile: dict[str, list[int]], workspace_gb: 
         raise ExportError(f"TensorRT could not parse {source.name}: {' | '.join(errors) or 'no error reported'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    config.clear_flag(trt.BuilderFlag.TF32)  # on by default: FP32 layers would round inputs to 10-bit mantissas
     opt_profile = builder.create_optimization_profile()
     opt_profile.set_shape(INPUT_NAME, profile["min"], profile["opt"], profile["max"])
-    config.add_optimization_profile(opt_profile)
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise ExportError(f"TensorRT rejected the optimization profile {profile} for input {INPUT_NAME!r}")
     if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+        _attach_timing_cache(config, cache_path)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {source.name} (see the TensorRT log above)")
@@ -313,11 +442,13 @@ def run_engine(trt: Any, engine: Any, gray: np.ndarray) -> dict[str, np.ndarray]
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            context.set_tensor_address(name, device_in.data_ptr())
+            ok = context.set_tensor_address(name, device_in.data_ptr())
         else:
             shape = tuple(context.get_tensor_shape(name))
             outputs[name] = torch.empty(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
-            context.set_tensor_address(name, outputs[name].data_ptr())
+            ok = context.set_tensor_address(name, outputs[name].data_ptr())
+        if not ok:
+            raise ExportError(f"engine: set_tensor_address({name!r}) failed")
     stream = torch.cuda.Stream()
     torch.cuda.current_stream().synchronize()  # the host-to-device copy of the input
     if not context.execute_async_v3(stream.cuda_stream):

@@ -2,8 +2,11 @@
 
 Current TensorRT API only (10.x / 11.x): ``Runtime.deserialize_cuda_engine``,
 ``num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode``,
-``set_input_shape`` per batch within optimization profile 0,
+``set_input_shape`` per batch within optimization profile 0 (a batch above its
+maximum is split, one below its minimum padded with blank images),
 ``set_tensor_address`` and ``execute_async_v3`` on our own CUDA stream.
+The runner's device is made current in every call (``cudaSetDevice`` is per
+host thread, and ``infer`` may run in another thread than ``activate``).
 
 Memory: device buffers from ``cudaMalloc`` and page-locked host buffers from
 ``cudaMallocHost`` (cuda-python), grown on demand and reused batch after batch;
@@ -123,6 +126,7 @@ class TrtRunner(Runner):
         self._buffers: dict[str, _Buffer] = {}
         self._dtypes: dict[str, np.dtype] = {}
         self._gpu = ""
+        self._index = 0
 
     def _activate(self) -> None:
         if self.model.suffix.lower() not in PLAN_SUFFIXES:
@@ -141,6 +145,7 @@ class TrtRunner(Runner):
             raise BackendUnavailable(f"trt backend: --device cuda:{index}, but only {n} CUDA device(s) are visible")
         cudart = self._cudart = _cudart()
         trt = self._trt = _tensorrt()
+        self._index = index
         _check(cudart, cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -173,7 +178,10 @@ class TrtRunner(Runner):
         missing = {contract.OUTPUT_RGB, contract.OUTPUT_UV} - set(outs)
         if missing:
             raise BackendError(f"{self.model}: engine outputs: expected 'rgb' and 'uv', found {outs}")
-        self._dtypes = {t: np.dtype(trt.nptype(engine.get_tensor_dtype(t))) for t in names}
+        try:
+            self._dtypes = {t: np.dtype(trt.nptype(engine.get_tensor_dtype(t))) for t in names}
+        except TypeError as e:  # bf16 / fp8 / int4 have no NumPy type
+            raise BackendError(f"{self.model}: engine I/O types: {e}; expected uint8 'gray', 'rgb' and float 'uv'") from e
         allowed = {contract.INPUT_NAME: ("uint8",), contract.OUTPUT_RGB: ("uint8",), contract.OUTPUT_UV: ("float32", "float16")}
         for t, ok in allowed.items():
             if self._dtypes[t].name not in ok:
@@ -184,6 +192,7 @@ class TrtRunner(Runner):
     def _deactivate(self) -> None:
         cudart = self._cudart
         if self._stream is not None and cudart is not None:
+            cudart.cudaSetDevice(self._index)
             cudart.cudaStreamSynchronize(self._stream)
         for buf in self._buffers.values():
             buf.free()
@@ -222,22 +231,26 @@ class TrtRunner(Runner):
         return self._run(gray, outputs)
 
     def _run(self, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        n, low = gray.shape[0], self._profile[0][0] if self._profile else 1
+        if n < low:  # below the profile's minimum batch: pad with blank images, drop their outputs
+            pad = np.zeros((low - n, *gray.shape[1:]), dtype=gray.dtype)
+            return {k: v[:n] for k, v in self._run(np.concatenate([gray, pad]), outputs).items()}
         cudart, ctx, stream = self._cudart, self._context, self._stream
         h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         wanted = outputs
+        _check(cudart, cudart.cudaSetDevice(self._index), f"cudaSetDevice({self._index})")  # per host thread
         if not ctx.set_input_shape(contract.INPUT_NAME, tuple(gray.shape)):
             raise BackendError(f"trt: input shape {gray.shape} rejected by the engine's profile {self._profile}")
         src = self._buffer(contract.INPUT_NAME, gray.nbytes)
         src.view[: gray.nbytes] = gray.reshape(-1).view(np.uint8)
         _check(cudart, cudart.cudaMemcpyAsync(src.device, src.host, gray.nbytes, h2d, stream), "cudaMemcpyAsync H2D")
-        ctx.set_tensor_address(contract.INPUT_NAME, int(src.device))
+        self._address(contract.INPUT_NAME, src)
         shapes: dict[str, tuple[int, ...]] = {}
         for name in (contract.OUTPUT_RGB, contract.OUTPUT_UV):  # every output needs an address
             shape = tuple(int(d) for d in ctx.get_tensor_shape(name))
             shapes[name] = shape
-            buf = self._buffer(name, int(np.prod(shape)) * self._dtypes[name].itemsize)
-            ctx.set_tensor_address(name, int(buf.device))
+            self._address(name, self._buffer(name, int(np.prod(shape)) * self._dtypes[name].itemsize))
         if not ctx.execute_async_v3(int(stream)):
             raise BackendError(f"trt: execute_async_v3 failed on a batch {gray.shape}")
         for name in wanted:
@@ -251,6 +264,10 @@ class TrtRunner(Runner):
             arr = self._buffers[name].view[:nbytes].view(self._dtypes[name]).reshape(shapes[name])
             result[name] = arr.astype(np.float32) if name == contract.OUTPUT_UV else arr.copy()  # own the data
         return result
+
+    def _address(self, name: str, buf: _Buffer) -> None:
+        if not self._context.set_tensor_address(name, int(buf.device)):
+            raise BackendError(f"trt: set_tensor_address({name!r}) failed (misaligned or unknown tensor)")
 
     def _buffer(self, name: str, nbytes: int) -> _Buffer:
         buf = self._buffers.get(name)

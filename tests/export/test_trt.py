@@ -20,9 +20,11 @@ from export.fp16 import ExportError
 from tests.conftest import HAS_CUDA, ROOT
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+# What build-engine itself sees (cuda-python first, then torch); a CPU-only torch on a GPU server gives HAS_CUDA False.
+HAS_DEVICE = trt_build.cuda_device_count()[0] > 0
 
 
-@pytest.mark.skipif(HAS_CUDA and HAS_TRT, reason="this machine has a GPU and TensorRT")
+@pytest.mark.skipif(HAS_DEVICE and HAS_TRT, reason="this machine has a GPU and TensorRT")
 def test_build_engine_without_gpu_stack_exits_2(tiny_onnx, tmp_path):
     plan = tmp_path / "m.plan"
     proc = subprocess.run(
@@ -34,7 +36,7 @@ def test_build_engine_without_gpu_stack_exits_2(tiny_onnx, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: build-engine needs")
     assert "pip install tensorrt" in lines[0] and "README" in lines[0]
-    assert ("CUDA device" in lines[0]) != HAS_CUDA and ("tensorrt package" in lines[0]) != HAS_TRT
+    assert ("CUDA device" in lines[0]) != HAS_DEVICE and ("tensorrt package" in lines[0]) != HAS_TRT
     assert list(tmp_path.iterdir()) == []
 
 
@@ -52,7 +54,8 @@ def test_require_gpu_stack_messages(monkeypatch):
 def test_device_count_never_crashes():
     count, how = trt_build.cuda_device_count()
     assert count >= 0 and how
-    assert (count > 0) == HAS_CUDA
+    if HAS_CUDA:  # torch sees a GPU: so must cuda-python (the reverse holds only with a CUDA build of torch)
+        assert count > 0
 
 
 def test_network_flags_per_version():
@@ -163,3 +166,250 @@ def test_build_engine_cli_on_gpu(tiny_onnx, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert plan.is_file() and sidecar_path(plan).is_file()
+
+
+# ----------------------------------------------------------------------------- TensorRT preparation (no GPU)
+
+
+def _uint8_graph(extra_gray_user: str | None = None, rgb_from: str = "Cast"):
+    """gray uint8 -> Shape (listed before the Cast) and Cast; rgb uint8 from a Cast, uv float: our exports' I/O."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Shape", ["gray"], ["hw"], name="shape_hw", start=2, end=4),
+        helper.make_node("Cast", ["gray"], ["x"], name="cast_in", to=TensorProto.FLOAT),
+        helper.make_node("Shape", ["x"], ["nc"], name="shape_nc", start=0, end=2),
+        helper.make_node("Concat", ["nc", "hw"], ["sizes"], name="sizes", axis=0),
+        helper.make_node("Resize", ["x", "", "", "sizes"], ["r"], name="resize", mode="linear",
+                         coordinate_transformation_mode="half_pixel"),
+        helper.make_node("Concat", ["r", "r"], ["uv"], name="uv", axis=1),
+        helper.make_node("Concat", ["x", "x", "x"], ["x3"], name="x3", axis=1),
+    ]
+    if rgb_from == "Cast":
+        nodes.append(helper.make_node("Cast", ["x3"], ["rgb"], name="cast_out", to=TensorProto.UINT8))
+    else:
+        nodes += [helper.make_node("Cast", ["x3"], ["rgb8"], name="cast_out", to=TensorProto.UINT8),
+                  helper.make_node("Identity", ["rgb8"], ["rgb"], name="ident")]
+    if extra_gray_user:
+        nodes.append(helper.make_node(extra_gray_user, ["gray"], ["extra"], name="extra"))
+    dims = ["N", 1, "H", "W"]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("gray", TensorProto.UINT8, dims)],
+        [helper.make_tensor_value_info("rgb", TensorProto.UINT8, ["N", 3, "H", "W"]),
+         helper.make_tensor_value_info("uv", TensorProto.FLOAT, ["N", 2, "H", "W"])]
+        + ([helper.make_tensor_value_info("extra", TensorProto.UINT8, None)] if extra_gray_user else []),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
+
+
+def test_uint8_input_reaches_tensorrt_only_through_its_cast(tmp_path):
+    import onnx
+
+    model = _uint8_graph()
+    before = onnx.load_from_string(model.SerializeToString())
+    changes = trt_build.uint8_io_for_tensorrt(model)
+    assert changes == ["Shape 'shape_hw' reads 'x' (Cast of 'gray') instead of 'gray'"]
+    onnx.checker.check_model(model, full_check=True)  # still topologically sorted: the Cast moved first
+    users = [n.op_type for n in model.graph.node if "gray" in n.input]
+    assert users == ["Cast"] and model.graph.node[0].name == "cast_in"
+    assert trt_build.uint8_io_for_tensorrt(model) == []  # idempotent
+    gray = np.random.default_rng(0).integers(0, 256, (2, 1, 5, 7), dtype=np.uint8)
+    paths = []
+    for i, m in enumerate((before, model)):
+        paths.append(tmp_path / f"m{i}.onnx")
+        onnx.save_model(m, str(paths[-1]))
+    (r0, u0), (r1, u1) = (parity.ort_run(parity.ort_session(p), gray) for p in paths)
+    assert np.array_equal(r0, r1) and np.array_equal(u0, u1)
+
+
+@pytest.mark.parametrize("op", ["Reshape", "Identity"])
+def test_uint8_input_feeding_other_layers_is_refused(op):
+    model = _uint8_graph(extra_gray_user=op)
+    with pytest.raises(ExportError, match=f"only through a Cast to float; it also feeds {op} 'extra'"):
+        trt_build.uint8_io_for_tensorrt(model)
+
+
+def test_uint8_output_must_come_straight_from_a_cast():
+    with pytest.raises(ExportError, match="Cast 'cast_out' to uint8 feeds other nodes"):
+        trt_build.uint8_io_for_tensorrt(_uint8_graph(rgb_from="Identity"))
+
+
+def test_exported_model_is_prepared_for_tensorrt(tiny_onnx, tmp_path):
+    """Our exports read gray with Shape nodes too; the rewired copy gives ORT the very same outputs."""
+    path, changes = trt_build._tensorrt_onnx(tiny_onnx, tmp_path)
+    assert changes and all(c.startswith("Shape ") for c in changes) and path == tmp_path / "tensorrt.onnx"
+    import onnx
+
+    model = onnx.load(str(path))
+    assert [n.op_type for n in model.graph.node if "gray" in n.input] == ["Cast"]
+    ref, new = parity.ort_session(tiny_onnx), parity.ort_session(path)
+    for gray in parity.parity_inputs()[:2]:
+        (r0, u0), (r1, u1) = parity.ort_run(ref, gray), parity.ort_run(new, gray)
+        assert np.array_equal(r0, r1) and np.array_equal(u0, u1)
+
+
+def _fake_trt(version="10.7.0", parse_ok=True, cache_fits=True):
+    """Just the TensorRT Python names `_build` uses (checked against the 10.x / 11.x bindings); records calls."""
+    calls = []
+
+    class Cache:
+        def __init__(self, blob):
+            self.blob = bytes(blob)
+
+        def serialize(self):
+            return b"timings for this gpu"
+
+    class Config:
+        cache = None
+
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("pool", pool, size))
+
+        def clear_flag(self, flag):
+            calls.append(("clear_flag", flag))
+
+        def add_optimization_profile(self, profile):
+            calls.append(("profile", profile.shapes))
+            return 0
+
+        def create_timing_cache(self, blob):
+            return Cache(blob)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            calls.append(("set_timing_cache", cache.blob, ignore_mismatch))
+            ok = cache_fits or cache.blob == b""
+            if ok:
+                self.cache = cache
+            return ok
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Profile:
+        def set_shape(self, name, min, opt, max):  # noqa: A002 - TensorRT's keyword names
+            self.shapes = (name, min, opt, max)
+
+    class Parser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network, logger):
+            pass
+
+        def parse_from_file(self, path):
+            calls.append(("parse_from_file", path))
+            return parse_ok
+
+        def get_error(self, i):
+            return "In node 3 with name: shape_hw and operator: Shape (parseNode): UNSUPPORTED_NODE"
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls.append(("create_network", flags))
+            return object()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            return b"serialized plan"
+
+    class Logger:
+        WARNING = "warning"
+
+        def __init__(self, level):
+            pass
+
+    trt = SimpleNamespace(
+        __version__=version, Logger=Logger, Builder=Builder, OnnxParser=Parser,
+        NetworkDefinitionCreationFlag=SimpleNamespace(STRONGLY_TYPED=0),
+        MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"), BuilderFlag=SimpleNamespace(TF32="tf32"),
+    )
+    return trt, calls
+
+
+PROFILE = trt_build.profile_shapes((1, 2, 4), (16, 32, 64))
+
+
+def test_build_settings(tmp_path):
+    trt, calls = _fake_trt()
+    cache = tmp_path / "timing.cache"
+    assert trt_build._build(trt, tmp_path / "m.onnx", PROFILE, 1.5, cache) == b"serialized plan"
+    assert calls[:2] == [("create_network", 1), ("parse_from_file", str(tmp_path / "m.onnx"))]
+    assert ("pool", "workspace", 3 << 29) in calls and ("clear_flag", "tf32") in calls  # TF32 off
+    assert ("profile", ("gray", [1, 1, 16, 16], [2, 1, 32, 32], [4, 1, 64, 64])) in calls
+    assert ("set_timing_cache", b"", False) in calls and cache.read_bytes() == b"timings for this gpu"
+    trt11, calls11 = _fake_trt("11.1.0")
+    trt_build._build(trt11, tmp_path / "m.onnx", PROFILE, 1.0, None)
+    assert calls11[0] == ("create_network", 0) and not any(c[0] == "set_timing_cache" for c in calls11)
+
+
+def test_timing_cache_from_another_gpu_is_replaced(tmp_path, caplog):
+    trt, calls = _fake_trt(cache_fits=False)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"timings of another gpu")
+    trt_build._build(trt, tmp_path / "m.onnx", PROFILE, 1.0, cache)
+    tried = [c[1] for c in calls if c[0] == "set_timing_cache"]
+    assert tried == [b"timings of another gpu", b""]
+    assert "does not fit this GPU or TensorRT version" in caplog.text
+    assert cache.read_bytes() == b"timings for this gpu"
+
+
+def test_parse_errors_are_reported(tmp_path):
+    trt, _ = _fake_trt(parse_ok=False)
+    with pytest.raises(ExportError, match=r"could not parse m\.onnx: In node 3 .*operator: Shape"):
+        trt_build._build(trt, tmp_path / "m.onnx", PROFILE, 1.0, None)
+
+
+def test_build_engine_flow_with_fake_tensorrt(tiny_onnx, tmp_path, monkeypatch):
+    """build_engine end to end on the CPU: TensorRT parses the rewired ONNX; plan, sidecar and cache key written."""
+    import onnx
+
+    trt, calls = _fake_trt()
+    parsed = []
+
+    def parse_from_file(self, path):
+        parsed.append([n.op_type for n in onnx.load(path).graph.node if "gray" in n.input])
+        return True
+
+    monkeypatch.setattr(trt.OnnxParser, "parse_from_file", parse_from_file)
+    monkeypatch.setattr(trt_build, "require_gpu_stack", lambda: None)
+    monkeypatch.setattr(trt_build, "_import_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_build, "gpu_info", lambda device=0: {"name": "Fake GPU", "compute_capability": "9.0"})
+    plan = tmp_path / "m.plan"
+    kwargs = {"precision": "fp32", "batch": (1, 2, 4), "size": (16, 32, 64), "verify": False}
+    side = trt_build.build_engine(tiny_onnx, plan, **kwargs)
+    assert parsed == [["Cast"]] and plan.read_bytes() == b"serialized plan"
+    assert side["cache_key"]["tf32"] is False and side["source_onnx"]["tensorrt_rewrites"]
+    assert read_sidecar(plan) == side
+    assert trt_build.build_engine(tiny_onnx, plan, **kwargs) == side and len(parsed) == 1  # cached
+
+
+def test_ceil_mode_average_pool_excludes_padding_with_the_same_result(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    def model(opset):
+        node = helper.make_node("AveragePool", ["x"], ["y"], name="pool", kernel_shape=[4, 4], strides=[4, 4],
+                                pads=[0, 0, 0, 0], ceil_mode=1, count_include_pad=1)
+        graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "H", "W"])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+    old = model(18)
+    assert trt_build.ceil_avgpool_for_tensorrt(old) == []  # before AveragePool-19 ONNX Runtime divided by the kernel
+    before, after = model(20), model(20)
+    assert trt_build.ceil_avgpool_for_tensorrt(after) == ["AveragePool 'pool': count_include_pad=0 (no pads; ceil mode)"]
+    x = np.random.default_rng(0).random((1, 1, 13, 10), dtype=np.float32)
+    want = np.array([[x[0, 0, i:i + 4, j:j + 4].mean() for j in range(0, 10, 4)] for i in range(0, 13, 4)])
+    for m in (before, after):
+        path = tmp_path / "pool.onnx"
+        onnx.save_model(m, str(path))
+        (y,) = parity.ort_session(path).run(None, {"x": x})
+        np.testing.assert_allclose(y[0, 0], want, rtol=1e-6)  # the last row/column: mean of the taps inside
