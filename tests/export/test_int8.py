@@ -177,6 +177,8 @@ def test_int8_classification_head_quantized_up_to_its_logits(tmp_path):
     """The logits conv runs in INT8; Softmax, the annealed mean and the upsampling stay float."""
     import torch
 
+    from export.graph import ColorizeGraph
+    from train.checkpoint import load_model
     from train.model import ColorizerNet, ModelConfig
 
     torch.manual_seed(2)
@@ -192,7 +194,7 @@ def test_int8_classification_head_quantized_up_to_its_logits(tmp_path):
     names = {n.name: n for n in model.graph.node}
     prod = {o: n for n in model.graph.node for o in n.output}
     ops = {n: names[n].op_type for n in info["fp32_nodes"]["head"]}
-    assert "Softmax" in ops.values() and "Conv" in ops.values()  # softmax + annealed-mean conv stay float
+    assert "Softmax" in ops.values() and "MatMul" in ops.values()  # softmax + annealed mean (over the bins) stay float
     quantized = [names[n] for n in info["head_quantized"] if n in names]  # the quantizer drops Relu (folded into Q)
     convs = [n for n in quantized if n.op_type == "Conv"]
     assert len(convs) == 2  # the head's 3x3 conv and its 1x1 logits conv
@@ -203,6 +205,93 @@ def test_int8_classification_head_quantized_up_to_its_logits(tmp_path):
     consumers = [n for n in model.graph.node if softmax.output[0] in n.input]
     assert consumers and all(n.op_type != "QuantizeLinear" for n in consumers)  # probabilities stay float
     assert prod["uv"].op_type != "DequantizeLinear"
+    # Channels-last annealed mean: Softmax over the last axis of the transposed 8-bit logits, then MatMul.
+    assert info["graph_rewrites"]["softmax_channels_last"]
+    assert onnx.helper.get_attribute_value(softmax.attribute[0]) == -1
+    to_nhwc = prod[prod[softmax.input[0]].input[0]]
+    assert to_nhwc.op_type == "Transpose" and list(to_nhwc.attribute[0].ints) == [0, 2, 3, 1]
+    assert [n.op_type for n in consumers] == ["MatMul"]
+    # ORT cancels that Transpose against its own after the channels-last QLinearConv of the logits.
+    opt = _ort_optimized(out, tmp_path / "opt.onnx")
+    oprod = {o: n for n in opt.graph.node for o in n.output}
+    osoftmax = next(n for n in opt.graph.node if n.op_type == "Softmax")
+    assert oprod[osoftmax.input[0]].op_type == "DequantizeLinear"
+    assert oprod[oprod[osoftmax.input[0]].input[0]].op_type == "QLinearConv"
+    # Same numbers as the float Softmax over channels + 1x1 conv (checked against torch by the export gate too).
+    graph = ColorizeGraph(load_model(ckpt)[0]).eval()
+    gray = np.random.default_rng(4).integers(0, 256, size=(2, 1, 29, 35), dtype=np.uint8)
+    _, uv = parity.ort_run(parity.ort_session(out), gray)
+    _, ref_uv = parity.torch_reference(graph, gray)
+    assert np.abs(uv - ref_uv).mean() < 0.02
+
+
+def _ort_optimized(path, out):
+    """The graph ONNX Runtime's CPU provider runs (ORT_ENABLE_ALL), saved to ``out`` and loaded."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx.load(str(out))
+
+
+def test_int8_decoder_resize_quantized_at_its_edges_shape_reads_int8(int8_onnx, tmp_path):
+    """Decoder: DQ -> bilinear Resize (FP32: ORT fuses only nearest) -> Q with the same parameters ->
+    QLinearAdd with the skip; the Resize's Shape reads the 8-bit tensor, so ORT keeps no Transpose + DQ for it."""
+    model = onnx.load(str(int8_onnx))
+    prod = {o: n for n in model.graph.node for o in n.output}
+    readers = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    head = set(read_sidecar(int8_onnx)["precision_info"]["fp32_nodes"]["head"])
+    resizes = [n for n in model.graph.node if n.op_type == "Resize" and n.name not in head]
+    assert len(resizes) == 3  # one per decoder level
+    for r in resizes:
+        dq, (q,) = prod[r.input[0]], readers[r.output[0]]
+        assert dq.op_type == "DequantizeLinear" and q.op_type == "QuantizeLinear"
+        assert list(dq.input[1:]) == list(q.input[1:])  # same scale and zero point: 8 bits in, 8 bits out
+        assert {n.op_type for n in readers[q.output[0]]} == {"DequantizeLinear"}  # -> the skip Add (QLinearAdd in ORT)
+    shapes = [n for n in model.graph.node if n.op_type == "Shape"]
+    assert shapes and all(prod[n.input[0]].op_type != "DequantizeLinear" for n in shapes if n.input[0] in prod)
+    assert read_sidecar(int8_onnx)["precision_info"]["graph_rewrites"]["shape_reads_quantized"]
+    opt = _ort_optimized(int8_onnx, tmp_path / "opt.onnx")
+    ops = [n.op_type for n in opt.graph.node]
+    assert ops.count("QLinearAdd") == 3 and ops.count("Resize") == 3
+    oprod = {o: n for n in opt.graph.node for o in n.output}
+    for shape in [n for n in opt.graph.node if n.op_type == "Shape" and n.input[0] in oprod]:
+        assert oprod[shape.input[0]].op_type not in ("DequantizeLinear", "Transpose"), shape.name
+
+
+def test_softmax_channels_last_rewrite_is_exact():
+    """Softmax over channels + 1x1 conv (with bias; from float and from per-tensor DQ input) == the rewrite."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(2, 9, 1, 1)).astype(np.float32)
+    b = rng.normal(size=2).astype(np.float32)
+    for quantized in (False, True):
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b"),
+                 numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z")]
+        pre = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+               helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["logits"], name="dq")] if quantized else []
+        nodes = pre + [helper.make_node("Softmax", ["logits" if quantized else "x"], ["p"], name="sm", axis=1),
+                       helper.make_node("Conv", ["p", "w", "b"], ["y"], name="conv")]
+        g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 9, None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2, None, None])], inits)
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+        x = rng.normal(0, 3, size=(2, 9, 5, 7)).astype(np.float32)
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        done = quantize._softmax_channels_last(model, {"sm", "conv"})
+        onnx.checker.check_model(model)
+        assert set(done) == {"sm", "conv"} and "Conv" not in [n.op_type for n in model.graph.node]
+        assert ("sm_to_nhwc" in done["sm"]) is (not quantized)  # with a DQ, the Transpose is on the 8-bit side
+        got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert got.shape == want.shape and np.abs(got - want).max() < 1e-5
+    assert quantize._softmax_channels_last(model, set()) == {}  # only the named (FP32 head) nodes
 
 
 def test_float_head_nodes_keeps_a_regression_head_whole(int8_onnx):
