@@ -99,13 +99,17 @@ def head_nodes(model: Any) -> list[str]:
     """Names of the nodes of the model's UV head (its last conv, tanh/softmax, scaling).
 
     Read from the module scopes the dynamo exporter records on each node
-    (``pkg.torch.onnx.name_scopes``). Without that metadata, falls back to the
-    structure: the nodes between output ``uv`` and the nearest body op above it.
-    INT8 keeps these in float, so ``uv`` is not squeezed through 8 bits at the end.
+    (``pkg.torch.onnx.name_scopes``) when every convolution still carries them.
+    Otherwise (ONNX Runtime's pre-processing rewrites nodes and drops the metadata,
+    e.g. when it folds an annealed-mean temperature into the logits) it falls back to
+    the structure: the nodes between output ``uv`` and the nearest body op above it,
+    where a body op fed by a Softmax (the annealed mean over the bin centres) does
+    not count, so a classification head reaches back to its logits convolution.
+    INT8 keeps (part of) these in float, so ``uv`` is not squeezed through 8 bits at the end.
     """
     graph = model.graph
     scoped = [(n, _scopes(n)) for n in graph.node]
-    if any(sc for _, sc in scoped):
+    if all(sc for n, sc in scoped if n.op_type in _BODY_OPS):
         return [n.name for n, sc in scoped if HEAD_SCOPE in sc]
     prod = _producers(graph)
     seen: list[Any] = []
@@ -115,7 +119,8 @@ def head_nodes(model: Any) -> list[str]:
         if node is None or any(node is s for s in seen):
             continue
         seen.append(node)
-        if node.op_type not in _BODY_OPS:
+        source = prod.get(node.input[0]) if node.input else None
+        if node.op_type not in _BODY_OPS or (source is not None and source.op_type == "Softmax"):
             stack.extend(i for i in node.input if i)
     return [n.name for n in seen]
 
