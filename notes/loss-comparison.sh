@@ -23,11 +23,13 @@ run() {  # NAME LOSS [OPTION...]
 lane_a() {
   run huber huber
   run cls-l05-w300-r10 classification lam=0.5 warmup=300 reg=10 temperature=1.0
-  run cls-l08-w300-r10 classification lam=0.8 warmup=300 reg=10 temperature=1.0
+  run cls-l08 classification lam=0.8 temperature=1.0
 }
 lane_b() {
   run cls-l05 classification lam=0.5 temperature=1.0
   run cls-l05-w0-r10 classification lam=0.5 reg=10 temperature=1.0
   run cls-l05-w300-r0 classification lam=0.5 warmup=300 temperature=1.0
 }
+# a previous driver's trainers still running on these folders: wait for them, then resume / mark them done
+while pgrep -f "cli.py train .*--out $OUT/" >/dev/null; do sleep 20; done
 lane_a & lane_b & wait

@@ -1,0 +1,115 @@
+"""Score the issue-#9 loss variants (runs of notes/loss-comparison.sh) on the validation split.
+
+    .venv/bin/python notes/loss-comparison.py --runs runs/cmp --val runs/cmp/huber/val_files.txt \\
+        --json notes/loss-comparison.json --grids docs/loss
+
+Every run's final checkpoint (``last.pt``, the same step for all) is scored through the
+engine's PyTorch backend (bit-for-bit the exported graph's maths) on the validation
+photos centre-cropped to 256 x 256: PSNR, SSIM, colourfulness ratio, gray baseline.
+Classification runs are scored at each ``--temperatures`` value (the annealed-mean T
+is an inference setting, so one run gives all of them).
+
+Choice rule, fixed before looking at the numbers: a (variant, T) passes the quality bar
+when PSNR >= the gray baseline and colourfulness ratio >= 0.85; among those passing the
+highest PSNR wins. If none passes, the highest PSNR among those with ratio >= 0.85; if
+none has that either, the highest ratio among those at or above gray. Each variant's
+grid (input | output | truth, first rows of the split) is drawn at its own best T by the
+same rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.api import Colorizer  # noqa: E402
+from engine.evaluate import evaluate_folder  # noqa: E402
+from train.checkpoint import load_checkpoint, release_checkpoint  # noqa: E402
+
+RATIO_BAR = 0.85
+
+
+def score_run(ckpt: Path, temperature: float | None, val: Path, size: int, grid: Path | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "m.pt"
+        release_checkpoint(ckpt, model, head_options={"temperature": temperature} if temperature else None)
+        with Colorizer(model, "torch", size=size) as c:
+            rep = evaluate_folder(c.colorize, val, size=size, grid=grid, grid_rows=6)
+    m, g = rep.model, rep.gray_baseline
+    return {"temperature": temperature, "psnr": round(m["psnr"], 3), "ssim": round(m["ssim"], 4),
+            "colourfulness_ratio": round(m["colourfulness_ratio"], 3), "gray_psnr": round(g["psnr"], 3),
+            "gray_ssim": round(g["ssim"], 4), "images": rep.images}
+
+
+def choose(rows: list[dict]) -> dict:
+    passing = [r for r in rows if r["psnr"] >= r["gray_psnr"] and r["colourfulness_ratio"] >= RATIO_BAR]
+    if passing:
+        return max(passing, key=lambda r: r["psnr"])
+    vivid = [r for r in rows if r["colourfulness_ratio"] >= RATIO_BAR]
+    if vivid:
+        return max(vivid, key=lambda r: r["psnr"])
+    above = [r for r in rows if r["psnr"] >= r["gray_psnr"]]
+    return max(above or rows, key=lambda r: r["colourfulness_ratio"] if above else r["psnr"])
+
+
+def shrink_grid(png: Path, out: Path, scale: float = 0.5) -> None:
+    img = Image.open(png).convert("RGB")
+    img = img.resize((int(img.width * scale), int(img.height * scale)), Image.Resampling.LANCZOS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out, "JPEG", quality=85)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=Path, default=Path("runs/cmp"))
+    p.add_argument("--only", default=None, help="comma-separated run names to score (default: every finished run)")
+    p.add_argument("--extra", type=Path, action="append", default=[], help="more checkpoints (e.g. runs/cls/last.pt)")
+    p.add_argument("--val", type=Path, required=True)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--temperatures", default="0.6,0.8,1.0,1.2")
+    p.add_argument("--json", type=Path, default=Path("notes/loss-comparison.json"))
+    p.add_argument("--grids", type=Path, default=None)
+    args = p.parse_args()
+    temps = [float(t) for t in args.temperatures.split(",")]
+    only = set(args.only.split(",")) if args.only else None
+    ckpts = sorted(d / "last.pt" for d in args.runs.iterdir()
+                   if (d / "DONE").exists() and (only is None or d.name in only)) + list(args.extra)
+    results = []
+    for ckpt in ckpts:
+        data = load_checkpoint(ckpt)
+        head = data["model_config"]["head"]
+        name = ckpt.parent.name
+        rows = [score_run(ckpt, t if head == "classification" else None, args.val, args.size, None)
+                for t in (temps if head == "classification" else [None])]
+        best = choose(rows)
+        entry = {"variant": name, "checkpoint": str(ckpt), "step": data.get("step"), "head": head,
+                 "loss": (data.get("train_config") or {}).get("loss"),
+                 "loss_options": (data.get("train_config") or {}).get("loss_options"), "scores": rows, "best": best}
+        if args.grids:
+            with tempfile.TemporaryDirectory() as tmp:
+                png = Path(tmp) / "grid.png"
+                score_run(ckpt, best["temperature"], args.val, args.size, png)
+                entry["grid"] = str(args.grids / f"{name}.jpg")
+                shrink_grid(png, Path(entry["grid"]))
+        results.append(entry)
+        for r in rows:
+            print(f"{name:22s} T={r['temperature']!s:5s} PSNR {r['psnr']:.2f} (gray {r['gray_psnr']:.2f}) "
+                  f"SSIM {r['ssim']:.3f} ratio {r['colourfulness_ratio']:.2f}", flush=True)
+    winner = choose([dict(r["best"], variant=r["variant"]) for r in results])
+    out = {"size": args.size, "val": str(args.val), "ratio_bar": RATIO_BAR, "results": results, "winner": winner}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    print(f"winner: {winner['variant']} T={winner['temperature']} PSNR {winner['psnr']:.2f} "
+          f"ratio {winner['colourfulness_ratio']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
