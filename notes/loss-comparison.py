@@ -73,7 +73,7 @@ def main() -> int:
     p.add_argument("--extra", type=Path, action="append", default=[], help="more checkpoints (e.g. runs/cls/last.pt)")
     p.add_argument("--val", type=Path, required=True)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--temperatures", default="0.6,0.8,1.0,1.2")
+    p.add_argument("--temperatures", default="0.2,0.3,0.4,0.6,0.8,1.0")
     p.add_argument("--json", type=Path, default=Path("notes/loss-comparison.json"))
     p.add_argument("--grids", type=Path, default=None)
     args = p.parse_args()
