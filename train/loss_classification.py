@@ -12,13 +12,15 @@ Options (``--loss-option KEY=VALUE``):
     grid=0.05      bin size in U/V units
     sigma=0.025    soft-encoding Gaussian width (half a bin)
     k=5            nearest bins per target
-    lam=0.5        share of the uniform distribution mixed into the prior;
+    lam=0.8        share of the uniform distribution mixed into the prior (the issue-#9
+                   comparison winner, README "Losses"; Zhang et al. used 0.5);
                    1.0 = no rebalancing, 0.0 = full inverse frequency
     warmup=0       steps trained without rebalancing, then weights ramp in linearly
                    over the same number of steps
     reg=0.0        weight of an added Huber term on the T = 1 annealed-mean UV
                    (the "combined classification + regression" variant)
-    temperature=0.4  annealed-mean T the model decodes with (and so the exported graph)
+    temperature=0.2  annealed-mean T the model decodes with (and so the exported graph;
+                   the comparison's choice for lam=0.8)
     stride=4       logit resolution divisor
     samples=1000000  pixels sampled from the training set to estimate the prior
 """
@@ -43,10 +45,10 @@ class ClassificationLoss(Loss):
         grid: float = chroma_bins.DEFAULT_GRID,
         sigma: float = 0.025,
         k: int = 5,
-        lam: float = 0.5,
+        lam: float = 0.8,
         warmup: int = 0,
         reg: float = 0.0,
-        temperature: float = 0.4,
+        temperature: float = 0.2,
         stride: int = 4,
         samples: int = 1_000_000,
     ) -> None:

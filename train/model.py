@@ -143,7 +143,7 @@ class ClassificationHead(nn.Module):
     and engine contract does not change.
     """
 
-    def __init__(self, cin: int, centres: list[list[float]], temperature: float = 0.4, stride: int = 4) -> None:
+    def __init__(self, cin: int, centres: list[list[float]], temperature: float = 0.2, stride: int = 4) -> None:
         super().__init__()
         from train.chroma_bins import annealed_mean
 
