@@ -36,13 +36,14 @@ class ExportError(ColorizerError):
     """An export step failed or its result did not pass the checks."""
 
 
-def _producers(graph: Any) -> dict[str, Any]:
+def producers(graph: Any) -> dict[str, Any]:
+    """Tensor name -> the node that writes it (graph inputs and initializers have none)."""
     return {out: node for node in graph.node for out in node.output if out}
 
 
 def _ancestors(graph: Any, output: str) -> list[Any]:
     """Nodes that ``output`` depends on (including its producer), in no particular order."""
-    prod = _producers(graph)
+    prod = producers(graph)
     seen: dict[int, Any] = {}
     stack = [output]
     while stack:
@@ -68,7 +69,7 @@ def colour_nodes(model: Any) -> dict[str, list[str]]:
     uv_ids = {id(n) for n in uv_anc}
     post = [n for n in _ancestors(graph, OUTPUT_RGB) if id(n) not in uv_ids]
 
-    prod = _producers(graph)
+    prod = producers(graph)
     tainted: dict[int, bool] = {}  # node -> has a body op at or above it
 
     def has_body(node: Any) -> bool:
@@ -111,7 +112,7 @@ def head_nodes(model: Any) -> list[str]:
     scoped = [(n, _scopes(n)) for n in graph.node]
     if all(sc for n, sc in scoped if n.op_type in _BODY_OPS):
         return [n.name for n, sc in scoped if HEAD_SCOPE in sc]
-    prod = _producers(graph)
+    prod = producers(graph)
     seen: list[Any] = []
     stack = [OUTPUT_UV]
     while stack:

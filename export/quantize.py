@@ -46,7 +46,7 @@ import numpy as np
 
 from engine import color
 from engine.contract import INPUT_NAME
-from export.fp16 import ExportError, colour_nodes, head_nodes
+from export.fp16 import ExportError, colour_nodes, head_nodes, producers
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def float_head_nodes(model: Any, head: list[str]) -> list[str]:
 
 def _luma_tensor(model: Any, pre: set[str]) -> str | None:
     """The float Y tensor: produced by the pre-processing, read by the first convolution."""
-    prod = {o: n for n in model.graph.node for o in n.output}
+    prod = producers(model.graph)
     found = {
         i for n in model.graph.node if n.op_type == "Conv" and n.name not in pre
         for i in n.input[:1] if i in prod and prod[i].name in pre
@@ -297,7 +297,7 @@ def _float_inputs_for(model: Any, names: set[str]) -> list[str]:
     excluded consumer (the luma feeds both the first conv and the YUV concat);
     the excluded colour nodes must see the exact float value.
     """
-    prod = {o: n for n in model.graph.node for o in n.output}
+    prod = producers(model.graph)
     rewired = []
     for node in model.graph.node:
         if node.name not in names:
@@ -318,7 +318,7 @@ def _shapes_read_quantized(model: Any) -> list[str]:
     float tensor that Shape kept an NHWC -> NCHW Transpose and a DequantizeLinear
     running for nothing. Returns the names of the rewired Shape nodes.
     """
-    prod = {o: n for n in model.graph.node for o in n.output}
+    prod = producers(model.graph)
     rewired = []
     for node in model.graph.node:
         dq = prod.get(node.input[0]) if node.op_type == "Shape" else None
@@ -347,7 +347,7 @@ def _softmax_channels_last(model: Any, names: set[str]) -> dict[str, list[str]]:
     from onnx import helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    prod = {o: n for n in model.graph.node for o in n.output}
+    prod = producers(model.graph)
     readers: dict[str, list[Any]] = {}
     for n in model.graph.node:
         for i in n.input:

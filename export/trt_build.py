@@ -37,7 +37,7 @@ import numpy as np
 
 from engine.contract import INPUT_NAME, OUTPUT_RGB, OUTPUT_UV, read_sidecar, sha256_file, sidecar_path, write_json_atomic
 from engine.errors import BackendUnavailable, ColorizerError
-from export.fp16 import ExportError
+from export.fp16 import ExportError, producers
 
 log = logging.getLogger(__name__)
 
@@ -317,9 +317,9 @@ def uint8_io_for_tensorrt(model: Any) -> list[str]:
     for n in nodes:
         if n.op_type == "Cast" and cast_to(n) == _UINT8 and not set(n.output) <= outputs:
             raise ExportError(f"TensorRT has no uint8 tensors inside a network: Cast {n.name!r} to uint8 feeds other nodes")
-    producers = {o: n for n in nodes for o in n.output}
+    writers = producers(graph)
     for out in graph.output:
-        if out.type.tensor_type.elem_type == _UINT8 and getattr(producers.get(out.name), "op_type", None) != "Cast":
+        if out.type.tensor_type.elem_type == _UINT8 and getattr(writers.get(out.name), "op_type", None) != "Cast":
             raise ExportError(f"TensorRT gives uint8 output {out.name!r} only straight from a Cast; re-export the model")
     if first:  # a Cast of a graph input can go first; keeps the node list topologically sorted
         order = first + [n for n in nodes if not any(n is c for c in first)]
