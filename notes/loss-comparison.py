@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -56,7 +57,9 @@ def choose(rows: list[dict]) -> dict:
     if vivid:
         return max(vivid, key=lambda r: r["psnr"])
     above = [r for r in rows if r["psnr"] >= r["gray_psnr"]]
-    return max(above or rows, key=lambda r: r["colourfulness_ratio"] if above else r["psnr"])
+    if above:
+        return max(above, key=lambda r: r["colourfulness_ratio"])
+    return max(rows, key=lambda r: r["psnr"])
 
 
 def shrink_grid(png: Path, out: Path, scale: float = 0.5) -> None:
@@ -86,18 +89,18 @@ def main() -> int:
         data = load_checkpoint(ckpt)
         head = data["model_config"]["head"]
         name = ckpt.parent.name
-        rows = [score_run(ckpt, t if head == "classification" else None, args.val, args.size, None)
-                for t in (temps if head == "classification" else [None])]
+        grid_dir = Path(tempfile.mkdtemp()) if args.grids else None
+        cases = temps if head == "classification" else [None]
+        rows = [score_run(ckpt, t, args.val, args.size, grid_dir / f"{k}.png" if grid_dir else None)
+                for k, t in enumerate(cases)]
         best = choose(rows)
         entry = {"variant": name, "checkpoint": str(ckpt), "step": data.get("step"), "head": head,
                  "loss": (data.get("train_config") or {}).get("loss"),
                  "loss_options": (data.get("train_config") or {}).get("loss_options"), "scores": rows, "best": best}
-        if args.grids:
-            with tempfile.TemporaryDirectory() as tmp:
-                png = Path(tmp) / "grid.png"
-                score_run(ckpt, best["temperature"], args.val, args.size, png)
-                entry["grid"] = str(args.grids / f"{name}.jpg")
-                shrink_grid(png, Path(entry["grid"]))
+        if grid_dir:  # every T drew its grid while scoring; keep the chosen one
+            entry["grid"] = str(args.grids / f"{name}.jpg")
+            shrink_grid(grid_dir / f"{rows.index(best)}.png", Path(entry["grid"]))
+            shutil.rmtree(grid_dir)
         results.append(entry)
         for r in rows:
             print(f"{name:22s} T={r['temperature']!s:5s} PSNR {r['psnr']:.2f} (gray {r['gray_psnr']:.2f}) "
