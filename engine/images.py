@@ -3,9 +3,17 @@
 Decoding uses Pillow for every format (JPEG, PNG, WebP, BMP, TIFF, GIF, PNM):
 it raises on truncated files instead of returning half-grey images, it reads
 the EXIF orientation of every format (``ImageOps.exif_transpose``), and it
-prints nothing on stderr. Colour inputs are grayed with the colour spec's luma
+prints nothing on stderr. Gray JPEGs, the common input, take a shorter road:
+Pillow reads the header and EXIF (lazily, no pixels), libjpeg-turbo through
+simplejpeg decodes the pixels straight into one array (strict: any warning
+sends the file back to Pillow, which then decides), 7.5 ms instead of 11 ms
+for 1080p on this project's CPU. Colour inputs are grayed with the colour spec's luma
 (``engine.color.rgb_u8_to_luma_u8``), exactly as the trainer grays photos.
 Gray inputs (8- or 16-bit) are used as they are.
+
+JPEG outputs are encoded from Y, Cb, Cr planes with 4:2:0 chroma
+(``encode_jpeg_ycbcr``): no colour conversion and no chroma downsampling
+inside the encoder, 8 ms instead of 15 ms for 1080p.
 
 Large images are processed in horizontal strips (graying, chroma upscaling and
 composition), so the float temporaries stay a few MB whatever the photo size.
@@ -23,6 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine import color
@@ -72,7 +81,9 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         Image.MAX_IMAGE_PIXELS = max_pixels  # never lower Pillow's own guard, only make room for ours
     try:
         with Image.open(path) as im:
-            return _decode(im, max_pixels)
+            _check_size(im, max_pixels)
+            fast = _decode_gray_jpeg(path, im)
+            return fast if fast is not None else _decode(im)
     except ImageError:
         raise
     except UnidentifiedImageError as e:
@@ -89,12 +100,37 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         raise ImageError(f"cannot decode ({type(e).__name__}: {e})") from e
 
 
-def _decode(im: Image.Image, max_pixels: int | None) -> Decoded:
+def _check_size(im: Image.Image, max_pixels: int | None) -> None:
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
         raise ImageError(f"too large: {w}x{h} = {w * h / 1e6:.1f} MP, limit is {max_pixels / 1e6:g} MP (--max-pixels)")
     if w < 1 or h < 1:
         raise ImageError(f"empty image ({w}x{h})")
+
+
+def _decode_gray_jpeg(path: Path, im: Image.Image) -> Decoded | None:
+    """An upright 8-bit gray JPEG decoded by libjpeg-turbo (simplejpeg), or None to let Pillow decode it.
+
+    None for anything else: other formats and modes, an EXIF orientation to apply,
+    and any file libjpeg-turbo decodes with a warning (truncated, corrupt data):
+    Pillow then decodes it or raises with its own reason.
+    """
+    if im.format != "JPEG" or im.mode != "L":
+        return None
+    exif = im.getexif()
+    if exif.get(0x0112, 1) != 1:
+        return None
+    try:
+        luma = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True)
+    except ValueError:
+        return None
+    luma = luma.reshape(luma.shape[:2])
+    if luma.shape != (im.size[1], im.size[0]):
+        return None
+    return Decoded(luma=luma, alpha=None, exif=_exif_without_orientation(im), source="JPEG L")
+
+
+def _decode(im: Image.Image) -> Decoded:
     source = f"{im.format} {im.mode}"
     im.load()
     im = ImageOps.exif_transpose(im) or im  # returns a new image without the tag, or None if upright
@@ -199,9 +235,11 @@ def fit(luma: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     h, w = luma.shape
     scale = size / max(h, w)
     ch, cw = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
-    if (ch, cw) != (h, w):
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        small = cv2.resize(luma, (cw, ch), interpolation=interp)
+    if (ch, cw) != (h, w) and ch <= h and cw <= w:
+        # Area average, as cv2.INTER_AREA (within a few levels, rounding), 2.4x faster for 1080p -> 224.
+        small = np.asarray(Image.fromarray(np.ascontiguousarray(luma)).resize((cw, ch), Image.Resampling.BOX))
+    elif (ch, cw) != (h, w):
+        small = cv2.resize(luma, (cw, ch), interpolation=cv2.INTER_LINEAR)
     else:
         small = luma
     if (ch, cw) == (size, size):
@@ -243,31 +281,72 @@ def compose(luma: np.ndarray, uv: np.ndarray, *, saturation: float = 1.0, alpha:
 def compose_jpeg_chroma(
     shape: tuple[int, int], uv: np.ndarray, *, saturation: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The Cb and Cr planes (uint8, ``shape``) of a JPEG whose Y plane is the photo's own luma.
+    """The 4:2:0 Cb and Cr planes (uint8, ``ceil(H/2) x ceil(W/2)``) of a JPEG whose Y plane is the photo's luma.
 
-    ``uv``: float32 ``(2, h, w)`` at model resolution, padding already cropped. The
-    chroma is mapped to JPEG levels at model resolution (``engine.color.uv_to_cbcr_u8``)
-    and upscaled bilinearly (cv2.resize, half-pixel centres, like ``compose``), so a
-    JPEG output needs no full-resolution float or RGB pass: a 1080p photo costs ~2 ms
-    here instead of ~60 ms in ``compose``. Decoded, it gives ``compose``'s pixels
-    within a level or two (rounding at model resolution) before JPEG's own loss.
+    ``shape``: the luma's ``(H, W)``; ``uv``: float32 ``(2, h, w)`` at model resolution,
+    padding already cropped. The chroma is mapped to JPEG levels at model resolution
+    (``engine.color.uv_to_cbcr_u8``) and upscaled bilinearly (cv2.resize, half-pixel
+    centres, like ``compose``) to JPEG's chroma grid, one sample per 2x2 luma pixels
+    (centred, as JFIF sites them). A JPEG output so needs no full-resolution float,
+    RGB or chroma pass: ~1 ms for a 1080p photo instead of ~60 ms in ``compose``.
+    Decoded, it gives ``compose``'s pixels within a few levels, before JPEG's own loss.
     """
     H, W = shape
+    size = ((W + 1) // 2, (H + 1) // 2)
     cbcr = color.uv_to_cbcr_u8(np.moveaxis(np.asarray(uv), 0, -1), saturation)
     planes = []
     for c in range(2):
         small = np.ascontiguousarray(cbcr[..., c])
-        if small.shape != (H, W):
-            small = cv2.resize(small, (W, H), interpolation=cv2.INTER_LINEAR)
+        if small.shape != size[::-1]:
+            small = cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
         planes.append(small)
     return planes[0], planes[1]
 
 
 def encode_jpeg_ycbcr(luma: np.ndarray, cb: np.ndarray, cr: np.ndarray, *, quality: int = 95,
                       exif: bytes | None = None) -> bytes:
-    """JPEG bytes straight from Y, Cb, Cr uint8 planes (JFIF levels): no colour conversion at all."""
-    planes = [Image.fromarray(np.ascontiguousarray(p, dtype=np.uint8)) for p in (luma, cb, cr)]
-    return _pil_save(Image.merge("YCbCr", planes), "JPEG", exif, quality=int(quality))
+    """JPEG bytes from a Y plane ``(H, W)`` and 4:2:0 Cb, Cr planes ``(ceil(H/2), ceil(W/2))``, uint8, JFIF levels.
+
+    libjpeg-turbo (simplejpeg) takes the planes as they are: no colour conversion and
+    no chroma downsampling. ``exif`` (``Exif\\0\\0`` + TIFF, as ``PIL.Image.Exif.tobytes``
+    gives) is written as an APP1 segment; EXIF over JPEG's 64 KB segment limit is dropped.
+    """
+    H, W = luma.shape
+    want = ((H + 1) // 2, (W + 1) // 2)
+    if cb.shape != want or cr.shape != want:
+        raise ImageError(f"JPEG chroma planes: expected {want} for luma {luma.shape}, found {cb.shape} and {cr.shape}")
+    y = np.ascontiguousarray(luma, dtype=np.uint8)
+    if H % 2 or W % 2:
+        # TurboJPEG reads the Y plane of 4:2:0 as even-sized (its "plane width/height"): give it a
+        # buffer of that size (edge replicated) and the visible (H, W) view with the buffer's stride,
+        # or it reads a row past the array (different bytes each run, in the last 16 rows of the JPEG).
+        padded = np.empty((2 * want[0], 2 * want[1]), dtype=np.uint8)
+        padded[:H, :W] = y
+        padded[:H, W:] = y[:, W - 1 :]
+        padded[H:] = padded[H - 1]
+        y = padded[:H, :W]
+    data = simplejpeg.encode_jpeg_yuv_planes(
+        y,
+        np.ascontiguousarray(cb, dtype=np.uint8),
+        np.ascontiguousarray(cr, dtype=np.uint8),
+        quality=int(quality),
+    )
+    return _with_exif(data, exif)
+
+
+def _with_exif(jpeg: bytes, exif: bytes | None) -> bytes:
+    """``jpeg`` with an APP1 EXIF segment after its SOI and JFIF APP0 segments (unchanged if none fits)."""
+    if not exif:
+        return jpeg
+    if not exif.startswith(b"Exif\x00\x00"):
+        exif = b"Exif\x00\x00" + exif
+    if len(exif) + 2 > 0xFFFF:
+        log.debug("EXIF not carried (%d bytes: over JPEG's 64 KB APP1 limit)", len(exif))
+        return jpeg
+    pos = 2  # after SOI
+    if jpeg[2:4] == b"\xff\xe0":  # JFIF APP0 comes first by the standard
+        pos = 4 + struct.unpack(">H", jpeg[4:6])[0]
+    return jpeg[:pos] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg[pos:]
 
 
 def _vertical_linear(src: np.ndarray, r0: int, r1: int, out_h: int) -> np.ndarray:
