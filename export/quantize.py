@@ -17,7 +17,7 @@
   outputs. A file quantized without it must only run on VNNI CPUs; the choice is
   recorded in the sidecar.
 * Graph clean-up for ONNX Runtime's CPU kernels (``_shapes_read_quantized``,
-  ``_softmax_channels_last``), measured at 224 px batch 8, 1 thread, bundled model:
+  ``export.rewrites.softmax_channels_last``), measured at 224 px batch 8, 1 thread, bundled model:
   ORT runs the quantized convolutions channels-last (NHWC) and wraps every op that
   reads an NCHW float tensor in Transposes. A ``Shape`` reading a DequantizeLinear
   output (the decoder's Resize takes N, C from it) kept a Transpose and a
@@ -47,6 +47,7 @@ import numpy as np
 from engine import color
 from engine.contract import INPUT_NAME
 from export.fp16 import ExportError, colour_nodes, head_nodes, producers
+from export.rewrites import softmax_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def quantize_int8(
         quantized = onnx.load(str(out_path))
         rewired = _float_inputs_for(quantized, set(nodes["post"]))
         shapes = _shapes_read_quantized(quantized)
-        softmax = _softmax_channels_last(quantized, set(nodes["head"]))
+        softmax = softmax_channels_last(quantized, set(nodes["head"]))
         head_out: list[str] = []  # the sidecar names the float head nodes of the written graph
         for name in nodes["head"]:
             head_out += [m for m in softmax.get(name, [name]) if m not in head_out]
@@ -329,83 +330,6 @@ def _shapes_read_quantized(model: Any) -> list[str]:
     for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]:
         model.graph.node.remove(dq)  # it only fed Shapes
     return rewired
-
-
-def _softmax_channels_last(model: Any, names: set[str]) -> dict[str, list[str]]:
-    """Annealed mean: Softmax over channels + 1x1 conv -> Softmax over the last axis + MatMul.
-
-    Among the nodes ``names`` (the FP32 head), a Softmax over axis 1 whose only reader
-    is a 1x1, stride-1, unpadded, ungrouped Conv with constant weights (the bin centres,
-    ``train.chroma_bins.annealed_mean``) becomes Transpose(NCHW -> NHWC) -> Softmax(axis
-    -1) -> MatMul(centres) [-> Add(bias)] -> Transpose(NHWC -> NCHW), same FP32 math.
-    When the Softmax reads a DequantizeLinear with a per-tensor scale and no other
-    reader, the first Transpose moves onto its 8-bit input. ORT cancels that Transpose
-    against the one it puts after the channels-last QLinearConv of the logits, so the
-    logits are never transposed; only the 2-channel result is. Returns
-    ``{old node name: [new FP32 node names]}`` for the Softmax and the Conv.
-    """
-    from onnx import helper, numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    prod = producers(model.graph)
-    readers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
-    graph_outputs = {o.name for o in model.graph.output}
-    done: dict[str, list[str]] = {}
-    for sm in [n for n in model.graph.node if n.op_type == "Softmax" and n.name in names]:
-        axis = next((helper.get_attribute_value(a) for a in sm.attribute if a.name == "axis"), -1)
-        conv = readers.get(sm.output[0], [])
-        if axis not in (1, -3) or len(conv) != 1 or conv[0].op_type != "Conv" or conv[0].name not in names:
-            continue
-        conv = conv[0]
-        if sm.output[0] in graph_outputs or conv.input[1] not in inits:
-            continue
-        w = numpy_helper.to_array(inits[conv.input[1]])
-        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        if (w.ndim != 4 or w.shape[2:] != (1, 1) or attrs.get("group", 1) != 1
-                or any(v != 1 for v in list(attrs.get("strides", [])) + list(attrs.get("dilations", [])))
-                or any(v != 0 for v in attrs.get("pads", []))
-                or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID")):
-            continue
-        if len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits:
-            continue
-        base = sm.name
-        centres = f"{conv.input[1]}_channels_last"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, :, 0, 0].T), centres))
-        new = []
-        dq = prod.get(sm.input[0])
-        per_tensor = (
-            dq is not None and dq.op_type == "DequantizeLinear" and len(readers[dq.output[0]]) == 1
-            and dq.input[1] in inits and len(inits[dq.input[1]].dims) == 0
-        )
-        source = dq.input[0] if per_tensor else sm.input[0]
-        new.append(helper.make_node("Transpose", [source], [f"{base}_nhwc"], name=f"{base}_to_nhwc", perm=[0, 2, 3, 1]))
-        if per_tensor:  # transpose the 8-bit logits, dequantize channels-last
-            dq.input[0] = f"{base}_nhwc"
-        logits = sm.input[0] if per_tensor else f"{base}_nhwc"
-        mean = f"{conv.name}_nhwc"
-        new.append(helper.make_node("Softmax", [logits], [sm.output[0]], name=sm.name, axis=-1))
-        new.append(helper.make_node("MatMul", [sm.output[0], centres], [mean], name=f"{conv.name}_matmul"))
-        if len(conv.input) > 2 and conv.input[2]:
-            new.append(helper.make_node("Add", [mean, conv.input[2]], [f"{mean}_bias"], name=f"{conv.name}_bias"))
-            mean = f"{mean}_bias"
-        new.append(helper.make_node("Transpose", [mean], [conv.output[0]], name=f"{conv.name}_to_nchw", perm=[0, 3, 1, 2]))
-        model.graph.node.remove(sm)
-        model.graph.node.remove(conv)
-        # Topological order: everything new reads the DQ (or the Softmax's input) and
-        # initializers, and the Conv's readers come after the DQ.
-        at = list(model.graph.node).index(dq if per_tensor else prod[sm.input[0]]) if sm.input[0] in prod else -1
-        if per_tensor:
-            model.graph.node.insert(at, new[0])  # before the DQ that now reads it
-            at += 1
-        for k, node in enumerate(new[1:] if per_tensor else new):
-            model.graph.node.insert(at + 1 + k, node)
-        if not any(conv.input[1] in n.input for n in model.graph.node):
-            model.graph.initializer.remove(inits[conv.input[1]])
-        done[sm.name] = done[conv.name] = [n.name for n in new[1 if per_tensor else 0:]]  # FP32 ones
-    return done
 
 
 def _load_all(paths: list[Path]) -> list[np.ndarray]:

@@ -2,7 +2,8 @@
 
 ``export_checkpoint`` traces ``export.graph.ColorizeGraph`` with the dynamo
 exporter (dynamic N, H, W; one self-contained file), converts it to the
-requested precision, writes it to a temp file beside ``out`` and checks it:
+requested precision (FP32: the annealed mean made channels-last,
+``export.rewrites``), writes it to a temp file beside ``out`` and checks it:
 ``onnx.checker`` (full), ONNX Runtime vs the PyTorch graph on fixed inputs
 (``export.parity``), and for INT8 the held-out PSNR gate. Only then is the file
 renamed to ``out`` and the sidecar written; on any failure nothing is left at
@@ -16,7 +17,6 @@ import dataclasses
 import io
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -86,8 +86,13 @@ def export_checkpoint(
 
                 info = quantize.quantize_int8(fp32_path, tmp, calib_images, reduce_range=reduce_range)
             else:
-                shutil.move(fp32_path, tmp)  # the work folder may be on another filesystem
-                info = {}
+                import onnx
+
+                from export.rewrites import softmax_channels_last
+
+                rewritten = softmax_channels_last(model, {n.name for n in model.graph.node})
+                onnx.save_model(model, str(tmp), save_as_external_data=False)
+                info = {"graph_rewrites": {"softmax_channels_last": sorted(rewritten)}}
             measured = _check(tmp, graph, precision, info)
         bad = parity.violations(measured, gate)
         if bad:

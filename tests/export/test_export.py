@@ -195,3 +195,14 @@ def test_classification_head_temperature(tmp_path):
     assert side["model_config"]["head_options"]["temperature"] == 1.5
     assert side["model_config"]["head_options"]["centres"] == centres
     assert side["parity"]["uv_max_abs"] <= parity.TOLERANCES["fp32"]["uv_max_abs"]
+    # The annealed mean is channels-last in the FP32 file (export.rewrites), checked by the parity gate above.
+    model = onnx.load(str(out))
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert len(softmax) == 1 and onnx.helper.get_attribute_value(softmax[0].attribute[0]) == -1
+    readers = [n.op_type for n in model.graph.node if softmax[0].output[0] in n.input]
+    assert readers == ["MatMul"]
+    assert side["precision_info"]["graph_rewrites"]["softmax_channels_last"]
+
+
+def test_regression_head_export_needs_no_rewrite(tiny_onnx):
+    assert read_sidecar(tiny_onnx)["precision_info"]["graph_rewrites"] == {"softmax_channels_last": []}
