@@ -82,7 +82,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     try:
         with Image.open(path) as im:
             _check_size(im, max_pixels)
-            fast = _decode_gray_jpeg(path, im)
+            fast = _decode_gray_jpeg(im)
             return fast if fast is not None else _decode(im)
     except ImageError:
         raise
@@ -108,7 +108,7 @@ def _check_size(im: Image.Image, max_pixels: int | None) -> None:
         raise ImageError(f"empty image ({w}x{h})")
 
 
-def _decode_gray_jpeg(path: Path, im: Image.Image) -> Decoded | None:
+def _decode_gray_jpeg(im: Image.Image) -> Decoded | None:
     """An upright 8-bit gray JPEG decoded by libjpeg-turbo (simplejpeg), or None to let Pillow decode it.
 
     None for anything else: other formats and modes, an EXIF orientation to apply,
@@ -120,8 +120,9 @@ def _decode_gray_jpeg(path: Path, im: Image.Image) -> Decoded | None:
     exif = im.getexif()
     if exif.get(0x0112, 1) != 1:
         return None
+    im.fp.seek(0)  # the file Pillow has open (Pillow's own load seeks to its data again if we fall back)
     try:
-        luma = simplejpeg.decode_jpeg(path.read_bytes(), colorspace="GRAY", strict=True)
+        luma = simplejpeg.decode_jpeg(im.fp.read(), colorspace="GRAY", strict=True)
     except ValueError:
         return None
     luma = luma.reshape(luma.shape[:2])
