@@ -9,6 +9,11 @@ Graph I/O (every precision, every backend):
     output ``rgb``:  uint8 ``(N, 3, H, W)``, the colourized image at input size
     output ``uv``:   float32 ``(N, 2, H, W)``, U in ±0.436, V in ±0.615 (colour spec),
                      used by the engine to compose full-resolution output
+
+The input's sidecar entry may carry ``size_multiple`` (``SIZE_MULTIPLE``): H and W
+must then be multiples of it (exports resize the decoder by fixed factors,
+``export.rewrites``); runners pad their input up to it and crop the outputs.
+Sidecars without it take any size.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ OUTPUT_UV = "uv"
 INPUT_DTYPE = "uint8"
 OUTPUT_DTYPES = {OUTPUT_RGB: "uint8", OUTPUT_UV: "float32"}
 SIDECAR_FORMAT = "colorizer-artifact/1"
+SIZE_MULTIPLE = "size_multiple"
 
 
 def sidecar_path(artifact: str | os.PathLike[str]) -> Path:
@@ -95,3 +101,20 @@ def read_sidecar(artifact: str | os.PathLike[str], *, verify_sha256: bool = True
                 f"the file changed after export, re-export it"
             )
     return meta
+
+
+def size_multiple(meta: dict[str, Any], artifact: str | os.PathLike[str]) -> int:
+    """The multiple H and W of ``artifact``'s input must be (sidecar ``inputs``; 1 when not recorded)."""
+    inputs = meta.get("inputs")
+    entry = None
+    if isinstance(inputs, list):
+        entry = next((i for i in inputs if isinstance(i, dict) and i.get("name") == INPUT_NAME), None)
+    value = entry.get(SIZE_MULTIPLE, 1) if entry is not None else 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+        raise ArtifactError(f"{sidecar_path(artifact)}: input {SIZE_MULTIPLE}: expected an integer in 1..1024, found {value!r}")
+    return value
+
+
+def round_up(size: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is >= ``size``."""
+    return -(-int(size) // int(multiple)) * int(multiple)

@@ -162,8 +162,24 @@ def convert_to_fp16(model: Any) -> tuple[Any, dict[str, Any]]:
         "keep_io_types": True,
         "fp32_nodes": nodes,
         "values_clamped_to_fp16_range": flushed,
+        "fp32_resize_scales": _resize_scales_fp32(converted),
     }
     return converted, info
+
+
+def _resize_scales_fp32(model: Any) -> list[str]:
+    """Give constant Resize ``scales`` back their FP32 type (ONNX requires float; the converter halves them)."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    fixed = []
+    for node in model.graph.node:
+        init = inits.get(node.input[2]) if node.op_type == "Resize" and len(node.input) > 2 else None
+        if init is not None and init.data_type == TensorProto.FLOAT16:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+            fixed.append(init.name)
+    return fixed
 
 
 def _is_fp16(model: Any) -> bool:

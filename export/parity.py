@@ -41,11 +41,16 @@ PARITY_CASES: tuple[tuple[int, int, int], ...] = ((1, 37, 53), (3, 61, 45), (2, 
 PARITY_SEED = 20261125
 
 
-def parity_inputs(cases: tuple[tuple[int, int, int], ...] = PARITY_CASES) -> list[np.ndarray]:
-    """Fixed uint8 ``(N, 1, H, W)`` inputs: smooth structure plus noise, so layers see edges and flats."""
+def parity_inputs(cases: tuple[tuple[int, int, int], ...] = PARITY_CASES, *, multiple: int = 1) -> list[np.ndarray]:
+    """Fixed uint8 ``(N, 1, H, W)`` inputs: smooth structure plus noise, so layers see edges and flats.
+
+    ``multiple``: the graph's size multiple (sidecar ``size_multiple``); H and W are
+    rounded up to it (37x53 -> 40x56 for 8).
+    """
     rng = np.random.default_rng(PARITY_SEED)
     out = []
     for n, h, w in cases:
+        h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
         yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
         imgs = []
         for _ in range(n):

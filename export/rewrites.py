@@ -81,6 +81,10 @@ def softmax_channels_last(model: Any, names: set[str]) -> dict[str, list[str]]:
         new.append(helper.make_node("Transpose", [mean], [conv.output[0]], name=f"{conv.name}_to_nchw", perm=[0, 3, 1, 2]))
         model.graph.node.remove(sm)
         model.graph.node.remove(conv)
+        # The Softmax output keeps its name but is channels-last now: drop its NCHW shape record,
+        # which shape inference would otherwise merge with the new layout (wrong sizes downstream).
+        for vi in [v for v in model.graph.value_info if v.name == sm.output[0]]:
+            model.graph.value_info.remove(vi)
         # Topological order: everything new reads the DQ (or the Softmax's input) and
         # initializers, and the Conv's readers come after the DQ.
         at = list(model.graph.node).index(dq if per_tensor else prod[sm.input[0]]) if sm.input[0] in prod else -1
@@ -93,3 +97,177 @@ def softmax_channels_last(model: Any, names: set[str]) -> dict[str, list[str]]:
             model.graph.initializer.remove(inits[conv.input[1]])
         done[sm.name] = done[conv.name] = [n.name for n in new[1 if per_tensor else 0:]]  # FP32 ones
     return done
+
+
+# ----------------------------------------------------------------------------- fixed-factor resizes
+
+#: Size multiples tried, smallest first, when proving a Resize's factor (see ``resize_fixed_scales``).
+MULTIPLES = (1, 2, 4, 8, 16, 32)
+#: Multiples of the candidate at which a factor must hold (1 ... 64, and a few large sizes).
+_PROBES = tuple(range(1, 65)) + (127, 128, 255, 256)
+
+
+def pool_exclude_pad(model: Any) -> list[str]:
+    """AveragePool with all-zero pads: ``count_include_pad`` 1 -> 0. Returns the nodes changed.
+
+    With no padding there is nothing to include: ONNX Runtime divides a ceil-mode
+    window that overhangs the input by its in-bounds size either way, as PyTorch's
+    ``avg_pool2d(ceil_mode=True)`` does. ONNX Runtime's NCHWc layout pass converts
+    only the exclude-pad form, so with it the head's 4x4 pool stops costing two
+    layout reorders of the full-resolution features.
+    """
+    from onnx import helper
+
+    changed = []
+    for node in model.graph.node:
+        if node.op_type != "AveragePool":
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        pads = helper.get_attribute_value(attrs["pads"]) if "pads" in attrs else []
+        auto_pad = helper.get_attribute_value(attrs["auto_pad"]) if "auto_pad" in attrs else b"NOTSET"
+        cip = attrs.get("count_include_pad")
+        if cip is None or cip.i == 0 or any(pads) or auto_pad not in (b"NOTSET", b"VALID"):
+            continue
+        cip.i = 0
+        changed.append(node.name)
+    return changed
+
+
+def resize_fixed_scales(model: Any) -> tuple[dict[str, list[float]], int]:
+    """Resizes to a computed ``sizes`` that are a fixed integer factor -> Resize by constant ``scales``.
+
+    PyTorch exports ``F.interpolate(x, size=skip.shape[-2:])`` as a Resize whose
+    ``sizes`` come from Shape/arithmetic nodes; ONNX Runtime cannot keep such a
+    Resize in its blocked (NCHWc) layout, so each one costs a reorder to NCHW and
+    back, and the decoder's adds and the head's pool fall out of the blocked
+    layout with it. The exporter's symbolic shapes give each Resize's input and
+    output spatial sizes as expressions of ``H`` and ``W`` (``((H - 1)//8) + 1``);
+    for the smallest size multiple M in ``MULTIPLES`` at which output / input is
+    one integer for every probed multiple of M, the Resize gets those factors as
+    constant ``scales``. With half-pixel coordinates, scaling by the exact ratio
+    of the sizes is the same arithmetic as resizing to the sizes.
+
+    The rewritten graph is then correct for H, W multiples of the largest M used
+    (returned; 1 when nothing changed); at other sizes a scaled output no longer
+    matches the tensor it is added to and ONNX Runtime refuses the run (never a
+    silent misalignment). The engine pads its input to that multiple
+    (``size_multiple`` in the sidecar, ``engine.backends.base.Runner``). Returns
+    ``({node name: scales}, M)``; the Shape arithmetic left without readers is
+    removed by ``prune``.
+    """
+    from onnx import helper, numpy_helper
+
+    shapes = {v.name: v.type.tensor_type.shape for v in list(model.graph.value_info) + list(model.graph.output)}
+    done: dict[str, list[float]] = {}
+    multiple = 1
+    for node in model.graph.node:
+        if node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("coordinate_transformation_mode", b"half_pixel") not in (b"half_pixel", b"pytorch_half_pixel"):
+            continue
+        if attrs.get("mode", b"nearest") != b"linear" or attrs.get("antialias", 0) or (len(node.input) > 1 and node.input[1]):
+            continue
+        dims_in, dims_out = _dims(shapes.get(node.input[0])), _dims(shapes.get(node.output[0]))
+        if dims_in is None or dims_out is None or len(dims_in) != len(dims_out):
+            continue
+        found = _fixed_factor(dims_in, dims_out)
+        if found is None:
+            continue
+        scales, m = found
+        name = f"{node.name}_scales"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(scales, np.float32), name))
+        node.input[2] = name
+        del node.input[3]
+        done[node.name] = scales
+        multiple = max(multiple, m)
+    return done, multiple
+
+
+def prune(model: Any) -> list[str]:
+    """Remove nodes no graph output depends on, then initializers nothing reads; returns the nodes removed."""
+    graph = model.graph
+    live = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(list(graph.node)):
+        if any(o in live for o in node.output):
+            keep.append(node)
+            live.update(i for i in node.input if i)
+    dead = [n.name for n in graph.node if n not in keep]
+    if dead:
+        kept = list(reversed(keep))
+        del graph.node[:]
+        graph.node.extend(kept)
+    for init in [i for i in graph.initializer if i.name not in live]:
+        graph.initializer.remove(init)
+    names = {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+    for vi in [v for v in graph.value_info if v.name not in names]:
+        graph.value_info.remove(vi)
+    return dead
+
+
+def _dims(shape: Any) -> list[int | str] | None:
+    if shape is None or not shape.dim:
+        return None
+    dims: list[int | str] = []
+    for d in shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            return None
+    return dims
+
+
+def _fixed_factor(dims_in: list[int | str], dims_out: list[int | str]) -> tuple[list[float], int] | None:
+    """Per-axis integer factors out/in that hold for every probed size multiple of the smallest M, or None."""
+    for m in MULTIPLES:
+        factors: list[float] = []
+        for a, b in zip(dims_in, dims_out):
+            seen = set()
+            for k in _PROBES:
+                env = {"N": 3, "H": m * k, "W": m * (k + 1)}
+                x, y = _eval_dim(a, env), _eval_dim(b, env)
+                if x is None or y is None or x <= 0 or y % x:
+                    seen = {None}
+                    break
+                seen.add(y // x)
+            if len(seen) != 1 or None in seen:
+                break
+            factors.append(float(seen.pop()))
+        else:
+            if any(f != 1.0 for f in factors):
+                return factors, m
+    return None
+
+
+def _eval_dim(dim: int | str, env: dict[str, int]) -> int | None:
+    """Value of a symbolic dimension (``"(((H - 1)//4)) + 1"``) for ``env``; None if it is not integer arithmetic."""
+    import ast
+
+    if isinstance(dim, int):
+        return dim
+    try:
+        tree = ast.parse(dim, mode="eval")
+    except SyntaxError:
+        return None
+    ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
+           ast.FloorDiv: lambda a, b: a // b if b else None, ast.Mod: lambda a, b: a % b if b else None}
+
+    def ev(n: ast.AST) -> int | None:
+        if isinstance(n, ast.Expression):
+            return ev(n.body)
+        if isinstance(n, ast.Constant) and isinstance(n.value, int) and not isinstance(n.value, bool):
+            return n.value
+        if isinstance(n, ast.Name):
+            return env.get(n.id)
+        if isinstance(n, ast.UnaryOp) and isinstance(n.op, ast.USub):
+            v = ev(n.operand)
+            return None if v is None else -v
+        if isinstance(n, ast.BinOp) and type(n.op) in ops:
+            a, b = ev(n.left), ev(n.right)
+            return None if a is None or b is None else ops[type(n.op)](a, b)
+        return None
+
+    return ev(tree)

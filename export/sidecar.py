@@ -8,7 +8,8 @@ Keys of an ONNX sidecar (``MODEL.json``):
     precision       "fp32" | "fp16" | "int8"
     opset           default-domain opset of the file
     model_config    train.model.ModelConfig.to_dict() (temperature override applied)
-    inputs/outputs  [{"name", "dtype", "shape" (symbolic "N", "H", "W"), "range"}]
+    inputs/outputs  [{"name", "dtype", "shape" (symbolic "N", "H", "W"), "range"}]; the input also
+                    has "size_multiple": H and W must be multiples of it (the engine pads to it)
     colour_spec     engine.color.describe()
     parity          measured vs the PyTorch FP32 graph: uv_max_abs, rgb_max_levels, cases
                     (+ psnr_db, psnr_images for int8)
@@ -36,6 +37,7 @@ from engine.contract import (
     OUTPUT_RGB,
     OUTPUT_UV,
     SIDECAR_FORMAT,
+    SIZE_MULTIPLE,
     sha256_file,
     sidecar_path,
     write_json_atomic,
@@ -44,9 +46,10 @@ from engine.contract import (
 DIMS = ["N", 1, "H", "W"]
 
 
-def io_spec() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The contract's inputs and outputs as plain data."""
-    inputs = [{"name": INPUT_NAME, "dtype": INPUT_DTYPE, "shape": list(DIMS), "range": [0, 255]}]
+def io_spec(size_multiple: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The contract's inputs and outputs as plain data (``size_multiple``: H and W must be multiples of it)."""
+    inputs = [{"name": INPUT_NAME, "dtype": INPUT_DTYPE, "shape": list(DIMS), "range": [0, 255],
+               SIZE_MULTIPLE: int(size_multiple)}]
     outputs = [
         {"name": OUTPUT_RGB, "dtype": OUTPUT_DTYPES[OUTPUT_RGB], "shape": ["N", 3, "H", "W"], "range": [0, 255]},
         {
@@ -85,8 +88,9 @@ def onnx_sidecar(
     tolerance: dict[str, Any],
     precision_info: dict[str, Any],
     checkpoint: dict[str, Any],
+    size_multiple: int = 1,
 ) -> dict[str, Any]:
-    inputs, outputs = io_spec()
+    inputs, outputs = io_spec(size_multiple)
     return {
         "format": SIDECAR_FORMAT,
         "artifact": {"file": onnx_path.name, "kind": "onnx"},

@@ -2,8 +2,8 @@
 
 ``export_checkpoint`` traces ``export.graph.ColorizeGraph`` with the dynamo
 exporter (dynamic N, H, W; one self-contained file), converts it to the
-requested precision (FP32: the annealed mean made channels-last,
-``export.rewrites``), writes it to a temp file beside ``out`` and checks it:
+requested precision (all: fixed-factor resizes and the head's pool made
+layout-friendly; FP32: the annealed mean made channels-last too, ``export.rewrites``), writes it to a temp file beside ``out`` and checks it:
 ``onnx.checker`` (full), ONNX Runtime vs the PyTorch graph on fixed inputs
 (``export.parity``), and for INT8 the held-out PSNR gate. Only then is the file
 renamed to ``out`` and the sidecar written; on any failure nothing is left at
@@ -76,6 +76,7 @@ def export_checkpoint(
             fp32_path = Path(work) / "fp32.onnx"
             model = _trace(graph, opset, fp32_path)
             colour_nodes(model)  # fails early if the graph lacks the contract's outputs
+            layout, multiple = _fixed_layout(model, fp32_path)
             if precision == "fp16":
                 import onnx
 
@@ -93,7 +94,8 @@ def export_checkpoint(
                 rewritten = softmax_channels_last(model, {n.name for n in model.graph.node})
                 onnx.save_model(model, str(tmp), save_as_external_data=False)
                 info = {"graph_rewrites": {"softmax_channels_last": sorted(rewritten)}}
-            measured = _check(tmp, graph, precision, info)
+            info.setdefault("graph_rewrites", {}).update(layout)
+            measured = _check(tmp, graph, precision, info, multiple)
         bad = parity.violations(measured, gate)
         if bad:
             raise ExportError(
@@ -109,6 +111,7 @@ def export_checkpoint(
             tolerance=gate,
             precision_info=info,
             checkpoint=ckpt_info,
+            size_multiple=multiple,
         )
     finally:
         if tmp.exists():
@@ -216,8 +219,28 @@ def _quiet_loggers(names: tuple[str, ...] = ("torch", "onnxscript", "onnx_ir")):
             lg.setLevel(level)
 
 
-def _check(path: Path, graph: Any, precision: str, info: dict[str, Any]) -> dict[str, Any]:
-    """onnx.checker + ORT vs torch at fixed inputs (+ INT8 PSNR). Returns the measured numbers."""
+def _fixed_layout(model: Any, path: Path) -> tuple[dict[str, Any], int]:
+    """Rewrites for every precision (``export.rewrites``), saved back to ``path``; returns (record, size multiple).
+
+    Resizes by a fixed factor get constant scales and the head's pool excludes its
+    (empty) padding, so ONNX Runtime keeps the decoder in its blocked layout; the
+    graph then takes H, W that are multiples of the returned number.
+    """
+    import onnx
+
+    from export.rewrites import pool_exclude_pad, prune, resize_fixed_scales
+
+    scaled, multiple = resize_fixed_scales(model)
+    pools = pool_exclude_pad(model)
+    pruned = prune(model)
+    onnx.save_model(model, str(path), save_as_external_data=False)
+    log.debug("fixed-factor resizes %s (size multiple %d), pools %s, %d dead nodes pruned", scaled, multiple, pools, len(pruned))
+    record = {"resize_fixed_scales": scaled, "pool_exclude_pad": pools, "pruned_nodes": len(pruned)}
+    return record, multiple
+
+
+def _check(path: Path, graph: Any, precision: str, info: dict[str, Any], multiple: int = 1) -> dict[str, Any]:
+    """onnx.checker + ORT vs torch at fixed inputs (sizes rounded up to ``multiple``; + INT8 PSNR)."""
     import onnx
 
     try:
@@ -226,7 +249,7 @@ def _check(path: Path, graph: Any, precision: str, info: dict[str, Any]) -> dict
         raise ExportError(f"{precision} graph failed onnx.checker: {str(e).strip().splitlines()[0]}") from e
     _check_io(onnx.load(str(path), load_external_data=False))
     session = parity.ort_session(path)
-    measured = parity.compare(session, graph, parity.parity_inputs())
+    measured = parity.compare(session, graph, parity.parity_inputs(multiple=multiple))
     log.info(
         "%s parity vs torch fp32: uv max |diff| %.3g, rgb max |diff| %d levels (%s)",
         precision,

@@ -35,7 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from engine.contract import INPUT_NAME, OUTPUT_RGB, OUTPUT_UV, read_sidecar, sha256_file, sidecar_path, write_json_atomic
+from engine.contract import (
+    INPUT_NAME,
+    OUTPUT_RGB,
+    OUTPUT_UV,
+    SIZE_MULTIPLE,
+    read_sidecar,
+    sha256_file,
+    sidecar_path,
+    size_multiple,
+    write_json_atomic,
+)
 from engine.errors import BackendUnavailable, ColorizerError
 from export.fp16 import ExportError, producers
 
@@ -167,6 +177,12 @@ def build_engine(
             f"{onnx_path}: a {precision} engine needs an fp32{' or fp16' if precision == 'fp16' else ''} export, "
             f"found {src_precision!r}; re-export with --precision fp32"
         )
+    multiple = size_multiple(meta, onnx_path)
+    if any(s % multiple for s in size):
+        raise ExportError(
+            f"--size: {onnx_path.name} takes heights and widths that are multiples of {multiple} "
+            f"(its sidecar's {SIZE_MULTIPLE}), found {':'.join(map(str, size))}"
+        )
     require_gpu_stack()
     trt = _import_tensorrt()
     gpu = gpu_info()
@@ -191,7 +207,7 @@ def build_engine(
         source, rewired = _tensorrt_onnx(source, Path(work))
         conversion = {**conversion, "tensorrt_rewrites": rewired}
         plan = _build(trt, source, profile, workspace_gb, Path(timing_cache) if timing_cache else None)
-    check = verify_engine(trt, plan, onnx_path, batch, size) if verify else {"skipped": "verify=False"}
+    check = verify_engine(trt, plan, onnx_path, batch, size, multiple) if verify else {"skipped": "verify=False"}
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -465,13 +481,20 @@ def _torch_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def verify_shapes(batch: tuple[int, int, int], size: tuple[int, int, int]) -> list[tuple[int, int, int, int]]:
-    """Two in-profile shapes: the minimum, and the optimum batch at an odd height."""
-    odd_h = size[1] - 1 if size[1] % 2 == 0 and size[1] - 1 >= size[0] else size[1]
-    return [(batch[0], 1, size[0], size[0]), (batch[1], 1, odd_h, size[1])]
+def verify_shapes(batch: tuple[int, int, int], size: tuple[int, int, int], multiple: int = 1) -> list[tuple[int, int, int, int]]:
+    """Two in-profile shapes: the minimum, and the optimum batch at a non-square size.
+
+    The second one's height is one ``multiple`` (the ONNX's size multiple; 1: an odd
+    height) below the optimum, when that is still inside the profile.
+    """
+    h = size[1] - multiple if size[1] - multiple >= size[0] else size[1]
+    if multiple == 1 and size[1] % 2:
+        h = size[1]
+    return [(batch[0], 1, size[0], size[0]), (batch[1], 1, h, size[1])]
 
 
-def verify_engine(trt: Any, plan: bytes, onnx_path: Path, batch: tuple[int, int, int], size: tuple[int, int, int]) -> dict[str, Any]:
+def verify_engine(trt: Any, plan: bytes, onnx_path: Path, batch: tuple[int, int, int], size: tuple[int, int, int],
+                  multiple: int = 1) -> dict[str, Any]:
     """The built engine vs ONNX Runtime on the source ONNX, within the FP16 tolerance."""
     from export import parity
 
@@ -485,7 +508,7 @@ def verify_engine(trt: Any, plan: bytes, onnx_path: Path, batch: tuple[int, int,
     session = parity.ort_session(onnx_path)
     rng = np.random.default_rng(parity.PARITY_SEED)
     uv_d, rgb_d, shapes = 0.0, 0, []
-    for shape in verify_shapes(batch, size):
+    for shape in verify_shapes(batch, size, multiple):
         gray = rng.integers(0, 256, size=shape, dtype=np.uint8)
         got = run_engine(trt, engine, gray)
         ref_rgb, ref_uv = parity.ort_run(session, gray)

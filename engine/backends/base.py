@@ -35,10 +35,15 @@ class Runner(ABC):
     2-core Zen3 one image per call gave 15-55 % more images/s than 8 at 224 and 256 px,
     for PyTorch and ONNX Runtime alike (two images per call: as good at 224 px, 25 %
     slower at 256 px). Batches stay whole on a GPU. ``None`` disables it.
+
+    ``size_multiple``: H and W the artifact takes must be multiples of it (sidecar,
+    ``engine.contract.size_multiple``); ``infer`` pads other sizes at the bottom and
+    right by repeating the edge, runs, and crops the outputs back.
     """
 
     name = "base"
     cpu_pixels_per_call: int | None = 1 << 16  # 65,536 pixels: one image of 224-256 px, four of 128 px
+    size_multiple: int = 1
 
     def __init__(self) -> None:
         self.is_active = False
@@ -74,6 +79,11 @@ class Runner(ABC):
         if unknown:
             raise BackendError(f"{self.name}: outputs: expected 'rgb' and/or 'uv', found {sorted(unknown)}")
         gray = check_input(gray)
+        shape = gray.shape
+        m = self.size_multiple
+        pad_h, pad_w = -shape[2] % m, -shape[3] % m
+        if pad_h or pad_w:
+            gray = np.pad(gray, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
         n, _, h, w = gray.shape
         step = n
         if self.cpu_pixels_per_call and not self.on_gpu:
@@ -84,7 +94,10 @@ class Runner(ABC):
             parts = [check_output(self._infer(gray[i : i + step], wanted), gray[i : i + step].shape, self.name, wanted)
                      for i in range(0, n, step)]
             out = {k: np.concatenate([part[k] for part in parts]) for k in wanted}
-        return check_output(out, gray.shape, self.name, wanted)
+        if pad_h or pad_w:
+            out = check_output(out, gray.shape, self.name, wanted)
+            out = {k: np.ascontiguousarray(v[:, :, : shape[2], : shape[3]]) for k, v in out.items()}
+        return check_output(out, shape, self.name, wanted)
 
     @abstractmethod
     def _activate(self) -> None: ...

@@ -86,6 +86,7 @@ class OrtRunner(Runner):
             raise BackendError(f"ort backend: expected an .onnx model, found {self.model.name}")
         self.meta = contract.read_sidecar(self.model)
         check_sidecar_io(self.meta, self.model)
+        self.size_multiple = contract.size_multiple(self.meta, self.model)
         kind, index = parse_device(self.device)
         available = list(ort.get_available_providers())
         providers = self._providers(kind, index, available)
@@ -127,7 +128,7 @@ class OrtRunner(Runner):
                 "trt_engine_cache_path": str(cache),
             }
             if self.size and self.batch_size:
-                s, b = int(self.size), int(self.batch_size)
+                s, b = contract.round_up(self.size, self.size_multiple), int(self.batch_size)
                 opts["trt_profile_min_shapes"] = f"{contract.INPUT_NAME}:1x1x{s}x{s}"
                 opts["trt_profile_opt_shapes"] = f"{contract.INPUT_NAME}:{b}x1x{s}x{s}"
                 opts["trt_profile_max_shapes"] = f"{contract.INPUT_NAME}:{b}x1x{s}x{s}"

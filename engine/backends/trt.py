@@ -136,6 +136,7 @@ class TrtRunner(Runner):
             raise BackendError(f"trt backend runs on a GPU: expected --device cuda[:K], found {self.device!r}")
         self.meta = contract.read_sidecar(self.model)
         check_sidecar_io(self.meta, self.model)
+        self.size_multiple = contract.size_multiple(self.meta, self.model)
         n = cuda_device_count()
         if n == 0:
             raise BackendUnavailable(

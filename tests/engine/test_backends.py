@@ -288,3 +288,39 @@ def test_cpu_batches_run_in_cache_sized_calls():
     with _Recorder(gpu=True) as r:
         r.infer(gray)
         assert r.calls == [8]  # a GPU gets the whole batch
+
+
+def test_sizes_are_padded_to_the_artifacts_multiple_and_cropped_back():
+    gray = np.random.default_rng(1).integers(0, 256, (2, 1, 37, 50), dtype=np.uint8)
+    with _Recorder() as r:
+        r.size_multiple = 8
+        shapes = []
+        r._infer = lambda g, outputs: (shapes.append(g.shape), _Recorder._infer(r, g, outputs))[1]
+        out = r.infer(gray)
+    assert shapes == [(2, 1, 40, 56)]  # padded at the bottom and right
+    assert out["rgb"].shape == (2, 3, 37, 50) and out["uv"].shape == (2, 2, 37, 50)
+    np.testing.assert_array_equal(out["rgb"], np.repeat(gray, 3, axis=1))  # the crop is the original pixels
+    assert out["rgb"].flags.c_contiguous and out["uv"].flags.c_contiguous
+
+
+def test_ort_runner_pads_odd_sizes_like_the_torch_graph_on_the_padded_image(tiny_onnx, tiny_checkpoint):
+    """The exported graph takes multiples of 8 (sidecar size_multiple): the runner edge-pads and crops."""
+    x = np.random.default_rng(2).integers(0, 256, (2, 1, 37, 53), dtype=np.uint8)
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 3), (0, 3)), mode="edge")
+    with open_runner(tiny_onnx, "ort", device="cpu") as o, open_runner(tiny_checkpoint, "torch", device="cpu") as t:
+        assert o.size_multiple == 8 and t.size_multiple == 1  # the torch graph takes any size
+        got, ref = o.infer(x), t.infer(padded)
+    assert got["uv"].shape == (2, 2, 37, 53)
+    assert np.abs(got["uv"] - ref["uv"][:, :, :37, :53]).max() < 1e-4
+    assert np.abs(got["rgb"].astype(int) - ref["rgb"][:, :, :37, :53].astype(int)).max() <= 1
+
+
+def test_size_multiple_from_the_sidecar(tmp_path):
+    art = tmp_path / "m.onnx"
+    assert contract.size_multiple({}, art) == 1  # older sidecars: any size
+    assert contract.size_multiple({"inputs": [{"name": "gray", "size_multiple": 8}]}, art) == 8
+    assert contract.size_multiple({"inputs": [{"name": "other", "size_multiple": 8}]}, art) == 1
+    for bad in (0, -8, 2.5, "8", True):
+        with pytest.raises(ArtifactError, match=r"m\.json: input size_multiple: expected an integer in 1\.\.1024"):
+            contract.size_multiple({"inputs": [{"name": "gray", "size_multiple": bad}]}, art)
+    assert [contract.round_up(s, 8) for s in (1, 8, 9, 224, 250)] == [8, 8, 16, 224, 256]

@@ -46,10 +46,14 @@ def test_fp32_parity_within_tolerance(tiny_onnx):
     assert side["parity"]["uv_max_abs"] <= tol["uv_max_abs"]
     assert side["parity"]["rgb_max_levels"] <= tol["rgb_max_levels"]
     shapes = [c["shape"] for c in side["parity"]["cases"]]
-    assert len({s[0] for s in shapes}) >= 2 and any(s[2] % 2 and s[3] % 2 and s[2] > 1 for s in shapes)
+    m = side["inputs"][0]["size_multiple"]
+    assert m == 8  # the decoder upsamples three times by 2 (export.rewrites.resize_fixed_scales)
+    assert len({s[0] for s in shapes}) >= 2 and any(s[2] != s[3] for s in shapes)
+    assert all(s[2] % m == 0 and s[3] % m == 0 for s in shapes)
+    assert [s[2:] for s in shapes] == [[40, 56], [64, 48], [8, 8]]  # PARITY_CASES rounded up to the multiple
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 1, 37, 53), (4, 1, 64, 48), (1, 1, 5, 200), (3, 1, 2, 3)])
+@pytest.mark.parametrize("shape", [(1, 1, 8, 8), (2, 1, 40, 56), (4, 1, 64, 48), (1, 1, 8, 200), (3, 1, 16, 24)])
 def test_dynamic_shapes_match_torch(tiny_onnx, tiny_graph, shape, rng):
     session = parity.ort_session(tiny_onnx)
     gray = rng.integers(0, 256, size=shape, dtype=np.uint8)
@@ -78,7 +82,7 @@ def test_graph_io_is_symbolic(tiny_onnx):
 def test_rgb_output_is_compose_u8_of_uv_output(tiny_onnx, rng):
     """The graph's colour math is the colour spec's: rgb == compose_u8(gray, uv) from its own uv."""
     session = parity.ort_session(tiny_onnx)
-    gray = _gray(rng, 2, 41, 67)
+    gray = _gray(rng, 2, 40, 72)
     rgb, uv = parity.ort_run(session, gray)
     for i in range(gray.shape[0]):
         want = color.compose_u8(gray[i, 0], uv[i].transpose(1, 2, 0))
@@ -158,9 +162,9 @@ def test_fp16_parity_and_types(fp16_onnx, tiny_graph, rng):
     for name in post:
         for out in nodes[name].output:
             assert vi.get(out, TensorProto.FLOAT) != TensorProto.FLOAT16, f"{name} output is FP16"
-    # And still the colour spec's pixels, from its own uv, at odd sizes.
+    # And still the colour spec's pixels, from its own uv, at a non-square size.
     session = parity.ort_session(fp16_onnx)
-    gray = _gray(rng, 3, 29, 31)
+    gray = _gray(rng, 3, 32, 24)
     rgb, uv = parity.ort_run(session, gray)
     for i in range(3):
         want = color.compose_u8(gray[i, 0], uv[i].transpose(1, 2, 0))
@@ -204,5 +208,53 @@ def test_classification_head_temperature(tmp_path):
     assert side["precision_info"]["graph_rewrites"]["softmax_channels_last"]
 
 
-def test_regression_head_export_needs_no_rewrite(tiny_onnx):
-    assert read_sidecar(tiny_onnx)["precision_info"]["graph_rewrites"] == {"softmax_channels_last": []}
+def test_regression_head_export_rewrites(tiny_onnx):
+    """No annealed mean or pool to rewrite; the three decoder resizes get constant scales, their shape arithmetic goes."""
+    rewrites = read_sidecar(tiny_onnx)["precision_info"]["graph_rewrites"]
+    assert rewrites["softmax_channels_last"] == [] and rewrites["pool_exclude_pad"] == []
+    assert list(rewrites["resize_fixed_scales"].values()) == [[1.0, 1.0, 2.0, 2.0]] * 3
+    assert rewrites["pruned_nodes"] > 0
+    model = onnx.load(str(tiny_onnx))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Resize") == 3
+    assert {i for n in model.graph.node if n.op_type == "Shape" for i in n.input} == {"gray"}  # only the colour math's reshape
+    inits = {i.name for i in model.graph.initializer}
+    assert all(n.input[2] in inits and len(n.input) == 3 for n in model.graph.node if n.op_type == "Resize")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 53), (1, 1, 60, 64), (2, 1, 64, 44), (1, 1, 4, 4)])
+def test_sizes_off_the_multiple_are_refused_not_misaligned(tiny_onnx, shape):
+    """A size that is not a multiple of 8 makes a scaled resize miss its skip tensor: ORT refuses the run."""
+    session = parity.ort_session(tiny_onnx)
+    with pytest.raises(Exception, match="(?i)broadcast|shape|dimension"):
+        parity.ort_run(session, np.zeros(shape, np.uint8))
+
+
+def test_classification_export_pool_and_head_resize(tmp_path):
+    """The head's 4x4 ceil-mode pool excludes its (empty) padding, its x4 upsampling gets constant scales,
+    and ONNX Runtime's optimized graph keeps the decoder and the pool in the blocked NCHWc layout."""
+    import onnxruntime as ort
+
+    torch.manual_seed(3)
+    centres = [[u, v] for u in (-0.2, 0.0, 0.2) for v in (-0.3, 0.0, 0.3)]
+    config = ModelConfig(width="seed", width_mult=0.25, head="classification",
+                         head_options={"centres": centres, "temperature": 0.8, "stride": 4})
+    ckpt = tmp_path / "cls.pt"
+    save_checkpoint(ckpt, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 1})
+    out = tmp_path / "cls.onnx"
+    side = export_checkpoint(ckpt, out)
+    rewrites = side["precision_info"]["graph_rewrites"]
+    assert len(rewrites["pool_exclude_pad"]) == 1
+    assert sorted(map(tuple, rewrites["resize_fixed_scales"].values())) == [(1.0, 1.0, 2.0, 2.0)] * 3 + [(1.0, 1.0, 4.0, 4.0)]
+    pool = next(n for n in onnx.load(str(out)).graph.node if n.op_type == "AveragePool")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in pool.attribute}
+    assert attrs["count_include_pad"] == 0 and attrs["ceil_mode"] == 1
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    ops = [(n.op_type, n.domain) for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    if ("Conv", "com.microsoft.nchwc") not in ops:
+        pytest.skip("this CPU gets no NCHWc kernels from ONNX Runtime")
+    assert ops.count(("Upsample", "com.microsoft.nchwc")) == 3
+    assert ("AveragePool", "com.microsoft.nchwc") in ops and ("AveragePool", "") not in ops

@@ -100,6 +100,14 @@ def test_engine_cache_key(tiny_onnx, tmp_path):
 def test_verify_shapes_inside_profile():
     shapes = trt_build.verify_shapes((1, 4, 8), (32, 64, 128))
     assert shapes == [(1, 1, 32, 32), (4, 1, 63, 64)]
+    assert trt_build.verify_shapes((1, 4, 8), (32, 64, 128), 8) == [(1, 1, 32, 32), (4, 1, 56, 64)]
+    assert trt_build.verify_shapes((1, 4, 8), (64, 64, 128), 8) == [(1, 1, 64, 64), (4, 1, 64, 64)]
+
+
+def test_build_engine_refuses_sizes_off_the_onnx_multiple(tiny_onnx, tmp_path):
+    """Checked before anything GPU-related: the profile must hold sizes the ONNX graph takes."""
+    with pytest.raises(ExportError, match="multiples of 8.*found 16:60:128"):
+        trt_build.build_engine(tiny_onnx, tmp_path / "m.plan", size=(16, 60, 128))
 
 
 # ----------------------------------------------------------------------------- GPU
@@ -128,7 +136,7 @@ def test_build_fp16_engine_from_fp32_onnx_matches_ort(tiny_onnx, tmp_path, rng):
     assert side["gpu"]["name"] and side["gpu"]["compute_capability"]
     session = parity.ort_session(tiny_onnx)
     tol = parity.TOLERANCES["fp16"]
-    for shape in [(1, 1, 16, 16), (3, 1, 37, 53), (4, 1, 128, 128), (2, 1, 127, 17)]:
+    for shape in [(1, 1, 16, 16), (3, 1, 40, 56), (4, 1, 128, 128), (2, 1, 128, 24)]:  # multiples of 8 (size_multiple)
         gray = rng.integers(0, 256, size=shape, dtype=np.uint8)
         rgb, uv = _run_plan(plan, gray)
         ref_rgb, ref_uv = parity.ort_run(session, gray)
@@ -244,7 +252,7 @@ def test_exported_model_is_prepared_for_tensorrt(tiny_onnx, tmp_path):
     model = onnx.load(str(path))
     assert [n.op_type for n in model.graph.node if "gray" in n.input] == ["Cast"]
     ref, new = parity.ort_session(tiny_onnx), parity.ort_session(path)
-    for gray in parity.parity_inputs()[:2]:
+    for gray in parity.parity_inputs(multiple=read_sidecar(tiny_onnx)["inputs"][0]["size_multiple"])[:2]:
         (r0, u0), (r1, u1) = parity.ort_run(ref, gray), parity.ort_run(new, gray)
         assert np.array_equal(r0, r1) and np.array_equal(u0, u1)
 
