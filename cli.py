@@ -158,7 +158,8 @@ def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, 
               help="auto: trt with a .plan and a GPU, else ort with its best provider, else torch.")
 @click.option("--device", default=None, metavar="cpu|cuda:K", help="Device (default: the best available).")
 @click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
-              help="Model input size: long side fitted, padded to size x size.")
+              help="Model input size: long side fitted, padded to size x size (ONNX and TensorRT runners pad "
+                   "further to their size multiple, 8 for the bundled model, and crop).")
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
 @click.option("--saturation", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
               help="Scale the predicted chroma (1.0 = model output).")
