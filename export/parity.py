@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.contract import round_up
+
 TOLERANCES: dict[str, dict[str, float | None]] = {
     "fp32": {"uv_max_abs": 1e-4, "rgb_max_levels": 1, "psnr_floor_db": None},
     "fp16": {"uv_max_abs": 4e-3, "rgb_max_levels": 3, "psnr_floor_db": None},
@@ -50,7 +52,7 @@ def parity_inputs(cases: tuple[tuple[int, int, int], ...] = PARITY_CASES, *, mul
     rng = np.random.default_rng(PARITY_SEED)
     out = []
     for n, h, w in cases:
-        h, w = -(-h // multiple) * multiple, -(-w // multiple) * multiple
+        h, w = round_up(h, multiple), round_up(w, multiple)
         yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
         imgs = []
         for _ in range(n):

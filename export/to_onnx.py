@@ -1,10 +1,11 @@
 """Checkpoint -> ONNX (fp32 | fp16 | int8), checked, then published with its sidecar.
 
 ``export_checkpoint`` traces ``export.graph.ColorizeGraph`` with the dynamo
-exporter (dynamic N, H, W; one self-contained file), converts it to the
-requested precision (all: fixed-factor resizes and the head's pool made
-layout-friendly; FP32: the annealed mean made channels-last too, ``export.rewrites``), writes it to a temp file beside ``out`` and checks it:
-``onnx.checker`` (full), ONNX Runtime vs the PyTorch graph on fixed inputs
+exporter (dynamic N, H, W; one self-contained file), rewrites it for ONNX
+Runtime's layouts (every precision: fixed-factor resizes and the head's pool;
+FP32: the annealed mean made channels-last too; ``export.rewrites``), converts
+it to the requested precision, writes it to a temp file beside ``out`` and
+checks it: ``onnx.checker`` (full), ONNX Runtime vs the PyTorch graph on fixed inputs
 (``export.parity``), and for INT8 the held-out PSNR gate. Only then is the file
 renamed to ``out`` and the sidecar written; on any failure nothing is left at
 ``out`` (an older file there stays untouched) and an ``ExportError`` says why.
