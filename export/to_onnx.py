@@ -86,7 +86,7 @@ def export_checkpoint(
             elif precision == "int8":
                 from export import quantize
 
-                info = quantize.quantize_int8(fp32_path, tmp, calib_images, reduce_range=reduce_range)
+                info = quantize.quantize_int8(fp32_path, tmp, calib_images, reduce_range=reduce_range, size_multiple=multiple)
             else:
                 import onnx
 

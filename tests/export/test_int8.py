@@ -222,6 +222,12 @@ def test_int8_classification_head_quantized_up_to_its_logits(tmp_path, temperatu
     osoftmax = next(n for n in opt.graph.node if n.op_type == "Softmax")
     assert oprod[osoftmax.input[0]].op_type == "DequantizeLinear"
     assert oprod[oprod[osoftmax.input[0]].input[0]].op_type == "QLinearConv"
+    # The head's 4x4 pool runs as a depthwise QLinearConv, not as ORT's slow QLinearAveragePool.
+    (pool,) = info["graph_rewrites"]["pool_as_depthwise_conv"]
+    pool_attrs = {a.name: onnx.helper.get_attribute_value(a) for a in names[pool].attribute}
+    assert names[pool].op_type == "Conv" and pool_attrs["group"] > 1 and pool_attrs["kernel_shape"] == [4, 4]
+    assert all(prod[i].op_type == "DequantizeLinear" for i in names[pool].input[:2])
+    assert "QLinearAveragePool" not in {n.op_type for n in opt.graph.node}
     # Same numbers as the float Softmax over channels + 1x1 conv (checked against torch by the export gate too).
     graph = ColorizeGraph(load_model(ckpt)[0]).eval()
     gray = np.random.default_rng(4).integers(0, 256, size=(2, 1, 32, 40), dtype=np.uint8)

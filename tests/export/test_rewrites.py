@@ -144,3 +144,28 @@ def test_pool_exclude_pad_only_without_padding():
     np.testing.assert_array_equal(got, want)  # overhanging ceil-mode windows: same divisor
     assert rewrites.pool_exclude_pad(pool(ceil_mode=1, count_include_pad=1, pads=[1, 1, 1, 1])) == []  # real padding counts
     assert rewrites.pool_exclude_pad(pool(ceil_mode=1)) == []  # already excluded (the default)
+
+
+def test_pool_as_depthwise_conv_is_exact_at_the_multiple():
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    def pool(multiple_ok=True, **attrs):
+        n = helper.make_node("AveragePool", ["x"], ["y"], name="avg", kernel_shape=[4, 4], strides=[4, 4], **attrs)
+        n.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'model.head']")
+        g = helper.make_graph([n], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "h", "w"])],
+                              value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+
+    run = lambda m, a: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": a})[0]
+    x = np.random.default_rng(6).normal(size=(2, 3, 16, 24)).astype(np.float32)
+    model = pool(ceil_mode=1, count_include_pad=0)
+    want = run(model, x)
+    assert rewrites.pool_as_depthwise_conv(model, 8) == ["avg"]
+    (conv,) = model.graph.node
+    assert conv.op_type == "Conv" and conv.name == "avg" and conv.metadata_props[0].value == "['', 'model.head']"
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_allclose(run(model, x), want, rtol=1e-6, atol=1e-6)
+    assert rewrites.pool_as_depthwise_conv(pool(), 2) == []  # 4 does not divide the multiple: overhangs possible
+    assert rewrites.pool_as_depthwise_conv(pool(pads=[1, 1, 1, 1]), 8) == []
