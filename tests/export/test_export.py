@@ -180,13 +180,21 @@ def test_colour_nodes_found_structurally(tiny_onnx):
     assert not any(ops[n] == "Conv" for n in nodes["pre"])
 
 
+CENTRES = [[u, v] for u in (-0.2, 0.0, 0.2) for v in (-0.3, 0.0, 0.3)]
+
+
+def _classification_checkpoint(path, *, seed: int, width_mult: float, temperature: float, step: int):
+    """A random classification-head model saved at ``path`` (9 bins, logits at stride 4)."""
+    torch.manual_seed(seed)
+    config = ModelConfig(width="seed", width_mult=width_mult, head="classification",
+                         head_options={"centres": CENTRES, "temperature": temperature, "stride": 4})
+    save_checkpoint(path, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": step})
+    return path
+
+
 def test_classification_head_temperature(tmp_path):
-    torch.manual_seed(1)
-    centres = [[u, v] for u in (-0.2, 0.0, 0.2) for v in (-0.3, 0.0, 0.3)]
-    config = ModelConfig(width="seed", width_mult=0.125, head="classification",
-                         head_options={"centres": centres, "temperature": 0.4, "stride": 4})
-    ckpt = tmp_path / "cls.pt"
-    save_checkpoint(ckpt, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 3})
+    ckpt = _classification_checkpoint(tmp_path / "cls.pt", seed=1, width_mult=0.125, temperature=0.4, step=3)
+    centres = CENTRES
     from click.testing import CliRunner
 
     from cli import main
@@ -235,12 +243,7 @@ def test_classification_export_pool_and_head_resize(tmp_path):
     and ONNX Runtime's optimized graph keeps the decoder and the pool in the blocked NCHWc layout."""
     import onnxruntime as ort
 
-    torch.manual_seed(3)
-    centres = [[u, v] for u in (-0.2, 0.0, 0.2) for v in (-0.3, 0.0, 0.3)]
-    config = ModelConfig(width="seed", width_mult=0.25, head="classification",
-                         head_options={"centres": centres, "temperature": 0.8, "stride": 4})
-    ckpt = tmp_path / "cls.pt"
-    save_checkpoint(ckpt, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 1})
+    ckpt = _classification_checkpoint(tmp_path / "cls.pt", seed=3, width_mult=0.25, temperature=0.8, step=1)
     out = tmp_path / "cls.onnx"
     side = export_checkpoint(ckpt, out)
     rewrites = side["precision_info"]["graph_rewrites"]
