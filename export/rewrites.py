@@ -110,14 +110,18 @@ _PROBES = tuple(range(1, 65)) + (127, 128, 255, 256)
 def pool_exclude_pad(model: Any) -> list[str]:
     """AveragePool with all-zero pads: ``count_include_pad`` 1 -> 0. Returns the nodes changed.
 
-    With no padding there is nothing to include: ONNX Runtime divides a ceil-mode
-    window that overhangs the input by its in-bounds size either way, as PyTorch's
-    ``avg_pool2d(ceil_mode=True)`` does. ONNX Runtime's NCHWc layout pass converts
-    only the exclude-pad form, so with it the head's 4x4 pool stops costing two
-    layout reorders of the full-resolution features.
+    With no padding there is nothing to include. A ceil-mode window that overhangs
+    the input is divided by its in-bounds size either way from AveragePool-19 on,
+    as PyTorch's ``avg_pool2d(ceil_mode=True)`` does; before opset 19 ONNX Runtime
+    divided it by the whole kernel, so ceil-mode pools are changed only from opset
+    19 (floor-mode pools have no overhang: any opset). ONNX Runtime's NCHWc layout
+    pass converts only the exclude-pad form, so with it the head's 4x4 pool stops
+    costing two layout reorders of the full-resolution features; TensorRT reads the
+    exclude-pad form unambiguously (``export.trt_build.ceil_avgpool_for_tensorrt``).
     """
     from onnx import helper
 
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     changed = []
     for node in model.graph.node:
         if node.op_type != "AveragePool":
@@ -125,8 +129,10 @@ def pool_exclude_pad(model: Any) -> list[str]:
         attrs = {a.name: a for a in node.attribute}
         pads = helper.get_attribute_value(attrs["pads"]) if "pads" in attrs else []
         auto_pad = helper.get_attribute_value(attrs["auto_pad"]) if "auto_pad" in attrs else b"NOTSET"
-        cip = attrs.get("count_include_pad")
+        cip, ceil = attrs.get("count_include_pad"), attrs.get("ceil_mode")
         if cip is None or cip.i == 0 or any(pads) or auto_pad not in (b"NOTSET", b"VALID"):
+            continue
+        if ceil is not None and ceil.i == 1 and opset < 19:
             continue
         cip.i = 0
         changed.append(node.name)

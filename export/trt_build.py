@@ -11,8 +11,8 @@ nodes of an FP16 engine included, stay FP32.
 TensorRT takes a uint8 network input only straight into a Cast and gives a uint8
 output only straight out of one (NVIDIA/TensorRT#3985): ``Shape`` nodes reading
 ``gray`` are rewired to its Cast before parsing (``uint8_io_for_tensorrt``), and
-ceil-mode AveragePool without pads gets ``count_include_pad=0``, the same result
-in ONNX, unambiguous in TensorRT (``ceil_avgpool_for_tensorrt``).
+AveragePool without pads gets ``count_include_pad=0``, the same result in ONNX,
+unambiguous in TensorRT (``ceil_avgpool_for_tensorrt``).
 
 Engine cache: if ``out`` exists and its sidecar's ``cache_key`` (source ONNX
 sha256, precision, profile, TensorRT version, GPU name, compute capability, TF32 off)
@@ -346,33 +346,20 @@ def uint8_io_for_tensorrt(model: Any) -> list[str]:
 
 
 def ceil_avgpool_for_tensorrt(model: Any) -> list[str]:
-    """``count_include_pad=0`` on AveragePool nodes with ``ceil_mode=1`` and no padding (in place); returns what changed.
+    """``count_include_pad=0`` on AveragePool nodes without padding (in place; ``export.rewrites.pool_exclude_pad``).
 
     Without pads the attribute changes nothing in ONNX (AveragePool-19 counts only the
     taps inside the padded input, as PyTorch does; ONNX Runtime since opset 19), but the
     ONNX parser maps it to ``IPoolingLayer.average_count_excludes_padding`` (False for 1)
     with ``PaddingMode.EXPLICIT_ROUND_UP`` for ceil mode: whether TensorRT then counts the
     overhang of the last window in the divisor is not documented, while excluding padding
-    is correct either way. Our classification head pools by 4 with ceil mode, so every
-    size that is not a multiple of 4 has such a window. Opsets before 19 are left alone.
+    is correct either way. Exports since the fourth session already carry it (the
+    exporter runs the same rewrite); older files get it here. Ceil-mode pools before
+    opset 19 are left alone. Returns what changed.
     """
-    from onnx import helper
+    from export.rewrites import pool_exclude_pad
 
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset < 19:
-        return []
-    changes = []
-    for n in model.graph.node:
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        if n.op_type != "AveragePool" or attrs.get("ceil_mode") != 1 or attrs.get("count_include_pad") != 1:
-            continue
-        if any(attrs.get("pads", [])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            continue
-        for a in n.attribute:
-            if a.name == "count_include_pad":
-                a.i = 0
-        changes.append(f"AveragePool {n.name!r}: count_include_pad=0 (no pads; ceil mode)")
-    return changes
+    return [f"AveragePool {name!r}: count_include_pad=0 (no pads)" for name in pool_exclude_pad(model)]
 
 
 def _tensorrt_onnx(source: Path, work: Path) -> tuple[Path, list[str]]:

@@ -169,3 +169,19 @@ def test_pool_as_depthwise_conv_is_exact_at_the_multiple():
     np.testing.assert_allclose(run(model, x), want, rtol=1e-6, atol=1e-6)
     assert rewrites.pool_as_depthwise_conv(pool(), 2) == []  # 4 does not divide the multiple: overhangs possible
     assert rewrites.pool_as_depthwise_conv(pool(pads=[1, 1, 1, 1]), 8) == []
+
+
+def test_pool_exclude_pad_leaves_ceil_mode_before_opset_19():
+    """Before AveragePool-19, ONNX Runtime divided an overhanging ceil-mode window by the whole kernel."""
+    from onnx import TensorProto, helper
+
+    def pool(opset, ceil):
+        n = helper.make_node("AveragePool", ["x"], ["y"], name="avg", kernel_shape=[4, 4], strides=[4, 4],
+                             ceil_mode=ceil, count_include_pad=1)
+        g = helper.make_graph([n], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 10, 13])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+    assert rewrites.pool_exclude_pad(pool(18, 1)) == []
+    assert rewrites.pool_exclude_pad(pool(18, 0)) == ["avg"]  # floor mode: no overhang, same math in every opset
+    assert rewrites.pool_exclude_pad(pool(19, 1)) == ["avg"]
