@@ -77,19 +77,18 @@ def export_checkpoint(
             fp32_path = Path(work) / "fp32.onnx"
             model = _trace(graph, opset, fp32_path)
             colour_nodes(model)  # fails early if the graph lacks the contract's outputs
-            layout, multiple = _fixed_layout(model, fp32_path)
-            if precision == "fp16":
-                import onnx
+            layout, multiple = _fixed_layout(model)
+            import onnx
 
+            if precision == "fp16":
                 model, info = convert_to_fp16(model)
                 onnx.save_model(model, str(tmp), save_as_external_data=False)
             elif precision == "int8":
                 from export import quantize
 
+                onnx.save_model(model, str(fp32_path), save_as_external_data=False)  # the quantizer reads a file
                 info = quantize.quantize_int8(fp32_path, tmp, calib_images, reduce_range=reduce_range, size_multiple=multiple)
             else:
-                import onnx
-
                 from export.rewrites import softmax_channels_last
 
                 rewritten = softmax_channels_last(model, {n.name for n in model.graph.node})
@@ -220,21 +219,18 @@ def _quiet_loggers(names: tuple[str, ...] = ("torch", "onnxscript", "onnx_ir")):
             lg.setLevel(level)
 
 
-def _fixed_layout(model: Any, path: Path) -> tuple[dict[str, Any], int]:
-    """Rewrites for every precision (``export.rewrites``), saved back to ``path``; returns (record, size multiple).
+def _fixed_layout(model: Any) -> tuple[dict[str, Any], int]:
+    """Rewrites for every precision (``export.rewrites``), in place; returns (record, size multiple).
 
     Resizes by a fixed factor get constant scales and the head's pool excludes its
     (empty) padding, so ONNX Runtime keeps the decoder in its blocked layout; the
     graph then takes H, W that are multiples of the returned number.
     """
-    import onnx
-
     from export.rewrites import pool_exclude_pad, prune, resize_fixed_scales
 
     scaled, multiple = resize_fixed_scales(model)
     pools = pool_exclude_pad(model)
     pruned = prune(model)
-    onnx.save_model(model, str(path), save_as_external_data=False)
     log.debug("fixed-factor resizes %s (size multiple %d), pools %s, %d dead nodes pruned", scaled, multiple, pools, len(pruned))
     record = {"resize_fixed_scales": scaled, "pool_exclude_pad": pools, "pruned_nodes": len(pruned)}
     return record, multiple
