@@ -154,6 +154,39 @@ def test_fit_pads_to_square(shape):
     assert abs(h / w - shape[0] / shape[1]) < 0.1 * max(1, shape[0] / shape[1]) or min(h, w) <= 2
 
 
+@pytest.mark.parametrize("shape,out", [((1080, 1920), (126, 224)), ((500, 400), (250, 200)), ((672, 300), (224, 100)),
+                                       ((301, 257), (37, 255)), ((7, 900), (1, 224)), ((900, 7), (224, 1)), ((9, 9), (9, 9))])
+def test_area_downscale_matches_cv2_inter_area(shape, out):
+    rng = np.random.default_rng(sum(shape))
+    luma = rng.integers(0, 256, shape, dtype=np.uint8)
+    mine = images.area_downscale(luma, out)
+    ref = cv2.resize(luma, out[::-1], interpolation=cv2.INTER_AREA)
+    diff = np.abs(mine.astype(int) - ref)
+    assert mine.shape == out and mine.dtype == np.uint8
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # integer factors: identical (cv2 rounds halves up too)
+
+
+def test_area_downscale_bands_and_extremes(monkeypatch):
+    luma = pattern(480, 640, 0, 1)[..., 0]
+    whole = images.area_downscale(luma, (100, 133))
+    monkeypatch.setattr(images, "AREA_BAND_PIXELS", 640 * 40)  # ~9 output rows per band, edges shared
+    assert np.array_equal(images.area_downscale(luma, (100, 133)), whole)
+    monkeypatch.setattr(images, "AREA_BAND_PIXELS", 640 * 4)  # too wide for a band: cv2's own path
+    assert np.array_equal(images.area_downscale(luma, (100, 133)), cv2.resize(luma, (133, 100), interpolation=cv2.INTER_AREA))
+    monkeypatch.undo()
+    white = np.full((2100, 2100), 255, np.uint8)  # two bands, box sums near int32's limit stay exact
+    assert (images.area_downscale(white, (224, 224)) == 255).all()
+    with pytest.raises(ValueError, match="expected an output within 1x1..10x10, found 11x5"):
+        images.area_downscale(np.zeros((10, 10), np.uint8), (11, 5))
+
+
+def test_fit_downscales_by_area():
+    luma = pattern(540, 960, 0, 1)[..., 0]
+    x, (h, w) = images.fit(luma, 224)
+    ref = cv2.resize(luma, (224, 126), interpolation=cv2.INTER_AREA)
+    assert (h, w) == (126, 224) and np.abs(x[:h].astype(int) - ref).max() <= 1
+
+
 def test_compose_matches_cv2_resize_and_spec(monkeypatch):
     rng = np.random.default_rng(3)
     luma = pattern(157, 233, 0, 1)[..., 0]
