@@ -27,14 +27,16 @@ test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
 # Model-only images/s of every backend (TensorRT is listed as skipped without a GPU), then colorize-dir end to
-# end on 50 and 500 generated 1080p JPEGs, then the chart. About 15 minutes on 2 cores; results in benchmarks/results/.
+# end on 50 and 500 generated 1080p JPEGs, then the chart and the README's two tables (between their markers).
+# About 8 minutes on 2 cores (2026-11-26); results in benchmarks/results/.
 BENCH_BACKENDS ?= torch,torch-nchw,onnxruntime,onnxruntime-int8,tensorrt
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --backends $(BENCH_BACKENDS) --sizes 224,512 --batch-sizes 1,8 --rounds 5 \
 	    --json benchmarks/results/throughput.json --markdown benchmarks/results/throughput.md
 	$(PY) benchmarks/pipeline.py --backends onnxruntime,onnxruntime-int8 --sizes 224 --batch-sizes 8 --files 50,500 \
 	    --json benchmarks/results/pipeline.json --markdown benchmarks/results/pipeline.md
-	$(PY) benchmarks/plot.py benchmarks/results/throughput.json --png benchmarks/results/throughput.png
+	$(PY) benchmarks/plot.py benchmarks/results/throughput.json --png benchmarks/results/throughput.png --readme README.md
+	$(PY) benchmarks/plot.py benchmarks/results/pipeline.json --readme README.md
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

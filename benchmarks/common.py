@@ -254,6 +254,19 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(good), "min": min(good), "max": max(good)}
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the repository when it lies inside it (results are read on other machines), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def shown_model(checkpoint: Path | None, onnx: dict[str, Path]) -> str | dict[str, str]:
+    """The JSON's ``model``: the checkpoint, or ``{precision: export}`` when only exports were given."""
+    return shown_path(checkpoint) if checkpoint else {k: shown_path(v) for k, v in onnx.items()}
+
+
 def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     return {
         "benchmark": "pipeline",
         "command": "benchmarks/pipeline.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-        "model": str(checkpoint) if checkpoint else {k: str(v) for k, v in onnx.items()},
+        "model": common.shown_model(checkpoint, onnx),
         "photos": f"generated grayscale JPEGs {args.width}x{args.height} (benchmarks.photos, quality 90)",
         "machine": machine,
         "runs": runs,

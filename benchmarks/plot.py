@@ -5,7 +5,9 @@
 
 A throughput JSON gives a bar chart (images/s per backend and size, one panel per
 batch size, min-max as error bars) and the markdown table; a pipeline JSON gives its
-markdown table (no chart).
+markdown table (no chart). ``--readme README.md`` also rewrites the README's table for
+that JSON, between its ``<!-- bench:throughput ... -->`` / ``<!-- /bench:throughput -->``
+markers (``bench:pipeline`` for a pipeline JSON; ``--block`` names another pair).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common, report  # noqa: E402
+from benchmarks import common, readme, report  # noqa: E402
 from engine.errors import ColorizerError  # noqa: E402
 
 
@@ -26,6 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("json", type=Path, help="output of throughput.py --json (or pipeline.py --json)")
     p.add_argument("--png", type=Path, default=None, help="write the chart here (throughput JSON only)")
     p.add_argument("--markdown", type=Path, default=None, help="write the table here (default: print it)")
+    p.add_argument("--readme", type=Path, default=None, help="also rewrite this file's generated table for the JSON")
+    p.add_argument("--block", default=None,
+                   help="the README markers' name (default: the JSON's kind, 'throughput' or 'pipeline')")
     return p.parse_args(argv)
 
 
@@ -41,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             table = report.throughput_markdown(data)
             if args.png:
                 print(f"wrote {report.plot_throughput(data, args.png)}")
+        if args.readme:
+            name = args.block or str(data.get("benchmark"))
+            print(f"wrote {readme.update(args.readme, name, readme.block(data))} (bench:{name})")
     except ColorizerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -48,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table, encoding="utf-8")
         print(f"wrote {args.markdown}")
-    else:
+    elif not args.readme:
         print(table, end="")
     return 0
 

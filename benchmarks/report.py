@@ -43,7 +43,7 @@ def check_lines(checks: list[dict[str, Any]]) -> list[str]:
     return [f"{c['status']}  {c['target']}: {c['value']:.2f}" for c in checks]
 
 
-def _machine_line(m: dict[str, Any]) -> str:
+def machine_line(m: dict[str, Any]) -> str:
     gpu = ", ".join(m["gpu"]) if m.get("gpu") else "no GPU"
     v = m.get("versions", {})
     libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt") if k in v)
@@ -53,7 +53,7 @@ def _machine_line(m: dict[str, Any]) -> str:
 
 
 def throughput_markdown(data: dict[str, Any]) -> str:
-    """The README table: one row per backend/size/batch, with spread and speed-up vs PyTorch.
+    """The results table (``benchmarks/results/throughput.md``): one row per backend/size/batch, spread, speed-ups.
 
     "× PyTorch" is against the ``torch`` backend; a "× PyTorch NCHW" column (against ``torch-nchw``) is added
     only when some row has ``speedup_vs_torch_nchw``.
@@ -61,7 +61,7 @@ def throughput_markdown(data: dict[str, Any]) -> str:
     lines = []
     if data.get("command"):
         lines.append(f"Command: `{data['command']}`  ")
-    lines.append(f"Machine: {_machine_line(data['machine'])}  ")
+    lines.append(f"Machine: {machine_line(data['machine'])}  ")
     if data.get("model"):
         lines.append(f"Model: {data['model']}  ")
     lines.append(f"Rounds: {data.get('rounds', '?')} (backends interleaved; median, min–max over rounds)  ")
@@ -70,12 +70,24 @@ def throughput_markdown(data: dict[str, Any]) -> str:
         lines.append("CPU batches run whole (one call per batch, --whole-batches)")
     elif pixels - {None}:
         lines.append(f"CPU batches run as calls of at most {max(pixels - {None}):,} pixels (the engine's default)")
-    nchw = any(r.get("speedup_vs_torch_nchw") is not None for r in data["results"])
     lines.append("")
-    lines.append("| backend | precision | device | size | batch | images/s | min–max | × PyTorch |"
-                 + (" × PyTorch NCHW |" if nchw else ""))
-    lines.append("|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if nchw else ""))
-    for r in data["results"]:
+    lines += throughput_rows(data["results"])
+    for s in data.get("skipped", []):
+        lines.append(f"\nSkipped {s['backend']} ({s['device']}): {s['reason']}")
+    checks = data.get("checks") or []
+    if checks:
+        lines.append("")
+        lines += [f"- {line}" for line in check_lines(checks)]
+    return "\n".join(lines) + "\n"
+
+
+def throughput_rows(results: list[dict[str, Any]]) -> list[str]:
+    """The throughput table's lines: header, one row per result, and the baselines' legend when NCHW is there."""
+    nchw = any(r.get("speedup_vs_torch_nchw") is not None for r in results)
+    lines = ["| backend | precision | device | size | batch | images/s | min–max | × PyTorch |"
+             + (" × PyTorch NCHW |" if nchw else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|" if nchw else "")]
+    for r in results:
         speed = f"{r['speedup_vs_torch']:.2f}" if r.get("speedup_vs_torch") is not None else "–"
         extra = ""
         if nchw:
@@ -87,13 +99,7 @@ def throughput_markdown(data: dict[str, Any]) -> str:
     if nchw:
         lines.append("\n× PyTorch: vs `torch` (the engine's eager runner, channels-last on a CPU); "
                      "× PyTorch NCHW: vs `torch-nchw` (plain NCHW eager, as the prototype measured).")
-    for s in data.get("skipped", []):
-        lines.append(f"\nSkipped {s['backend']} ({s['device']}): {s['reason']}")
-    checks = data.get("checks") or []
-    if checks:
-        lines.append("")
-        lines += [f"- {line}" for line in check_lines(checks)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot_throughput(data: dict[str, Any], out: str | Path) -> Path:
@@ -145,7 +151,7 @@ def pipeline_markdown(data: dict[str, Any]) -> str:
     lines = []
     if data.get("command"):
         lines.append(f"Command: `{data['command']}`  ")
-    lines.append(f"Machine: {_machine_line(data['machine'])}  ")
+    lines.append(f"Machine: {machine_line(data['machine'])}  ")
     lines.append(f"Photos: {data.get('photos', '?')}")
     lines.append("")
     stages = list(data["runs"][0]["stages"]) if data.get("runs") else []

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {
         "benchmark": "throughput",
         "command": "benchmarks/throughput.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-        "model": str(checkpoint) if checkpoint else {k: str(v) for k, v in onnx.items()},
+        "model": common.shown_model(checkpoint, onnx),
         "rounds": args.rounds,
         "whole_batches": args.whole_batches,
         "machine": machine,
