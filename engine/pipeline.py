@@ -320,10 +320,23 @@ def run(
     return summary
 
 
+def batch_ready(n: int, *, batch_size: int, per_call: int, more_ready: bool) -> bool:
+    """Whether ``n`` collected photos go to the model now: a whole batch, or one call's worth with none waiting.
+
+    ``per_call``: photos one model call takes (``Runner.images_per_call``; the batch on a GPU).
+    A CPU runner splits batches into calls of about one image, so when no more photos are
+    ready, waiting for a whole batch only leaves the cores idle (the first photos of a run,
+    slow reads): a 16-photo folder ran 4-6 % (FP32) and 13 % (INT8) faster. While photos
+    queue up, batches fill as before.
+    """
+    return n >= batch_size or (n >= min(batch_size, per_call) and not more_ready)
+
+
 def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Settings,
                 stop: threading.Event, drain: Callable[[], None], budget: _Budget, times: StageTimes) -> None:
     """Batch items from the readers, run the model, hand each photo's chroma to the writers."""
     readers_left = s.readers
+    per_call = runner.images_per_call(s.size, s.size) or s.batch_size
     batch: list[_Item] = []
     while readers_left or batch:
         item = None
@@ -341,7 +354,8 @@ def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Se
         elif item is not None:
             batch.append(item)
         starved = budget.starved() and ready.empty()  # the batch cannot grow until writers free memory
-        if batch and (len(batch) >= s.batch_size or not readers_left or starved):
+        full = batch_ready(len(batch), batch_size=s.batch_size, per_call=per_call, more_ready=not ready.empty())
+        if batch and (full or not readers_left or starved):
             t = times.now()
             x = np.stack([it.model_input for it in batch])[:, None]
             uv = runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]

@@ -85,9 +85,7 @@ class Runner(ABC):
         if pad_h or pad_w:
             gray = np.pad(gray, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)), mode="edge")
         n, _, h, w = gray.shape
-        step = n
-        if self.cpu_pixels_per_call and not self.on_gpu:
-            step = max(1, self.cpu_pixels_per_call // max(1, h * w))
+        step = self.images_per_call(h, w) or n
         if n <= step:
             out = self._infer(gray, wanted)
         else:
@@ -98,6 +96,13 @@ class Runner(ABC):
             out = check_output(out, gray.shape, self.name, wanted)
             out = {k: np.ascontiguousarray(v[:, :, : shape[2], : shape[3]]) for k, v in out.items()}
         return check_output(out, shape, self.name, wanted)
+
+    def images_per_call(self, height: int, width: int) -> int | None:
+        """How many ``height x width`` images one model call takes at most here; None: a whole batch (GPU)."""
+        if not self.cpu_pixels_per_call or self.on_gpu:
+            return None
+        m = self.size_multiple
+        return max(1, self.cpu_pixels_per_call // max(1, (-(-height // m) * m) * (-(-width // m) * m)))
 
     @abstractmethod
     def _activate(self) -> None: ...

@@ -221,3 +221,40 @@ def test_memory_budget_never_deadlocks(colorizer, tmp_path, budget):
     (tmp_path / "out").mkdir()
     s = pipeline.run(colorizer.runner, tmp_path / "in", tmp_path / "out", settings)
     assert (s.colorized, s.failed) == (11, 0)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_pipeline_batches_by_device(tmp_path, gpu):
+    """A GPU gets whole batches (the last one flushed when the readers are done); a CPU runner any size up to it."""
+    from engine import pipeline
+
+    class Counting(PixelRunner):
+        on_gpu = gpu
+
+        def infer(self, gray, outputs=None):
+            sizes.append(gray.shape[0])
+            return super().infer(gray, outputs)
+
+    sizes: list[int] = []
+    write_photos(tmp_path / "in", 11)
+    (tmp_path / "out").mkdir()
+    settings = pipeline.Settings(size=64, batch_size=8, readers=2, writers=2)
+    with Counting() as runner:
+        s = pipeline.run(runner, tmp_path / "in", tmp_path / "out", settings)
+    assert (s.colorized, s.failed) == (11, 0) and sum(sizes) == 11 and max(sizes) <= 8
+    if gpu:
+        assert sizes == [8, 3]
+
+
+@pytest.mark.parametrize("n,queued,per_call,go", [
+    (1, False, 1, True),    # CPU, nothing else ready: run the photo now
+    (1, True, 1, False),    # more photos waiting: let the batch fill
+    (8, True, 1, True),     # a whole batch goes anyway
+    (3, False, 4, False),   # a CPU call holds 4 (small photos): wait for the fourth
+    (4, False, 4, True),
+    (7, False, 8, False),   # a GPU (a call = the batch) waits for whole batches
+])
+def test_batch_ready(n, queued, per_call, go):
+    from engine import pipeline
+
+    assert pipeline.batch_ready(n, batch_size=8, per_call=per_call, more_ready=queued) is go

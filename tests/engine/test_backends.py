@@ -290,6 +290,17 @@ def test_cpu_batches_run_in_cache_sized_calls():
         assert r.calls == [8]  # a GPU gets the whole batch
 
 
+def test_images_per_call():
+    with _Recorder() as r:
+        assert (r.images_per_call(224, 224), r.images_per_call(128, 128), r.images_per_call(512, 512)) == (1, 4, 1)
+        r.size_multiple = 8
+        assert r.images_per_call(100, 100) == (1 << 16) // (104 * 104)  # what a padded call holds
+        r.cpu_pixels_per_call = None
+        assert r.images_per_call(64, 64) is None
+    with _Recorder(gpu=True) as r:
+        assert r.images_per_call(64, 64) is None
+
+
 def test_sizes_are_padded_to_the_artifacts_multiple_and_cropped_back():
     gray = np.random.default_rng(1).integers(0, 256, (2, 1, 37, 50), dtype=np.uint8)
     with _Recorder() as r:
