@@ -250,7 +250,10 @@ def fit(luma: np.ndarray, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     return padded, (ch, cw)
 
 
-AREA_BAND_PIXELS = 1 << 22  # input pixels per band of area_downscale: int32 box sums cannot overflow (255 * 2**22 < 2**31)
+# Input pixels per band of area_downscale. A band holds at most this many plus two rows (a band's
+# rows cover whole output rows, an output row at most H // h + 2 input rows, and longer ones take cv2's
+# path): at most 2 * 2**22 pixels, so the int32 integral image cannot overflow (255 * 2**23 < 2**31).
+AREA_BAND_PIXELS = 1 << 22
 
 
 def area_downscale(luma: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
@@ -268,7 +271,7 @@ def area_downscale(luma: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
     h, w = out_shape
     if not (1 <= h <= H and 1 <= w <= W):
         raise ValueError(f"area_downscale: expected an output within 1x1..{H}x{W}, found {h}x{w}")
-    if W > AREA_BAND_PIXELS // 8:  # a band of a few rows would overflow int32: cv2's own (slower) path
+    if (H // h + 2) * W > AREA_BAND_PIXELS:  # one output row spans more than a band: cv2's own (slower) path
         return cv2.resize(luma, (w, h), interpolation=cv2.INTER_AREA)
     ry, fy = _cell_edges(H, h)
     rx, fx = _cell_edges(W, w)

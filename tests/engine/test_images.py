@@ -171,11 +171,13 @@ def test_area_downscale_bands_and_extremes(monkeypatch):
     whole = images.area_downscale(luma, (100, 133))
     monkeypatch.setattr(images, "AREA_BAND_PIXELS", 640 * 40)  # ~9 output rows per band, edges shared
     assert np.array_equal(images.area_downscale(luma, (100, 133)), whole)
-    monkeypatch.setattr(images, "AREA_BAND_PIXELS", 640 * 4)  # too wide for a band: cv2's own path
+    monkeypatch.setattr(images, "AREA_BAND_PIXELS", 640 * 4)  # one output row spans more than a band: cv2's path
     assert np.array_equal(images.area_downscale(luma, (100, 133)), cv2.resize(luma, (133, 100), interpolation=cv2.INTER_AREA))
     monkeypatch.undo()
     white = np.full((2100, 2100), 255, np.uint8)  # two bands, box sums near int32's limit stay exact
     assert (images.area_downscale(white, (224, 224)) == 255).all()
+    panorama = np.full((200, 50000), 255, np.uint8)  # one output row of 10 Mpixel would overflow int32
+    assert (images.area_downscale(panorama, (1, 224)) == 255).all()
     with pytest.raises(ValueError, match="expected an output within 1x1..10x10, found 11x5"):
         images.area_downscale(np.zeros((10, 10), np.uint8), (11, 5))
 
