@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks import report
 from benchmarks.common import BenchmarkError
-from engine.tree import temp_name
+from engine import images
 
 
 def block(data: dict[str, Any]) -> str:
@@ -44,9 +44,8 @@ def _throughput(data: dict[str, Any]) -> str:
         lines.append(f"Model: {_model(data['model'])}; {data.get('rounds', '?')} rounds, backends interleaved "
                      "(median and min–max over rounds; speed-ups are medians of per-round ratios)")
     lines.append("")
-    lines += report.throughput_rows(data["results"])
-    lines += [f"\nSkipped {s['backend']} ({s['device']}): {s['reason']}" for s in data.get("skipped", [])]
-    return _with_checks(lines, data)
+    lines += report.throughput_rows(data["results"]) + report.skipped_lines(data) + report.check_block(data)
+    return "\n".join(lines) + "\n"
 
 
 def _model(model: str | dict[str, str]) -> str:
@@ -65,14 +64,7 @@ def _pipeline(data: dict[str, Any]) -> str:
         lines.append(f"| {r['backend']} | {r['size']} | {r['batch_size']} | {r['files']} | {r['images_per_s']:.2f} | "
                      f"{r['model_only_images_per_s']:.2f} | {r['share_of_model_only']:.0%} | "
                      f"{r['peak_rss_mib']:.0f} MiB |")
-    return _with_checks(lines, data)
-
-
-def _with_checks(lines: list[str], data: dict[str, Any]) -> str:
-    checks = data.get("checks") or []
-    if checks:
-        lines.append("")
-        lines += [f"- {line}" for line in report.check_lines(checks)]
+    lines += report.check_block(data)
     return "\n".join(lines) + "\n"
 
 
@@ -95,11 +87,5 @@ def update(path: str | os.PathLike[str], name: str, text: str) -> Path:
                              f"found {found[0]} and {found[1]}{' in the wrong order' if found == (1, 1) else ''}")
     new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{text.rstrip()}\n{end}", old,
                  flags=re.DOTALL)
-    tmp = p.with_name(temp_name(p.name))
-    try:
-        tmp.write_text(new, encoding="utf-8")
-        os.replace(tmp, p)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise BenchmarkError(f"{p}: cannot write ({e.strerror or e})") from e
+    images.write_atomic(p, new.encode("utf-8"))
     return p

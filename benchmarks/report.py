@@ -43,6 +43,17 @@ def check_lines(checks: list[dict[str, Any]]) -> list[str]:
     return [f"{c['status']}  {c['target']}: {c['value']:.2f}" for c in checks]
 
 
+def check_block(data: dict[str, Any]) -> list[str]:
+    """A blank line and one ``- PASS/FAIL ...`` line per target check of a result JSON (nothing without checks)."""
+    checks = data.get("checks") or []
+    return ["", *(f"- {line}" for line in check_lines(checks))] if checks else []
+
+
+def skipped_lines(data: dict[str, Any]) -> list[str]:
+    """One paragraph per backend the run could not measure, with its reason."""
+    return [f"\nSkipped {s['backend']} ({s['device']}): {s['reason']}" for s in data.get("skipped", [])]
+
+
 def machine_line(m: dict[str, Any]) -> str:
     gpu = ", ".join(m["gpu"]) if m.get("gpu") else "no GPU"
     v = m.get("versions", {})
@@ -71,13 +82,7 @@ def throughput_markdown(data: dict[str, Any]) -> str:
     elif pixels - {None}:
         lines.append(f"CPU batches run as calls of at most {max(pixels - {None}):,} pixels (the engine's default)")
     lines.append("")
-    lines += throughput_rows(data["results"])
-    for s in data.get("skipped", []):
-        lines.append(f"\nSkipped {s['backend']} ({s['device']}): {s['reason']}")
-    checks = data.get("checks") or []
-    if checks:
-        lines.append("")
-        lines += [f"- {line}" for line in check_lines(checks)]
+    lines += throughput_rows(data["results"]) + skipped_lines(data) + check_block(data)
     return "\n".join(lines) + "\n"
 
 
@@ -171,8 +176,5 @@ def pipeline_markdown(data: dict[str, Any]) -> str:
     lines.append("Stage times are per photo: wall time summed over the threads doing that stage (thread CPU time in "
                  "parentheses); `infer` is the batch call divided by its photos, its CPU time that of the calling "
                  "thread only (not the runtime's other threads).")
-    checks = data.get("checks") or []
-    if checks:
-        lines.append("")
-        lines += [f"- {line}" for line in check_lines(checks)]
+    lines += check_block(data)
     return "\n".join(lines) + "\n"
