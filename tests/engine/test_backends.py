@@ -47,7 +47,7 @@ def test_ort_cpu_session_settings(tiny_onnx):
     with open_runner(tiny_onnx, "ort", device="cpu", threads=1) as r:
         assert r.providers == ["CPUExecutionProvider"]
         opts = r.session.get_session_options()
-        assert opts.intra_op_num_threads == 1 and opts.enable_cpu_mem_arena is False
+        assert opts.intra_op_num_threads == 1 and opts.enable_cpu_mem_arena is True
 
 
 def test_ort_without_gpu_provider_refuses_cuda_device(tiny_onnx):
