@@ -11,6 +11,8 @@ call), in a rotating order, so a burst of load from other processes hits all
 backends alike. The result is the median over rounds with min and max; the
 speed-up versus PyTorch is the median of the per-round ratios (same round, same
 load), which is far steadier than a ratio of medians on a busy machine.
+Each backend runs in its own process (``benchmarks.isolated``): in a shared one,
+one backend's allocations moved another's speed by up to 25 %.
 ``speedup_vs_torch`` is always against the ``torch`` backend (the engine's eager
 runner, channels-last on the CPU); when ``torch-nchw`` (plain NCHW eager, the
 prototype's baseline) ran in the same configuration, rows also carry
@@ -50,10 +52,29 @@ class Contender:
     runner: Runner | None = None
     skipped: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    worker: Any = None  # benchmarks.isolated.Worker: the runner lives in a child process
 
     @property
     def key(self) -> str:
         return self.spec.name
+
+    @property
+    def live(self) -> bool:
+        return self.runner is not None or self.worker is not None
+
+    def calibrate(self, x: np.ndarray, seed: int, round_seconds: float, warmup: int) -> int:
+        if self.worker is not None:
+            return self.worker.calibrate(x.shape[2], x.shape[0], seed, round_seconds, warmup)
+        return calls_for(self.runner, x, round_seconds, warmup)
+
+    def timed_round(self, x: np.ndarray, seed: int, calls: int) -> float:
+        """Seconds for ``calls`` inferences of ``x`` (``model_batch(batch, size, seed)``)."""
+        if self.worker is not None:
+            return self.worker.timed_round(x.shape[2], x.shape[0], seed, calls)
+        t = time.perf_counter()
+        for _ in range(calls):
+            self.runner.infer(x, outputs=OUTPUTS)
+        return time.perf_counter() - t
 
 
 def open_contender(spec: BackendSpec, model: Path, device: str, threads: int | None,
@@ -88,7 +109,7 @@ def _create_runner(spec: BackendSpec, model: Path, device: str, threads: int | N
     return TorchRunner(model, device=device, threads=threads, channels_last=spec.channels_last)
 
 
-def _calls_for(runner: Runner, x: np.ndarray, round_seconds: float, warmup: int) -> int:
+def calls_for(runner: Runner, x: np.ndarray, round_seconds: float, warmup: int) -> int:
     """Warm up, then the number of calls that fill about ``round_seconds`` (at least 1)."""
     for _ in range(max(0, warmup - 1)):
         runner.infer(x, outputs=OUTPUTS)
@@ -102,17 +123,14 @@ def measure_config(contenders: list[Contender], size: int, batch: int, *, rounds
                    warmup: int = 2, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Interleaved rounds for one (size, batch): ``{backend: {"rates": [...], "calls": k}}``."""
     x = model_batch(batch, size, seed)
-    live = [c for c in contenders if c.runner is not None]
-    calls = {c.key: _calls_for(c.runner, x, round_seconds, warmup) for c in live}
+    live = [c for c in contenders if c.live]
+    calls = {c.key: c.calibrate(x, seed, round_seconds, warmup) for c in live}
     rates: dict[str, list[float]] = {c.key: [] for c in live}
     for r in range(rounds):
         order = live[r % len(live):] + live[: r % len(live)] if live else []
         for c in order:
             k = calls[c.key]
-            t = time.perf_counter()
-            for _ in range(k):
-                c.runner.infer(x, outputs=OUTPUTS)
-            rates[c.key].append(batch * k / (time.perf_counter() - t))
+            rates[c.key].append(batch * k / c.timed_round(x, seed, k))
         log.debug("size %d batch %d round %d: %s", size, batch, r, {k: round(v[-1], 2) for k, v in rates.items()})
     return {k: {"rates": v, "calls": calls[k]} for k, v in rates.items()}
 
@@ -173,6 +191,24 @@ def close_all(contenders: list[Contender]) -> None:
         if c.runner is not None:
             c.runner.deactivate()
             c.runner = None
+        if c.worker is not None:
+            c.worker.close()
+            c.worker = None
+
+
+def open_isolated(spec: BackendSpec, model: Path, device: str, threads: int | None,
+                  whole_batches: bool = False) -> Contender:
+    """``open_contender`` in a child process of its own (``benchmarks.isolated``)."""
+    from benchmarks.isolated import Worker
+
+    c = Contender(spec, device, model)
+    worker = Worker(spec, model, device, threads, whole_batches)
+    c.skipped, c.info = worker.skipped, worker.info
+    if c.skipped:
+        worker.close()
+    else:
+        c.worker = worker
+    return c
 
 
 def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int], batches: list[int], *,
@@ -185,27 +221,27 @@ def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int],
     if rounds < 1 or not round_seconds > 0:
         raise BenchmarkError(f"--rounds: expected >= 1 (and round seconds > 0), found {rounds}, {round_seconds}")
     contenders: list[Contender] = []
-    for spec in specs:
-        dev = "cuda:0" if spec.engine_backend == "trt" and not device.startswith("cuda") else device
-        try:
-            if spec.artifact == "checkpoint":
-                model = checkpoint
-            elif spec.artifact == "onnx":
-                model = onnx_for(checkpoint, spec.precision, cache_dir, onnx or {})
-            else:
-                _require_gpu_stack()
-                model = plan_for(onnx_for(checkpoint, "fp32", cache_dir, onnx or {}), sizes, batches)
-        except ColorizerError as e:
-            contenders.append(Contender(spec, dev, skipped=str(e)))
-            continue
-        c = open_contender(spec, model, dev, threads, whole_batches)
-        if spec.artifact == "onnx":
-            c.info["precision_info"] = artifact_precision_info(model)
-        contenders.append(c)
-        if c.skipped:
-            log.warning("%s skipped: %s", spec.name, c.skipped)
     try:
-        if not any(c.runner is not None for c in contenders):
+        for spec in specs:
+            dev = "cuda:0" if spec.engine_backend == "trt" and not device.startswith("cuda") else device
+            try:
+                if spec.artifact == "checkpoint":
+                    model = checkpoint
+                elif spec.artifact == "onnx":
+                    model = onnx_for(checkpoint, spec.precision, cache_dir, onnx or {})
+                else:
+                    _require_gpu_stack()
+                    model = plan_for(onnx_for(checkpoint, "fp32", cache_dir, onnx or {}), sizes, batches)
+            except ColorizerError as e:
+                contenders.append(Contender(spec, dev, skipped=str(e)))
+                continue
+            c = open_isolated(spec, model, dev, threads, whole_batches)
+            contenders.append(c)
+            if spec.artifact == "onnx":
+                c.info["precision_info"] = artifact_precision_info(model)
+            if c.skipped:
+                log.warning("%s skipped: %s", spec.name, c.skipped)
+        if not any(c.live for c in contenders):
             raise BenchmarkError("no backend can run here: " + "; ".join(f"{c.key}: {c.skipped}" for c in contenders))
         rows: list[dict[str, Any]] = []
         for size in sizes:
