@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,7 @@ class Worker:
 def _serve(conn: Connection, spec: BackendSpec, model: Path, device: str, threads: int | None,
            whole_batches: bool) -> None:
     """The child: open the contender, then answer requests until ``close`` or the parent goes."""
-    from benchmarks.measure import OUTPUTS, calls_for, open_contender
+    from benchmarks.measure import open_contender
     from benchmarks.photos import model_batch
 
     c = open_contender(spec, model, device, threads, whole_batches)
@@ -102,13 +101,8 @@ def _serve(conn: Connection, spec: BackendSpec, model: Path, device: str, thread
             kind, size, batch, seed, arg = message
             x = inputs.setdefault((size, batch, seed), model_batch(batch, size, seed))
             try:
-                if kind == "calibrate":
-                    conn.send(("ok", calls_for(c.runner, x, *arg)))
-                else:
-                    t = time.perf_counter()
-                    for _ in range(arg):
-                        c.runner.infer(x, outputs=OUTPUTS)
-                    conn.send(("ok", time.perf_counter() - t))
+                value = c.calibrate(x, seed, *arg) if kind == "calibrate" else c.timed_round(x, seed, arg)
+                conn.send(("ok", value))
             except ColorizerError as e:
                 conn.send(("error", f"{spec.name}: {e}"))
     finally:

@@ -65,7 +65,7 @@ class Contender:
     def calibrate(self, x: np.ndarray, seed: int, round_seconds: float, warmup: int) -> int:
         if self.worker is not None:
             return self.worker.calibrate(x.shape[2], x.shape[0], seed, round_seconds, warmup)
-        return calls_for(self.runner, x, round_seconds, warmup)
+        return _calls_for(self.runner, x, round_seconds, warmup)
 
     def timed_round(self, x: np.ndarray, seed: int, calls: int) -> float:
         """Seconds for ``calls`` inferences of ``x`` (``model_batch(batch, size, seed)``)."""
@@ -109,7 +109,7 @@ def _create_runner(spec: BackendSpec, model: Path, device: str, threads: int | N
     return TorchRunner(model, device=device, threads=threads, channels_last=spec.channels_last)
 
 
-def calls_for(runner: Runner, x: np.ndarray, round_seconds: float, warmup: int) -> int:
+def _calls_for(runner: Runner, x: np.ndarray, round_seconds: float, warmup: int) -> int:
     """Warm up, then the number of calls that fill about ``round_seconds`` (at least 1)."""
     for _ in range(max(0, warmup - 1)):
         runner.infer(x, outputs=OUTPUTS)
