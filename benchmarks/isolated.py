@@ -82,14 +82,12 @@ def _serve(conn: Connection, spec: BackendSpec, model: Path, device: str, thread
            whole_batches: bool) -> None:
     """The child: open the contender, then answer requests until ``close`` or the parent goes."""
     from benchmarks.measure import open_contender
-    from benchmarks.photos import model_batch
 
     c = open_contender(spec, model, device, threads, whole_batches)
     c.info["pid"] = os.getpid()
     conn.send(("ok", (c.skipped, c.info)))
     if c.runner is None:
         return
-    inputs: dict[tuple[int, int, int], Any] = {}
     try:
         while True:
             try:
@@ -99,9 +97,11 @@ def _serve(conn: Connection, spec: BackendSpec, model: Path, device: str, thread
             if message[0] == "close":
                 return
             kind, size, batch, seed, arg = message
-            x = inputs.setdefault((size, batch, seed), model_batch(batch, size, seed))
             try:
-                value = c.calibrate(x, seed, *arg) if kind == "calibrate" else c.timed_round(x, seed, arg)
+                if kind == "calibrate":
+                    value = c.calibrate(size, batch, seed, *arg)
+                else:
+                    value = c.timed_round(size, batch, seed, arg)
                 conn.send(("ok", value))
             except ColorizerError as e:
                 conn.send(("error", f"{spec.name}: {e}"))

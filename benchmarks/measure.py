@@ -53,6 +53,7 @@ class Contender:
     skipped: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     worker: Any = None  # benchmarks.isolated.Worker: the runner lives in a child process
+    _batch: tuple[tuple[int, int, int], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -62,19 +63,28 @@ class Contender:
     def live(self) -> bool:
         return self.runner is not None or self.worker is not None
 
-    def calibrate(self, x: np.ndarray, seed: int, round_seconds: float, warmup: int) -> int:
+    def calibrate(self, size: int, batch: int, seed: int, round_seconds: float, warmup: int) -> int:
+        """Warm up; the number of calls on ``model_batch(batch, size, seed)`` that fill about ``round_seconds``."""
         if self.worker is not None:
-            return self.worker.calibrate(x.shape[2], x.shape[0], seed, round_seconds, warmup)
-        return _calls_for(self.runner, x, round_seconds, warmup)
+            return self.worker.calibrate(size, batch, seed, round_seconds, warmup)
+        return _calls_for(self.runner, self._input(size, batch, seed), round_seconds, warmup)
 
-    def timed_round(self, x: np.ndarray, seed: int, calls: int) -> float:
-        """Seconds for ``calls`` inferences of ``x`` (``model_batch(batch, size, seed)``)."""
+    def timed_round(self, size: int, batch: int, seed: int, calls: int) -> float:
+        """Seconds for ``calls`` inferences of ``model_batch(batch, size, seed)``."""
         if self.worker is not None:
-            return self.worker.timed_round(x.shape[2], x.shape[0], seed, calls)
+            return self.worker.timed_round(size, batch, seed, calls)
+        x = self._input(size, batch, seed)
         t = time.perf_counter()
         for _ in range(calls):
             self.runner.infer(x, outputs=OUTPUTS)
         return time.perf_counter() - t
+
+    def _input(self, size: int, batch: int, seed: int) -> np.ndarray:
+        """The batch for this configuration, generated once (configurations come one after another)."""
+        key = (size, batch, seed)
+        if self._batch is None or self._batch[0] != key:
+            self._batch = (key, model_batch(batch, size, seed))
+        return self._batch[1]
 
 
 def open_contender(spec: BackendSpec, model: Path, device: str, threads: int | None,
@@ -122,15 +132,14 @@ def _calls_for(runner: Runner, x: np.ndarray, round_seconds: float, warmup: int)
 def measure_config(contenders: list[Contender], size: int, batch: int, *, rounds: int, round_seconds: float,
                    warmup: int = 2, seed: int = 0) -> dict[str, dict[str, Any]]:
     """Interleaved rounds for one (size, batch): ``{backend: {"rates": [...], "calls": k}}``."""
-    x = model_batch(batch, size, seed)
     live = [c for c in contenders if c.live]
-    calls = {c.key: c.calibrate(x, seed, round_seconds, warmup) for c in live}
+    calls = {c.key: c.calibrate(size, batch, seed, round_seconds, warmup) for c in live}
     rates: dict[str, list[float]] = {c.key: [] for c in live}
     for r in range(rounds):
         order = live[r % len(live):] + live[: r % len(live)] if live else []
         for c in order:
             k = calls[c.key]
-            rates[c.key].append(batch * k / c.timed_round(x, seed, k))
+            rates[c.key].append(batch * k / c.timed_round(size, batch, seed, k))
         log.debug("size %d batch %d round %d: %s", size, batch, r, {k: round(v[-1], 2) for k, v in rates.items()})
     return {k: {"rates": v, "calls": calls[k]} for k, v in rates.items()}
 

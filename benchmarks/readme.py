@@ -58,12 +58,7 @@ def _pipeline(data: dict[str, Any]) -> str:
     lines = _when_and_where(data)
     lines.append(f"Photos: {data.get('photos', '?')}")
     lines.append("")
-    lines.append("| backend | size | batch | files | colorize-dir img/s | model-only img/s | share | peak RSS |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in data.get("runs", []):
-        lines.append(f"| {r['backend']} | {r['size']} | {r['batch_size']} | {r['files']} | {r['images_per_s']:.2f} | "
-                     f"{r['model_only_images_per_s']:.2f} | {r['share_of_model_only']:.0%} | "
-                     f"{r['peak_rss_mib']:.0f} MiB |")
+    lines += report.pipeline_rows(data.get("runs", []), [])
     lines += report.check_block(data)
     return "\n".join(lines) + "\n"
 

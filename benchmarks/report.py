@@ -151,6 +151,22 @@ def plot_throughput(data: dict[str, Any], out: str | Path) -> Path:
     return out
 
 
+def pipeline_rows(runs: list[dict[str, Any]], stages: list[str]) -> list[str]:
+    """The pipeline table's lines: one row per folder run; ``stages``: the per-stage ms columns to add."""
+    lines = ["| backend | size | batch | files | colorize-dir img/s | model-only img/s | share | peak RSS |"
+             + "".join(f" {s} ms |" for s in stages),
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stages)]
+    for r in runs:
+        cells = "".join(f" {r['stages'][s]['ms_per_photo']:.1f} ({r['stages'][s]['cpu_ms_per_photo']:.1f}) |"
+                        for s in stages)
+        lines.append(
+            f"| {r['backend']} | {r['size']} | {r['batch_size']} | {r['files']} | {r['images_per_s']:.2f} | "
+            f"{r['model_only_images_per_s']:.2f} | {r['share_of_model_only']:.0%} | {r['peak_rss_mib']:.0f} MiB |"
+            f"{cells}"
+        )
+    return lines
+
+
 def pipeline_markdown(data: dict[str, Any]) -> str:
     """The README table of colorize-dir runs: images/s, share of model-only, peak RSS, time per stage."""
     lines = []
@@ -160,18 +176,7 @@ def pipeline_markdown(data: dict[str, Any]) -> str:
     lines.append(f"Photos: {data.get('photos', '?')}")
     lines.append("")
     stages = list(data["runs"][0]["stages"]) if data.get("runs") else []
-    head = "| backend | size | batch | files | colorize-dir img/s | model-only img/s | share | peak RSS | "
-    head += " | ".join(f"{s} ms" for s in stages) + " |"
-    lines.append(head)
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stages))
-    for r in data.get("runs", []):
-        cells = " | ".join(f"{r['stages'][s]['ms_per_photo']:.1f} ({r['stages'][s]['cpu_ms_per_photo']:.1f})"
-                           for s in stages)
-        lines.append(
-            f"| {r['backend']} | {r['size']} | {r['batch_size']} | {r['files']} | {r['images_per_s']:.2f} | "
-            f"{r['model_only_images_per_s']:.2f} | {r['share_of_model_only']:.0%} | {r['peak_rss_mib']:.0f} MiB | "
-            f"{cells} |"
-        )
+    lines += pipeline_rows(data.get("runs", []), stages)
     lines.append("")
     lines.append("Stage times are per photo: wall time summed over the threads doing that stage (thread CPU time in "
                  "parentheses); `infer` is the batch call divided by its photos, its CPU time that of the calling "

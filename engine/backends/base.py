@@ -102,7 +102,7 @@ class Runner(ABC):
         if not self.cpu_pixels_per_call or self.on_gpu:
             return None
         m = self.size_multiple
-        return max(1, self.cpu_pixels_per_call // max(1, (-(-height // m) * m) * (-(-width // m) * m)))
+        return max(1, self.cpu_pixels_per_call // max(1, contract.round_up(height, m) * contract.round_up(width, m)))
 
     @abstractmethod
     def _activate(self) -> None: ...

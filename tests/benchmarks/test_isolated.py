@@ -7,7 +7,6 @@ import os
 import numpy as np
 
 from benchmarks import common, measure
-from benchmarks.photos import model_batch
 
 
 def test_backend_runs_in_its_own_process_and_closes(tiny_checkpoint):
@@ -16,9 +15,8 @@ def test_backend_runs_in_its_own_process_and_closes(tiny_checkpoint):
     try:
         assert c.skipped is None and c.runner is None and c.live
         assert c.info["pid"] != os.getpid() and "torch" in c.info["describe"]
-        x = model_batch(2, 32, 0)
-        calls = c.calibrate(x, 0, 0.01, 1)
-        seconds = c.timed_round(x, 0, calls)
+        calls = c.calibrate(32, 2, 0, 0.01, 1)
+        seconds = c.timed_round(32, 2, 0, calls)
         assert calls >= 1 and np.isfinite(seconds) and seconds > 0
         process = c.worker._proc
     finally:
