@@ -41,9 +41,13 @@ def natural_gray(index: int, width: int = 1920, height: int = 1080, seed: int = 
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def model_batch(batch: int, size: int, seed: int = 0) -> np.ndarray:
-    """uint8 ``(batch, 1, size, size)`` of natural-looking photos (the model input of a benchmark)."""
-    return np.stack([natural_gray(i, size, size, seed) for i in range(batch)])[:, None]
+def model_batch(batch: int, size: int | tuple[int, int], seed: int = 0) -> np.ndarray:
+    """uint8 ``(batch, 1, H, W)`` of natural-looking photos (the model input of a benchmark).
+
+    ``size``: H = W, or ``(H, W)``.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    return np.stack([natural_gray(i, w, h, seed) for i in range(batch)])[:, None]
 
 
 def jpeg_bytes(gray: np.ndarray, quality: int = 90) -> bytes:

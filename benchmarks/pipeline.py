@@ -5,7 +5,8 @@
         --json benchmarks/results/pipeline.json --markdown benchmarks/results/pipeline.md
 
 Each (backend, size, batch, files) is one fresh process: images/s, model-only images/s
-measured in that process, the share between them, time per stage and peak RSS.
+measured in that process at the input shape colorize-dir feeds the model (and at
+size x size when that differs), the share between them, time per stage and peak RSS.
 Prints PASS/FAIL against the targets (share >= 90 %, peak RSS < 2.5 GiB at 512 px
 batch 8, flat RSS from the smallest to the largest file count).
 """
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=1920)
     p.add_argument("--height", type=int, default=1080)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--padding", choices=["auto", "square", "tight"], default="auto",
+                   help="model input padding (colorize-dir --padding; auto: tight on a CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: physical cores)")
     p.add_argument("--io-threads", type=int, nargs=2, default=None, metavar=("READERS", "WRITERS"))
     p.add_argument("--io-nice", type=int, default=None, help="nice increment of decode/encode threads (default: engine's)")
@@ -105,11 +108,14 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
                            "size": size, "batch_size": batch, "threads": args.threads, "io_threads": args.io_threads,
                            "io_nice": args.io_nice,
                            "folder": str(folder), "files": count, "model_seconds": args.model_seconds,
-                           "repeats": args.repeats}
+                           "repeats": args.repeats, "padding": args.padding,
+                           "photo_shape": [args.height, args.width]}
                     r = pipeline_run.run_config(cfg)
                     runs.append(r)
                     print(f"{spec.name:18s} {size:4d}px batch {batch:3d} {count:5d} files: {r['images_per_s']:7.2f} img/s"
-                          f" vs model-only {r['model_only_images_per_s']:7.2f} ({r['share_of_model_only']:.0%}),"
+                          f" vs model-only {r['model_only_images_per_s']:7.2f} ({r['share_of_model_only']:.0%}) at"
+                          f" {r['model_input'][1]}x{r['model_input'][0]}, {r['square_model_only_images_per_s']:7.2f}"
+                          f" ({r['share_of_square_model_only']:.0%}) at {size}x{size},"
                           f" peak RSS {r['peak_rss_mib']:.0f} MiB, ms/photo "
                           + " ".join(f"{k} {v['ms_per_photo']:.1f}" for k, v in r["stages"].items()), flush=True)
     machine["load_average_end"] = common.machine_info()["load_average"]

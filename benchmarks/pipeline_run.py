@@ -2,8 +2,10 @@
 
 A run (``worker``) opens ``engine.api.Colorizer`` (the code the CLI runs), then:
 
-1. model only: ``runner.infer`` on natural-looking batches of the same size and batch
-   size, for about ``model_seconds`` after a warm-up;
+1. model only: ``runner.infer`` on natural-looking batches of the batch size and the
+   input shape colorize-dir gives the model for these photos (``images.fitted_shape``:
+   224x128 for 1080p at 224 px with tight padding), for about ``model_seconds`` after a
+   warm-up; with tight padding also at ``size x size``, throughput.py's input;
 2. ``Colorizer.colorize_dir(folder, temp output, overwrite=True)`` over the generated
    1080p JPEGs: images/s from its ``RunSummary``, and time per stage
    (``RunSummary.stages``: decode, resize, infer, compose, encode, write);
@@ -69,11 +71,11 @@ class _RssSampler:
                 "second_half_max_mib": max(second) / MIB}
 
 
-def _model_only(runner: Any, batch: int, size: int, seconds: float, warmup: int) -> dict[str, float]:
+def _model_only(runner: Any, batch: int, shape: tuple[int, int], seconds: float, warmup: int) -> dict[str, float]:
     from benchmarks.measure import OUTPUTS
     from benchmarks.photos import model_batch
 
-    x = model_batch(batch, size, seed=1)
+    x = model_batch(batch, shape, seed=1)
     for _ in range(warmup):
         runner.infer(x, outputs=OUTPUTS)
     rates, t_start = [], time.perf_counter()
@@ -87,22 +89,35 @@ def _model_only(runner: Any, batch: int, size: int, seconds: float, warmup: int)
 
 def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """One benchmark run in this process (see the module docstring). ``cfg`` comes from ``run_config``."""
+    from engine import images
     from engine.api import Colorizer
 
     io_threads = tuple(cfg["io_threads"]) if cfg.get("io_threads") else None
     repeats = max(1, int(cfg.get("repeats", 1)))
     out_dir = Path(tempfile.mkdtemp(prefix="colorizer-bench-out-", dir=cfg.get("out_root")))
-    phases, runs = [], []
+    phases: list[dict[str, float]] = []  # model only at the shape colorize-dir feeds the model
+    square: list[dict[str, float]] = []  # model only at size x size (throughput.py's input), when that differs
+    runs = []
+    size, batch, seconds = cfg["size"], cfg["batch_size"], cfg["model_seconds"]
     try:
-        with Colorizer(cfg["model"], backend=cfg["engine_backend"], size=cfg["size"], batch_size=cfg["batch_size"],
+        with Colorizer(cfg["model"], backend=cfg["engine_backend"], size=size, batch_size=batch,
                        device=cfg["device"], threads=cfg.get("threads"), io_threads=io_threads,
-                       io_nice=cfg.get("io_nice")) as c:
-            phases.append(_model_only(c.runner, cfg["batch_size"], cfg["size"], cfg["model_seconds"], warmup=2))
+                       io_nice=cfg.get("io_nice"), padding=cfg.get("padding", "auto")) as c:
+            multiple = c.runner.size_multiple if c.padding == "tight" else None
+            _, shape = images.fitted_shape(*cfg["photo_shape"], size, multiple=multiple)
+            shape = tuple(-(-d // c.runner.size_multiple) * c.runner.size_multiple for d in shape)  # as the runner pads
+
+            def model_only(warmup: int) -> None:
+                if shape != (size, size):
+                    square.append(_model_only(c.runner, batch, (size, size), seconds, warmup))
+                phases.append(_model_only(c.runner, batch, shape, seconds, warmup))
+
+            model_only(warmup=2)
             for _ in range(repeats):  # model only, folder, model only, folder, ..., model only
                 sampler = _RssSampler()
                 runs.append((c.colorize_dir(cfg["folder"], out_dir, overwrite=True), sampler.stop()))
-                phases.append(_model_only(c.runner, cfg["batch_size"], cfg["size"], cfg["model_seconds"], warmup=0))
-            describe, (readers, writers), io_nice = c.describe(), c.io_threads, c.io_nice
+                model_only(warmup=0)
+            describe, (readers, writers), io_nice, padding = c.describe(), c.io_threads, c.io_nice, c.padding
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     for summary, _ in runs:
@@ -112,8 +127,12 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     # Each folder run is compared with the model-only phases just before and after it (same machine load).
     shares = [summary.images_per_second / ((rates[i] + rates[i + 1]) / 2) for i, (summary, _) in enumerate(runs)]
     order = sorted(range(len(runs)), key=lambda i: shares[i])
-    summary, rss = runs[order[len(order) // 2]]  # the median run's numbers
+    median = order[len(order) // 2]
+    summary, rss = runs[median]  # the median run's numbers
     model_ips = sum(p["images"] for p in phases) / sum(p["seconds"] for p in phases)
+    square_phases = square or phases
+    square_ips = sum(p["images"] for p in square_phases) / sum(p["seconds"] for p in square_phases)
+    square_rates = [p["images"] / p["seconds"] for p in square_phases]
     stages = {
         name: {
             "ms_per_photo": 1000 * st["seconds"] / max(1, st["photos"]),
@@ -125,12 +144,14 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "backend": cfg["backend"],
         "precision": cfg["precision"],
         "device": cfg["device"],
-        "size": cfg["size"],
-        "batch_size": cfg["batch_size"],
+        "size": size,
+        "batch_size": batch,
         "files": summary.colorized,
         "runner": describe,
         "io_threads": [readers, writers],
         "io_nice": io_nice,
+        "padding": padding,
+        "model_input": list(shape),
         "repeats": repeats,
         "images_per_s": summary.images_per_second,
         "images_per_s_all": [r.images_per_second for r, _ in runs],
@@ -138,9 +159,12 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "model_only_images_per_s": model_ips,
         "model_only_images_per_s_min": min(rates),
         "model_only_images_per_s_max": max(rates),
-        "share_of_model_only": shares[order[len(order) // 2]],
+        "share_of_model_only": shares[median],
         "share_of_model_only_min": min(shares),
         "share_of_model_only_max": max(shares),
+        "square_model_only_images_per_s": square_ips,
+        "share_of_square_model_only": summary.images_per_second
+        / ((square_rates[median] + square_rates[median + 1]) / 2),
         "stages": stages,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "pipeline_rss_mib": rss,
@@ -199,8 +223,22 @@ def memory_checks(runs: list[dict[str, Any]], rss_target_gib: float, flat_tolera
 
 
 def share_checks(runs: list[dict[str, Any]], target: float) -> list[dict[str, Any]]:
-    """colorize-dir at >= ``target`` of model-only images/s (checked on every CPU run at 224 px batch 8)."""
-    return [{"target": f"{r['backend']} 224px batch 8, {r['files']} files: colorize-dir >= {target:.0%} of model-only",
-             "value": r["share_of_model_only"], "threshold": target,
-             "status": "PASS" if r["share_of_model_only"] >= target else "FAIL"}
-            for r in runs if r["size"] == 224 and r["batch_size"] == 8 and r["device"] == "cpu"]
+    """colorize-dir at >= ``target`` of model-only images/s (checked on every CPU run at 224 px batch 8).
+
+    Two checks per run when colorize-dir feeds the model tight inputs (224x128 for a 16:9 photo):
+    against the model at those same inputs (what the I/O costs), and against the model at
+    224x224 (the throughput table's number, what a user compares with).
+    """
+    checks = []
+    for r in runs:
+        if not (r["size"] == 224 and r["batch_size"] == 8 and r["device"] == "cpu"):
+            continue
+        h, w = r.get("model_input") or (r["size"], r["size"])
+        name = f"{r['backend']} 224px batch 8, {r['files']} files: colorize-dir >= {target:.0%} of model-only"
+        checks.append({"target": f"{name} at its own input ({w}x{h})", "value": r["share_of_model_only"],
+                       "threshold": target, "status": "PASS" if r["share_of_model_only"] >= target else "FAIL"})
+        if (h, w) != (r["size"], r["size"]) and "share_of_square_model_only" in r:
+            value = r["share_of_square_model_only"]
+            checks.append({"target": f"{name} at {r['size']}x{r['size']} (throughput.py's input)", "value": value,
+                           "threshold": target, "status": "PASS" if value >= target else "FAIL"})
+    return checks

@@ -153,16 +153,19 @@ def plot_throughput(data: dict[str, Any], out: str | Path) -> Path:
 
 def pipeline_rows(runs: list[dict[str, Any]], stages: list[str]) -> list[str]:
     """The pipeline table's lines: one row per folder run; ``stages``: the per-stage ms columns to add."""
-    lines = ["| backend | size | batch | files | colorize-dir img/s | model-only img/s | share | peak RSS |"
-             + "".join(f" {s} ms |" for s in stages),
-             "|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stages)]
+    lines = ["| backend | size | batch | files | model input | colorize-dir img/s | model-only img/s | share |"
+             " model-only img/s at size² | share of it | peak RSS |" + "".join(f" {s} ms |" for s in stages),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stages)]
     for r in runs:
         cells = "".join(f" {r['stages'][s]['ms_per_photo']:.1f} ({r['stages'][s]['cpu_ms_per_photo']:.1f}) |"
                         for s in stages)
+        h, w = r.get("model_input") or (r["size"], r["size"])
+        square = r.get("square_model_only_images_per_s", r["model_only_images_per_s"])
+        square_share = r.get("share_of_square_model_only", r["share_of_model_only"])
         lines.append(
-            f"| {r['backend']} | {r['size']} | {r['batch_size']} | {r['files']} | {r['images_per_s']:.2f} | "
-            f"{r['model_only_images_per_s']:.2f} | {r['share_of_model_only']:.0%} | {r['peak_rss_mib']:.0f} MiB |"
-            f"{cells}"
+            f"| {r['backend']} | {r['size']} | {r['batch_size']} | {r['files']} | {w}x{h} | {r['images_per_s']:.2f} | "
+            f"{r['model_only_images_per_s']:.2f} | {r['share_of_model_only']:.0%} | {square:.2f} | {square_share:.0%} | "
+            f"{r['peak_rss_mib']:.0f} MiB |{cells}"
         )
     return lines
 
@@ -177,6 +180,10 @@ def pipeline_markdown(data: dict[str, Any]) -> str:
     lines.append("")
     stages = list(data["runs"][0]["stages"]) if data.get("runs") else []
     lines += pipeline_rows(data.get("runs", []), stages)
+    lines.append("")
+    lines.append("Model input: what colorize-dir feeds the model for these photos (tight padding on a CPU: the long "
+                 "side at size, the short side padded only to the model's size multiple); model-only img/s is "
+                 "measured at that input in the same process, and at size x size (throughput.py's input).")
     lines.append("")
     lines.append("Stage times are per photo: wall time summed over the threads doing that stage (thread CPU time in "
                  "parentheses); `infer` is the batch call divided by its photos, its CPU time that of the calling "

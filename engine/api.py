@@ -19,10 +19,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine import contract, images, pipeline, tree
+from engine import images, pipeline, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
 from engine.pipeline import Progress, RunSummary
+from engine.stages import infer_chroma
 from engine.tree import Shard, UsageError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ class Colorizer:
 
     model: path to .onnx / .plan / .pt, or None for the bundled models/colorizer.onnx (.pt for torch).
     backend: "auto", "ort", "trt" or "torch". device: None (best available), "cpu", "cuda" or "cuda:K".
-    size: model input size (long side fitted, padded square). saturation: chroma scale (1.0 = model).
+    size: model input size (long side fitted). saturation: chroma scale (1.0 = model).
+    padding: "square" pads every input to size x size, "tight" only to the model's size multiple
+    (less work for photos that are not square), "auto" (default): tight on a CPU, square on a GPU.
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class Colorizer:
         threads: int | None = None,
         io_threads: tuple[int, int] | None = None,
         io_nice: int | None = None,
+        padding: str = "auto",
     ) -> None:
         if not isinstance(size, int) or not 16 <= size <= 4096:
             raise UsageError(f"size: expected an integer in 16..4096, found {size!r}")
@@ -78,6 +82,8 @@ class Colorizer:
             raise UsageError(f"io_threads: expected (readers >= 1, writers >= 1), found {io_threads!r}")
         if io_nice is not None and not 0 <= io_nice <= 19:
             raise UsageError(f"io_nice: expected 0..19, found {io_nice!r}")
+        if padding not in pipeline.PADDINGS:
+            raise UsageError(f"padding: expected one of {', '.join(pipeline.PADDINGS)}, found {padding!r}")
         self.size = size
         self.batch_size = batch_size
         self.saturation = float(saturation)
@@ -90,6 +96,9 @@ class Colorizer:
                      self.runner.max_batch)
         self.io_threads = io_threads or pipeline.default_io_threads(self.runner.on_gpu)
         self.io_nice = io_nice if io_nice is not None else pipeline.default_io_nice(self.runner.on_gpu)
+        self.padding = pipeline.resolve_padding(padding, self.runner.on_gpu)
+        # fit()'s multiple: None pads square; tight pads to the runner's size multiple (8 for the bundled model).
+        self._multiple = self.runner.size_multiple if self.padding == "tight" else None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -124,15 +133,14 @@ class Colorizer:
         prepared = []
         for image in batch:
             luma, alpha = images.to_luma(image)
-            x, crop = images.fit(luma, self.size)
+            x, crop = images.fit(luma, self.size, multiple=self._multiple)
             prepared.append((luma, alpha, x, crop))
         results: list[np.ndarray] = []
         for i in range(0, len(prepared), self.batch_size):
             chunk = prepared[i : i + self.batch_size]
-            x = np.stack([p[2] for p in chunk])[:, None]
-            uv = self.runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]
-            for j, (luma, alpha, _, (h, w)) in enumerate(chunk):
-                results.append(images.compose(luma, uv[j, :, :h, :w], saturation=self.saturation, alpha=alpha))
+            chroma = infer_chroma(self.runner, [p[2] for p in chunk], [p[3] for p in chunk])
+            for (luma, alpha, _, _), uv in zip(chunk, chroma):
+                results.append(images.compose(luma, uv, saturation=self.saturation, alpha=alpha))
         return results
 
     # ------------------------------------------------------------------ folders
@@ -171,6 +179,7 @@ class Colorizer:
             readers=readers,
             writers=writers,
             io_nice=self.io_nice,
+            multiple=self._multiple,
         )
         log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
         return pipeline.run(

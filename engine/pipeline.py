@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine import contract, images, tree
+from engine import images, tree
 from engine.backends.base import Runner
 from engine.errors import ColorizerError
 from engine.flow import Budget as _Budget
@@ -35,7 +35,7 @@ from engine.flow import Stopping as _Stop
 from engine.flow import get as _get
 from engine.flow import lower_priority
 from engine.flow import put as _put
-from engine.stages import StageTimes, read_photo, write_photo
+from engine.stages import StageTimes, infer_chroma, read_photo, write_photo
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class RunSummary:
 class _Item:
     task: tree.Task
     decoded: images.Decoded
-    model_input: np.ndarray  # uint8 (size, size)
+    model_input: np.ndarray  # uint8 (size, size), or (h, w) padded to the size multiple (Settings.multiple)
     crop: tuple[int, int]
     cost: int  # bytes charged to the in-flight budget
 
@@ -110,6 +110,7 @@ class Settings:
     writers: int = 1
     inflight_bytes: int = 2 << 30  # photos held between decode and write (luma, alpha, composed output)
     io_nice: int = 0  # added to the nice value of reader/writer threads (the API uses 10 with a CPU model)
+    multiple: int | None = None  # None: inputs padded to size x size; else only to a multiple of this (tight)
 
 
 BYTES_PER_PIXEL = 6  # luma + alpha held from decode to write, plus the composed RGB(A) in the writer
@@ -122,6 +123,23 @@ def default_io_threads(on_gpu: bool) -> tuple[int, int]:
         return 1, max(1, min(2, cpus // 2))
     readers = max(1, min(8, cpus // 3))
     return readers, max(1, min(16, cpus - readers - 1))
+
+
+PADDINGS = ("auto", "square", "tight")
+
+
+def resolve_padding(padding: str, on_gpu: bool) -> str:
+    """``"square"`` or ``"tight"`` for ``padding`` in ``PADDINGS``; auto: tight on a CPU, square on a GPU.
+
+    A CPU runs one photo or two per model call, so a 16:9 photo padded only to the size
+    multiple (224x128 at 224 px) costs 57 % of a square input. A GPU wants whole batches of
+    one shape; tight inputs there split a batch into one call per shape.
+    """
+    if padding not in PADDINGS:
+        raise ValueError(f"padding: expected one of {', '.join(PADDINGS)}, found {padding!r}")
+    if padding == "auto":
+        return "square" if on_gpu else "tight"
+    return padding
 
 
 def default_io_nice(on_gpu: bool) -> int:
@@ -198,7 +216,7 @@ def run(
                 if task is _DONE:
                     break
                 try:
-                    decoded, x, crop = read_photo(task.src, s.size, s.max_pixels, times)
+                    decoded, x, crop = read_photo(task.src, s.size, s.max_pixels, times, multiple=s.multiple)
                 except ColorizerError as e:
                     events.put(("failed", task, str(e)))
                     continue
@@ -336,7 +354,6 @@ def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Se
                 stop: threading.Event, drain: Callable[[], None], budget: _Budget, times: StageTimes) -> None:
     """Batch items from the readers, run the model, hand each photo's chroma to the writers."""
     readers_left = s.readers
-    per_call = runner.images_per_call(s.size, s.size) or s.batch_size
     batch: list[_Item] = []
     while readers_left or batch:
         item = None
@@ -354,12 +371,11 @@ def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Se
         elif item is not None:
             batch.append(item)
         starved = budget.starved() and ready.empty()  # the batch cannot grow until writers free memory
+        per_call = (runner.images_per_call(*batch[0].model_input.shape) if batch else None) or s.batch_size
         full = batch_ready(len(batch), batch_size=s.batch_size, per_call=per_call, more_ready=not ready.empty())
         if batch and (full or not readers_left or starved):
             t = times.now()
-            x = np.stack([it.model_input for it in batch])[:, None]
-            uv = runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]
-            crops = [np.ascontiguousarray(uv[i, :, : it.crop[0], : it.crop[1]]) for i, it in enumerate(batch)]
+            crops = infer_chroma(runner, [it.model_input for it in batch], [it.crop for it in batch])
             times.lap("infer", t, photos=len(batch))
             for it, chroma in zip(batch, crops):
                 _put(to_write, (it, chroma), stop)

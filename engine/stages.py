@@ -1,6 +1,7 @@
 """The per-photo work of the folder pipeline, and cheap per-stage timers.
 
-    read_photo:   decode (luma, alpha, EXIF)  ->  resize (fit + pad to the model size)
+    read_photo:   decode (luma, alpha, EXIF)  ->  resize (fit + pad: square, or to the size multiple)
+    infer_chroma: one model call per input shape in a batch, chroma cropped to each photo
     write_photo:  compose (full-resolution chroma)  ->  encode  ->  write (temp file, fsync, rename)
 
 JPEG outputs are encoded straight from planes: Y is the photo's own luma, Cb/Cr
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from engine import images, tree
+from engine import contract, images, tree
+from engine.backends.base import Runner
 
 STAGES = ("decode", "resize", "infer", "compose", "encode", "write")
 
@@ -57,15 +60,37 @@ class StageTimes:
             }
 
 
-def read_photo(path: Path, size: int, max_pixels: int | None,
-               times: StageTimes) -> tuple[images.Decoded, np.ndarray, tuple[int, int]]:
-    """Decode ``path`` and fit its luma to ``size``; raises ``ImageError`` (or anything a broken file raises)."""
+def read_photo(path: Path, size: int, max_pixels: int | None, times: StageTimes, *,
+               multiple: int | None = None) -> tuple[images.Decoded, np.ndarray, tuple[int, int]]:
+    """Decode ``path`` and fit its luma to ``size`` (``images.fit``: square, or padded to ``multiple``).
+
+    Raises ``ImageError`` (or anything a broken file raises).
+    """
     t = times.now()
     decoded = images.read_image(path, max_pixels=max_pixels)
     t = times.lap("decode", t)
-    x, crop = images.fit(decoded.luma, size)
+    x, crop = images.fit(decoded.luma, size, multiple=multiple)
     times.lap("resize", t)
     return decoded, x, crop
+
+
+def infer_chroma(runner: Runner, inputs: Sequence[np.ndarray], crops: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+    """The model's chroma for each fitted input: float32 ``(2, h, w)`` cropped to its content ``(h, w)``.
+
+    Inputs of one shape go through ``runner.infer`` together (in order of first appearance);
+    with tight padding a batch can hold several shapes (landscape, portrait, square).
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(inputs):
+        groups.setdefault(x.shape, []).append(i)
+    out: list[np.ndarray | None] = [None] * len(inputs)
+    for idx in groups.values():
+        x = np.stack([inputs[i] for i in idx])[:, None]
+        uv = runner.infer(x, outputs=(contract.OUTPUT_UV,))[contract.OUTPUT_UV]
+        for j, i in enumerate(idx):
+            h, w = crops[i]
+            out[i] = np.ascontiguousarray(uv[j, :, :h, :w])
+    return out  # type: ignore[return-value]
 
 
 def write_photo(task: tree.Task, decoded: images.Decoded, uv: np.ndarray, *, saturation: float,

@@ -160,6 +160,8 @@ def test_pipeline_json_schema(tiny_onnx, tmp_path):
         assert set(r["stages"]) == {"decode", "resize", "infer", "compose", "encode", "write"}
         assert r["peak_rss_mib"] > 50 and 0 < r["share_of_model_only"] < 10 and r["repeats"] == 2
         assert r["share_of_model_only_min"] <= r["share_of_model_only"] <= r["share_of_model_only_max"]
+        assert r["padding"] == "tight" and r["model_input"] == [24, 32]  # 160x90 at 32 px, padded to 8
+        assert r["square_model_only_images_per_s"] > 0 and 0 < r["share_of_square_model_only"] < 10
     assert all(math.isfinite(x) and x > 0 for x in _numbers({k: r[k] for r in data["runs"] for k in (
         "images_per_s", "model_only_images_per_s", "share_of_model_only", "peak_rss_mib", "seconds")}))
     assert any("peak RSS flat" in c["target"] for c in data["checks"])
@@ -209,3 +211,18 @@ def test_throughput_tensorrt_and_torch_on_cuda(tiny_checkpoint, tiny_onnx, tmp_p
     assert set(rows) == {("torch", 1), ("torch", 4), ("tensorrt", 1), ("tensorrt", 4)}, data.get("skipped")
     for r in rows.values():
         assert r["device"].startswith("cuda") and r["images_per_s"] > 0 and r["speedup_vs_torch"] > 0
+
+
+def test_share_checks_compare_with_both_model_inputs():
+    from benchmarks.pipeline_run import share_checks
+
+    base = {"backend": "onnxruntime", "size": 224, "batch_size": 8, "device": "cpu", "files": 50}
+    square = {**base, "share_of_model_only": 0.93}
+    tight = {**base, "model_input": [128, 224], "share_of_model_only": 0.7, "share_of_square_model_only": 1.2}
+    other = {**base, "size": 512, "share_of_model_only": 0.1}
+    checks = share_checks([square, tight, other], 0.9)
+    assert [(c["target"].split(": ")[1], c["status"]) for c in checks] == [
+        ("colorize-dir >= 90% of model-only at its own input (224x224)", "PASS"),
+        ("colorize-dir >= 90% of model-only at its own input (224x128)", "FAIL"),
+        ("colorize-dir >= 90% of model-only at 224x224 (throughput.py's input)", "PASS"),
+    ]

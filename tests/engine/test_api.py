@@ -246,6 +246,44 @@ def test_pipeline_batches_by_device(tmp_path, gpu):
         assert sizes == [8, 3]
 
 
+def test_tight_padding_runs_smaller_inputs_same_pixels(tmp_path):
+    """Tight inputs (padded to the size multiple) give a per-pixel model the square run's outputs exactly."""
+    from engine import pipeline
+
+    class Recording(PixelRunner):
+        size_multiple = 8
+
+        def infer(self, gray, outputs=None):
+            shapes.add(gray.shape[2:])
+            return super().infer(gray, outputs)
+
+    write_photos(tmp_path / "in", 3, size=(96, 64))  # landscape 3:2
+    write_photos(tmp_path / "in" / "tall", 2, size=(40, 90), seed=5)  # portrait
+    digests = {}
+    for padding, multiple in (("square", None), ("tight", 8)):
+        shapes: set = set()
+        (tmp_path / padding).mkdir()
+        settings = pipeline.Settings(size=64, batch_size=4, multiple=multiple)
+        with Recording() as runner:
+            s = pipeline.run(runner, tmp_path / "in", tmp_path / padding, settings)
+        assert (s.colorized, s.failed) == (5, 0)
+        assert shapes == ({(64, 64)} if multiple is None else {(48, 64), (64, 32)})
+        digests[padding] = {k: v.split()[0] for k, v in tree_digest(tmp_path / padding).items()}  # content only
+    assert digests["tight"] == digests["square"]
+
+
+def test_padding_follows_the_device(tiny_onnx):
+    from engine import pipeline
+
+    assert pipeline.resolve_padding("auto", on_gpu=False) == "tight"
+    assert pipeline.resolve_padding("auto", on_gpu=True) == "square"
+    assert pipeline.resolve_padding("square", on_gpu=False) == "square"
+    with Colorizer(tiny_onnx, backend="ort", size=64) as c:
+        assert c.padding == "tight" and c._multiple == c.runner.size_multiple
+    with pytest.raises(UsageError, match="padding: expected one of auto, square, tight, found 'round'"):
+        Colorizer(tiny_onnx, backend="ort", padding="round")
+
+
 @pytest.mark.parametrize("n,queued,per_call,go", [
     (1, False, 1, True),    # CPU, nothing else ready: run the photo now
     (1, True, 1, False),    # more photos waiting: let the batch fill

@@ -30,7 +30,7 @@ def test_success_first_line_and_summary(tiny_onnx, tmp_path):
     r = cli(tmp_path / "in", tmp_path / "out", "--model", tiny_onnx, "--size", 64)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("backend: ort (CPUExecutionProvider")
+    assert lines[0].startswith("backend: ort (CPUExecutionProvider") and lines[0].endswith(", tight padding")
     assert lines[-1].startswith("5 colorized, 0 skipped, 0 failed") and "img/s" in lines[-1]
     r = cli(tmp_path / "in", tmp_path / "out", "--model", tiny_onnx, "--size", 64)
     assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("0 colorized, 5 skipped, 0 failed")
@@ -74,6 +74,8 @@ def test_usage_errors_exit_2(tiny_onnx, tmp_path):
     (tmp_path / "in").mkdir()
     r = cli(tmp_path / "in", tmp_path / "out", "--shard", "2/2", "--model", tiny_onnx)
     assert r.returncode == 2 and "--shard: expected 0 <= I < N, found 2/2" in r.stderr
+    r = cli(tmp_path / "in", tmp_path / "out", "--padding", "tight", "--ray")
+    assert r.returncode == 2 and "--padding tight: not with --ray" in r.stderr
     r = cli(tmp_path / "missing", tmp_path / "out")
     assert r.returncode == 2 and "input folder: expected a directory" in r.stderr
     r = cli(tmp_path / "in", tmp_path / "out", "--model", tmp_path / "m.xyz")

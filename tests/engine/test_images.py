@@ -154,6 +154,25 @@ def test_fit_pads_to_square(shape):
     assert abs(h / w - shape[0] / shape[1]) < 0.1 * max(1, shape[0] / shape[1]) or min(h, w) <= 2
 
 
+@pytest.mark.parametrize("shape", [(45, 67), (67, 45), (256, 256), (1, 300), (300, 1), (1080, 1920), (2000, 30)])
+def test_fit_tight_pads_only_to_the_multiple(shape):
+    luma = pattern(*shape, 0, 1)[..., 0]
+    square, crop = images.fit(luma, 64)
+    x, (h, w) = images.fit(luma, 64, multiple=8)
+    assert (h, w) == crop and x.dtype == np.uint8
+    assert x.shape == (-(-h // 8) * 8, -(-w // 8) * 8) and max(x.shape) == 64
+    assert np.array_equal(x[:h, :w], square[:h, :w])  # same content, less padding
+    if 1 < h < x.shape[0]:
+        assert np.array_equal(x[h], x[h - 2])  # reflected, as the square pad
+    assert images.fit(luma, 64, multiple=1)[0].shape == (h, w)
+
+
+def test_fit_rejects_a_bad_multiple():
+    for bad in (0, -8, 2.5, True):
+        with pytest.raises(ValueError, match="multiple: expected an integer >= 1"):
+            images.fit(np.zeros((10, 20), np.uint8), 64, multiple=bad)
+
+
 @pytest.mark.parametrize("shape,out", [((1080, 1920), (126, 224)), ((500, 400), (250, 200)), ((672, 300), (224, 100)),
                                        ((301, 257), (37, 255)), ((7, 900), (1, 224)), ((900, 7), (224, 1)), ((9, 9), (9, 9))])
 def test_area_downscale_matches_cv2_inter_area(shape, out):

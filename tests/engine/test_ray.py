@@ -48,7 +48,7 @@ def runs(ray_local, tiny_onnx, tmp_path_factory):
     good = write_photos(src, 6)
     write_kinds(src / "kinds")
     bad = _bad_files(src, good[0])
-    with Colorizer(tiny_onnx, size=SIZE) as c:
+    with Colorizer(tiny_onnx, size=SIZE, padding="square") as c:  # Ray batches are square
         local = c.colorize_dir(src, root / "local")
     with RayColorizer(tiny_onnx, size=SIZE, batch_size=4, num_workers=2, cpus_per_worker=0.5) as rc:
         assert rc.describe().startswith("ray ") and "2 workers" in rc.describe()
@@ -133,7 +133,7 @@ def test_colorize_dataset_matches_colorize(ray_local, tiny_onnx):
     ds = ray_local.data.from_items([{"image": a, "id": i} for i, a in enumerate(images)])
     rows = sorted(colorize_dataset(ds, model=tiny_onnx, size=SIZE, batch_size=4, num_workers=1).take_all(),
                   key=lambda r: r["id"])
-    with Colorizer(tiny_onnx, size=SIZE) as c:
+    with Colorizer(tiny_onnx, size=SIZE, padding="square") as c:  # Ray batches are square
         for row, image in zip(rows[:-1], images[:-1]):
             assert row["colorize_error"] == ""
             want = c.colorize(image)
