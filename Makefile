@@ -26,16 +26,20 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu
 
-# Model-only images/s of every backend (TensorRT is listed as skipped without a GPU), then colorize-dir end to
-# end on 50 and 500 generated 1080p JPEGs, then the chart and the README's two tables (between their markers).
-# About 8 minutes on 2 cores (2026-11-26); results in benchmarks/results/.
+# Model-only images/s of every backend (TensorRT is listed as skipped without a GPU), the 224 px batch 8 targets
+# again with every process on transparent huge pages (PyTorch's speed depends on them: notes/huge-pages.md),
+# then colorize-dir end to end on 50 and 500 generated 1080p JPEGs, then the chart and the README's three
+# tables (between their markers). About 9 minutes on 2 cores (2026-11-26); results in benchmarks/results/.
 BENCH_BACKENDS ?= torch,torch-nchw,onnxruntime,onnxruntime-int8,tensorrt
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --backends $(BENCH_BACKENDS) --sizes 224,512 --batch-sizes 1,8 --rounds 5 \
 	    --json benchmarks/results/throughput.json --markdown benchmarks/results/throughput.md
+	$(PY) benchmarks/throughput.py --backends torch,onnxruntime,onnxruntime-int8 --sizes 224 --batch-sizes 8 --rounds 5 \
+	    --huge-pages --json benchmarks/results/throughput-hugepages.json
 	$(PY) benchmarks/pipeline.py --backends onnxruntime,onnxruntime-int8 --sizes 224 --batch-sizes 8 --files 50,500 \
 	    --json benchmarks/results/pipeline.json --markdown benchmarks/results/pipeline.md
 	$(PY) benchmarks/plot.py benchmarks/results/throughput.json --png benchmarks/results/throughput.png --readme README.md
+	$(PY) benchmarks/plot.py benchmarks/results/throughput-hugepages.json --readme README.md --block throughput-hugepages
 	$(PY) benchmarks/plot.py benchmarks/results/pipeline.json --readme README.md
 
 clean:

@@ -242,8 +242,53 @@ def machine_info() -> dict[str, Any]:
         "load_average": load,
         "os": f"{platform.system()} {platform.release()}",
         "versions": versions,
+        "memory": memory_setup(),
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# Environment variables that change how a process gets its memory, recorded with every result. PyTorch eager
+# on the 2-core VM ran 10-11 images/s with 4 KiB pages and 12.5-14.3 with transparent huge pages
+# (notes/huge-pages.md): the baseline's speed depends on them, so results say which were set.
+MEMORY_ENV = ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
+              "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
+# --huge-pages: glibc's malloc asks for transparent huge pages (madvise) for its heaps and large blocks
+# (ONNX Runtime's arena, numpy), and PyTorch's CPU allocator does for its own large tensors.
+HUGE_PAGES_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "THP_MEM_ALLOC_ENABLE": "1"}
+
+
+def memory_setup() -> dict[str, Any]:
+    """The kernel's transparent-huge-page mode (``always``/``madvise``/``never``) and the ``MEMORY_ENV`` set here."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+        thp = next((w.strip("[]") for w in text.split() if w.startswith("[")), None)
+    except OSError:
+        thp = None
+    return {"transparent_hugepage": thp, "env": {k: os.environ[k] for k in MEMORY_ENV if k in os.environ}}
+
+
+def ask_for_huge_pages() -> None:
+    """Set ``HUGE_PAGES_ENV`` in this process's environment, for the processes it starts (not for itself:
+    glibc reads its tunables at start-up). Keeps other glibc tunables already set."""
+    for key, value in HUGE_PAGES_ENV.items():
+        old = os.environ.get(key)
+        if key == "GLIBC_TUNABLES" and old:
+            value = old if value in old.split(":") else f"{old}:{value}"
+        os.environ[key] = value
+
+
+def process_memory() -> dict[str, float]:
+    """This process's RSS and the part of it in transparent huge pages, MiB (Linux; empty elsewhere)."""
+    out: dict[str, float] = {}
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "AnonHugePages"):
+                    out["rss_mib" if key == "Rss" else "anon_huge_mib"] = round(int(rest.split()[0]) / 1024, 1)
+    except (OSError, ValueError):
+        return {}
+    return out
 
 
 def spread(values: list[float]) -> dict[str, float]:

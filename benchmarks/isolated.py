@@ -1,16 +1,16 @@
 """One benchmark backend per child process, driven round by round from the parent.
 
 Why: in one process the backends share an allocator and its state. PyTorch eager on
-the project's 2-core VM runs at about 10.5-11 or 13.2-14.5 images/s depending on the
-process's memory layout, and ONNX Runtime's own allocations (its arena on or off)
-tipped a shared process into one mode or the other: the speed-up then measured the
-neighbour, not the backend (notes/benchmarks-readme.md, fifth session). A child per
+the project's 2-core VM runs at about 10-11.5 images/s with 4 KiB pages and 12-14.5 on
+transparent huge pages (notes/huge-pages.md), and ONNX Runtime's own allocations (its
+arena on or off) tipped a shared process into one mode or the other: the speed-up then
+measured the neighbour, not the backend (notes/benchmarks-readme.md, fifth session). A child per
 backend keeps each one in its own process, as users run them; the parent still
 interleaves the rounds, so load from elsewhere hits every backend alike.
 
 Protocol over a ``multiprocessing`` pipe (spawn context: no inherited threads or CUDA
 state): the child opens its contender and answers ``("ok", (skipped, info))``, then
-serves ``calibrate`` and ``round`` requests until ``close``. Errors come back as
+serves ``calibrate``, ``round`` and ``memory`` requests until ``close``. Errors come back as
 ``("error", message)`` and are raised in the parent as ``BenchmarkError``.
 """
 
@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BackendSpec, BenchmarkError
+from benchmarks.common import BackendSpec, BenchmarkError, process_memory
 from engine.errors import ColorizerError
 
 
@@ -47,6 +47,10 @@ class Worker:
     def timed_round(self, size: int, batch: int, seed: int, calls: int) -> float:
         """Seconds the child took for ``calls`` inferences (timed inside the child)."""
         return self._ask(("round", size, batch, seed, calls))
+
+    def memory(self) -> dict[str, float]:
+        """The child's RSS and transparent huge pages, MiB (``common.process_memory``)."""
+        return self._ask(("memory", 0, 0, 0, None))
 
     def close(self) -> None:
         if self._proc.is_alive():
@@ -98,7 +102,9 @@ def _serve(conn: Connection, spec: BackendSpec, model: Path, device: str, thread
                 return
             kind, size, batch, seed, arg = message
             try:
-                if kind == "calibrate":
+                if kind == "memory":
+                    value = process_memory()
+                elif kind == "calibrate":
                     value = c.calibrate(size, batch, seed, *arg)
                 else:
                     value = c.timed_round(size, batch, seed, arg)

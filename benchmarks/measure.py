@@ -185,6 +185,8 @@ def results_for(contenders: list[Contender], size: int, batch: int,
             row.update(_speedup("speedup_vs_torch_nchw", rates, nchw_rates))
         if c.info.get("precision_info"):
             row["export_quality"] = c.info["precision_info"]
+        if c.info.get("memory"):
+            row["process_memory_mib"] = c.info["memory"]  # RSS and huge pages of the process that ran it
         rows.append(row)
     return rows
 
@@ -256,6 +258,9 @@ def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int],
         for size in sizes:
             for batch in batches:
                 measured = measure_config(contenders, size, batch, rounds=rounds, round_seconds=round_seconds)
+                for c in contenders:
+                    if c.worker is not None:
+                        c.info["memory"] = c.worker.memory()
                 rows += results_for(contenders, size, batch, measured)
     finally:
         close_all(contenders)

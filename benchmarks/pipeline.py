@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: physical cores)")
     p.add_argument("--io-threads", type=int, nargs=2, default=None, metavar=("READERS", "WRITERS"))
     p.add_argument("--io-nice", type=int, default=None, help="nice increment of decode/encode threads (default: engine's)")
+    p.add_argument("--huge-pages", action="store_true",
+                   help="the runs' processes ask for transparent huge pages (as throughput.py --huge-pages)")
     p.add_argument("--model-seconds", type=float, default=4.0, help="model-only time before and after each run")
     p.add_argument("--repeats", type=int, default=1, help="folder runs per process, each between model-only phases")
     p.add_argument("--cache-dir", type=Path, default=None, help="exports and generated photos (default ~/.cache)")
@@ -96,6 +98,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     cache = args.cache_dir or common.default_cache_dir()
     models = {s.name: checkpoint if s.artifact == "checkpoint" else common.onnx_for(checkpoint, s.precision, cache, onnx)
               for s in specs}
+    if args.huge_pages:
+        common.ask_for_huge_pages()  # inherited by each run's process
     machine = common.machine_info()
     runs = []
     for count in counts:

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BenchmarkError
+from benchmarks.common import BenchmarkError, process_memory
 
 MIB = 2**20
 
@@ -168,6 +168,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "stages": stages,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "pipeline_rss_mib": rss,
+        "process_memory_mib": process_memory(),  # at the end: RSS and transparent huge pages
     }
 
 

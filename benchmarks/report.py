@@ -60,7 +60,17 @@ def machine_line(m: dict[str, Any]) -> str:
     libs = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorrt") if k in v)
     load = m.get("load_average")
     load_txt = f"; load average {load[0]:.1f} at the start" if load else ""
-    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {gpu}; {libs}{load_txt}"
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {gpu}; {libs}{load_txt}{memory_text(m)}"
+
+
+def memory_text(m: dict[str, Any]) -> str:
+    """``; THP madvise, GLIBC_TUNABLES=...`` from ``machine["memory"]`` (empty for results that lack it)."""
+    mem = m.get("memory")
+    if not mem:
+        return ""
+    env = ", ".join(f"{k}={v}" for k, v in mem.get("env", {}).items())
+    return (f"; transparent huge pages: {mem.get('transparent_hugepage') or '?'}"
+            + (f", {env}" if env else ", no memory variables set"))
 
 
 def throughput_markdown(data: dict[str, Any]) -> str:

@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default: physical cores)")
     p.add_argument("--whole-batches", action="store_true",
                    help="no CPU micro-batching: each batch in one call (engine default: 65,536 pixels per call)")
+    p.add_argument("--huge-pages", action="store_true",
+                   help="every backend's process asks for transparent huge pages (GLIBC_TUNABLES="
+                        "glibc.malloc.hugetlb=1, THP_MEM_ALLOC_ENABLE=1); PyTorch eager gains most (notes/huge-pages.md)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per configuration")
     p.add_argument("--round-seconds", type=float, default=1.0, help="time per backend per round (at least one call)")
     p.add_argument("--cache-dir", type=Path, default=None, help=f"exports cache (default {common.default_cache_dir()})")
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             s.artifact == "onnx" and s.precision not in onnx for s in specs) or any(
             s.artifact == "plan" and "fp32" not in onnx for s in specs)
         checkpoint = common.check_model(args.model) if needs_checkpoint or args.model else None
+        if args.huge_pages:
+            common.ask_for_huge_pages()  # before the backends' processes start
         machine = common.machine_info()
         rows, skipped = measure.run_throughput(
             checkpoint, specs, sizes, batches, device=args.device, rounds=args.rounds,
@@ -85,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         speed = f"  {r['speedup_vs_torch']:.2f}x torch" if r.get("speedup_vs_torch") is not None else ""
         if r.get("speedup_vs_torch_nchw") is not None:
             speed += f"  {r['speedup_vs_torch_nchw']:.2f}x torch-nchw"
+        huge = r.get("process_memory_mib", {}).get("anon_huge_mib")
+        huge_txt = f", {huge:.0f} MiB in huge pages" if huge else ""
         print(f"{r['backend']:18s} {r['device']:7s} {r['size']:5d}px batch {r['batch_size']:3d}: "
-              f"{r['images_per_s']:8.2f} img/s ({r['images_per_s_min']:.2f}-{r['images_per_s_max']:.2f}){speed}")
+              f"{r['images_per_s']:8.2f} img/s ({r['images_per_s_min']:.2f}-{r['images_per_s_max']:.2f})"
+              f"{speed}{huge_txt}")
     for s in skipped:
         print(f"{s['backend']:18s} skipped: {s['reason']}")
     for line in report.check_lines(data["checks"]):

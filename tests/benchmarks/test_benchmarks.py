@@ -74,6 +74,8 @@ def test_throughput_json_schema(throughput_json, capsys):
             assert nchw_row["precision"] == "fp32" and nchw_row["engine_backend"] == "torch"
             # one round: torch vs nchw is the inverse of nchw vs torch (up to rounding to 3 decimals)
             assert torch_row["speedup_vs_torch_nchw"] * nchw_row["speedup_vs_torch"] == pytest.approx(1, rel=0.01)
+    assert all(r["process_memory_mib"]["rss_mib"] > 20 for r in rows)  # each backend's own process, Linux
+    assert set(data["machine"]["memory"]) == {"transparent_hugepage", "env"}
     int8 = next(r for r in rows if r["backend"] == "onnxruntime-int8")
     assert int8["precision"] == "int8" and int8["export_quality"]["psnr_db"] >= int8["export_quality"]["psnr_floor_db"]
     if not data["machine"]["gpu"]:  # TensorRT cannot run here: listed as skipped, with the reason
@@ -226,3 +228,22 @@ def test_share_checks_compare_with_both_model_inputs():
         ("colorize-dir >= 90% of model-only at its own input (224x128)", "FAIL"),
         ("colorize-dir >= 90% of model-only at 224x224 (throughput.py's input)", "PASS"),
     ]
+
+
+def test_huge_pages_are_asked_for_in_the_environment(monkeypatch):
+    from benchmarks import common
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert common.memory_setup()["env"]["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    common.ask_for_huge_pages()
+    common.ask_for_huge_pages()  # idempotent
+    env = common.memory_setup()["env"]
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert env["THP_MEM_ALLOC_ENABLE"] == "1"
+    from benchmarks.report import memory_text
+
+    assert memory_text({"memory": common.memory_setup()}).endswith(
+        "GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1, THP_MEM_ALLOC_ENABLE=1")
+    mem = common.process_memory()
+    assert mem["rss_mib"] > 20 and mem["anon_huge_mib"] >= 0

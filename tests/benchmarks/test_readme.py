@@ -107,7 +107,7 @@ def test_model_shown_as_recorded():
     assert "Model: fp32 `models/colorizer.onnx`, int8 `/x/q.onnx`; 3 rounds" in text
 
 
-@pytest.mark.parametrize("name", ["throughput", "pipeline"])
+@pytest.mark.parametrize("name", ["throughput", "throughput-hugepages", "pipeline"])
 def test_committed_readme_tables_are_the_committed_results(name):
     """`make bench` rewrites both together; a hand edit of either shows here."""
     root = readme.Path(readme.__file__).resolve().parents[1]
