@@ -89,8 +89,9 @@ class Runner(ABC):
         if n <= step:
             out = self._infer(gray, wanted)
         else:
-            parts = [check_output(self._infer(gray[i : i + step], wanted), gray[i : i + step].shape, self.name, wanted)
-                     for i in range(0, n, step)]
+            chunks = [gray[i : i + step] for i in range(0, n, step)]
+            parts = [check_output(part, chunk.shape, self.name, wanted)
+                     for part, chunk in zip(self._infer_chunks(chunks, wanted), chunks)]
             out = {k: np.concatenate([part[k] for part in parts]) for k in wanted}
         if pad_h or pad_w:
             out = check_output(out, gray.shape, self.name, wanted)
@@ -112,6 +113,10 @@ class Runner(ABC):
 
     @abstractmethod
     def _infer(self, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]: ...
+
+    def _infer_chunks(self, chunks: list[np.ndarray], outputs: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+        """The calls of one CPU batch, results in order; one after another here (ONNX Runtime runs them side by side)."""
+        return [self._infer(chunk, outputs) for chunk in chunks]
 
     def describe(self) -> str:
         """One line: backend, what really runs (provider / device), model file."""

@@ -13,12 +13,21 @@ reuses them: without it every activation went through malloc, 512 px maps (33 MB
 and faulted in on every call (model-only 2.81 -> 3.41 img/s FP32, 3.97 -> 5.47 INT8 with the
 arena) and glibc's heap kept up to ~600 MB more over a 500-photo 224 px run (peak RSS 794-813
 vs 229-231 MiB). The prototype's 4.45 GiB with the arena was whole batches of 8 at 512 px.
+
+Streams (CPU): the calls of one batch run side by side on ``streams`` extra sessions of one
+thread each (default: one per inference thread), so the cores never meet at a barrier between
+operators; a batch of one call runs on the main session with all the threads. Idle ONNX
+Runtime threads sleep rather than spin (the pipeline's reader and writer threads need the
+cores), and waking them for every operator cost INT8 7-12 % (FP32 3-5 %) at 224 px; spinning
+won that back in model-only loops but takes the cores from decode and encode
+(notes/ort-streams.md).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +79,11 @@ class OrtRunner(Runner):
         size: int | None = None,
         batch_size: int | None = None,
         use_tensorrt_ep: bool = True,
+        streams: int | None = None,
     ) -> None:
         super().__init__()
+        if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
+            raise BackendError(f"ort backend: streams: expected an integer >= 1, found {streams!r}")
         self.model = Path(model)
         self.device = device
         self.threads = threads
@@ -83,6 +95,9 @@ class OrtRunner(Runner):
         self.meta: dict[str, Any] = {}
         self._errors: tuple[type[BaseException], ...] = ()
         self._threads = 0
+        self.streams = streams
+        self._stream_sessions: list[Any] = []  # CPU: one-thread sessions for the calls of a batch
+        self._pool: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def _activate(self) -> None:
@@ -96,20 +111,8 @@ class OrtRunner(Runner):
         available = list(ort.get_available_providers())
         providers = self._providers(kind, index, available)
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.enable_cpu_mem_arena = True  # see the module docstring
         self._threads = int(self.threads or physical_cores())
-        so.intra_op_num_threads = self._threads
-        so.inter_op_num_threads = 1
-        # Reader/writer threads share the cores: idle ORT threads must sleep, not spin.
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(self.model), sess_options=so, providers=providers)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types (not RuntimeError)
-            raise BackendError(f"{self.model}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from e
+        self.session = self._session(ort, providers, self._threads)
         self.providers = list(self.session.get_providers())
         self._errors = _ort_errors()
         self._check_io()
@@ -120,6 +123,26 @@ class OrtRunner(Runner):
             )
         if kind != "cuda" and self.device is None and any(p in GPU_EPS for p in available) and self.providers[0] == CPU_EP:
             log.warning("ort: a GPU provider is installed but the session fell back to the CPU (%s)", self.providers)
+        streams = self.streams if self.streams is not None else self._threads
+        if self.providers[0] == CPU_EP and streams > 1:
+            per = max(1, self._threads // streams)
+            self._stream_sessions = [self._session(ort, [CPU_EP], per) for _ in range(streams)]
+            self._pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="ort-stream")
+
+    def _session(self, ort: Any, providers: list[Any], threads: int) -> Any:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.enable_cpu_mem_arena = True  # see the module docstring
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        # Reader/writer threads share the cores: idle ORT threads must sleep, not spin.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.log_severity_level = 3
+        try:
+            return ort.InferenceSession(str(self.model), sess_options=so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types (not RuntimeError)
+            raise BackendError(f"{self.model}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from e
 
     def _providers(self, kind: str, index: int, available: list[str]) -> list[Any]:
         if kind == "cpu" and self.device is not None:
@@ -166,12 +189,31 @@ class OrtRunner(Runner):
                 raise BackendError(f"{self.model}: output {name!r}: expected {typ}, found {found}")
 
     def _deactivate(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._pool = None
+        self._stream_sessions = []
         self.session = None
 
     # ------------------------------------------------------------------ inference
     def _infer(self, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+        return self._run(self.session, gray, outputs)
+
+    def _infer_chunks(self, chunks: list[np.ndarray], outputs: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
+        """Stream k runs chunks k, k + streams, ... on its one-thread session; results in the chunks' order."""
+        if self._pool is None or len(chunks) < 2:
+            return super()._infer_chunks(chunks, outputs)
+        k = len(self._stream_sessions)
+
+        def work(j: int) -> list[dict[str, np.ndarray]]:
+            return [self._run(self._stream_sessions[j], c, outputs) for c in chunks[j::k]]
+
+        done = [f.result() for f in [self._pool.submit(work, j) for j in range(min(k, len(chunks)))]]
+        return [done[i % k][i // k] for i in range(len(chunks))]
+
+    def _run(self, session: Any, gray: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
         try:
-            results = self.session.run(list(outputs), {contract.INPUT_NAME: gray})
+            results = session.run(list(outputs), {contract.INPUT_NAME: gray})
         except self._errors as e:
             raise BackendError(f"ort: inference failed on a batch {gray.shape} ({type(e).__name__}: {e})") from e
         return dict(zip(outputs, results))
@@ -187,6 +229,8 @@ class OrtRunner(Runner):
             dev = f" cuda:{parse_device(self.device)[1]}"
         elif main == CPU_EP:
             dev = f", {self._threads} threads"
+            if self._stream_sessions:
+                dev += f", {len(self._stream_sessions)} streams"
         return f"ort ({main}{dev}) {self.model}"
 
 

@@ -15,6 +15,7 @@ from PIL import Image
 from engine import backends, contract
 from engine.backends import base, open_runner, resolve_model
 from engine.backends.base import BackendError
+from engine.backends.ort import OrtRunner
 from engine.errors import ArtifactError, BackendUnavailable
 from tests.engine.corpus import pattern
 
@@ -48,6 +49,35 @@ def test_ort_cpu_session_settings(tiny_onnx):
         assert r.providers == ["CPUExecutionProvider"]
         opts = r.session.get_session_options()
         assert opts.intra_op_num_threads == 1 and opts.enable_cpu_mem_arena is True
+
+
+def test_ort_streams_run_a_batchs_calls_side_by_side(tiny_onnx):
+    """Two one-thread sessions take the calls of a batch in turn; same outputs, same order as one session."""
+    gray = gray_batch(5, 48) + np.arange(5, dtype=np.uint8)[:, None, None, None] * 20  # five different images
+    with OrtRunner(tiny_onnx, device="cpu", threads=2, streams=1) as one:
+        one.cpu_pixels_per_call = 48 * 48  # one image per call
+        want = one.infer(gray)
+        assert one._pool is None and "streams" not in one.describe()
+    r = OrtRunner(tiny_onnx, device="cpu", threads=2).activate()  # streams default to the threads
+    try:
+        r.cpu_pixels_per_call = 48 * 48
+        assert len(r._stream_sessions) == 2 and r.describe().endswith(f", 2 threads, 2 streams) {tiny_onnx}")
+        assert [s.get_session_options().intra_op_num_threads for s in r._stream_sessions] == [1, 1]
+        used = []
+        for k, s in enumerate(r._stream_sessions):
+            s.run = (lambda run, k: lambda *a, **kw: used.append(k) or run(*a, **kw))(s.run, k)
+        got = r.infer(gray)
+        assert sorted(used) == [0, 0, 0, 1, 1]  # chunks 0, 2, 4 on stream 0; 1, 3 on stream 1
+        for name in ("rgb", "uv"):
+            np.testing.assert_array_equal(got[name], want[name])
+        used.clear()
+        r.infer(gray[:1])  # one call: the main session, both threads
+        assert used == []
+    finally:
+        r.deactivate()
+    assert r._pool is None and r._stream_sessions == []
+    with pytest.raises(BackendError, match="streams: expected an integer >= 1, found 0"):
+        OrtRunner(tiny_onnx, streams=0)
 
 
 def test_ort_without_gpu_provider_refuses_cuda_device(tiny_onnx):
