@@ -91,6 +91,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """One benchmark run in this process (see the module docstring). ``cfg`` comes from ``run_config``."""
     from engine import images
     from engine.api import Colorizer
+    from engine.contract import round_up
 
     io_threads = tuple(cfg["io_threads"]) if cfg.get("io_threads") else None
     repeats = max(1, int(cfg.get("repeats", 1)))
@@ -105,7 +106,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
                        io_nice=cfg.get("io_nice"), padding=cfg.get("padding", "auto")) as c:
             multiple = c.runner.size_multiple if c.padding == "tight" else None
             _, shape = images.fitted_shape(*cfg["photo_shape"], size, multiple=multiple)
-            shape = tuple(-(-d // c.runner.size_multiple) * c.runner.size_multiple for d in shape)  # as the runner pads
+            shape = tuple(round_up(d, c.runner.size_multiple) for d in shape)  # as the runner pads
 
             def model_only(warmup: int) -> None:
                 if shape != (size, size):
