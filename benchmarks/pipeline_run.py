@@ -3,7 +3,7 @@
 A run (``worker``) opens ``engine.api.Colorizer`` (the code the CLI runs), then:
 
 1. model only: ``runner.infer`` on natural-looking batches of the batch size and the
-   input shape colorize-dir gives the model for these photos (``images.fitted_shape``:
+   input shape colorize-dir gives the model for these photos (``Colorizer.input_shape``:
    224x128 for 1080p at 224 px with tight padding), for about ``model_seconds`` after a
    warm-up; with tight padding also at ``size x size``, throughput.py's input;
 2. ``Colorizer.colorize_dir(folder, temp output, overwrite=True)`` over the generated
@@ -89,9 +89,7 @@ def _model_only(runner: Any, batch: int, shape: tuple[int, int], seconds: float,
 
 def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """One benchmark run in this process (see the module docstring). ``cfg`` comes from ``run_config``."""
-    from engine import images
     from engine.api import Colorizer
-    from engine.contract import round_up
 
     io_threads = tuple(cfg["io_threads"]) if cfg.get("io_threads") else None
     repeats = max(1, int(cfg.get("repeats", 1)))
@@ -104,9 +102,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         with Colorizer(cfg["model"], backend=cfg["engine_backend"], size=size, batch_size=batch,
                        device=cfg["device"], threads=cfg.get("threads"), io_threads=io_threads,
                        io_nice=cfg.get("io_nice"), padding=cfg.get("padding", "auto")) as c:
-            multiple = c.runner.size_multiple if c.padding == "tight" else None
-            _, shape = images.fitted_shape(*cfg["photo_shape"], size, multiple=multiple)
-            shape = tuple(round_up(d, c.runner.size_multiple) for d in shape)  # as the runner pads
+            shape = c.input_shape(*cfg["photo_shape"])
 
             def model_only(warmup: int) -> None:
                 if shape != (size, size):

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine import images, pipeline, tree
+from engine import contract, images, pipeline, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
 from engine.pipeline import Progress, RunSummary
@@ -99,6 +99,12 @@ class Colorizer:
         self.padding = pipeline.resolve_padding(padding, self.runner.on_gpu)
         # fit()'s multiple: None pads square; tight pads to the runner's size multiple (8 for the bundled model).
         self._multiple = self.runner.size_multiple if self.padding == "tight" else None
+
+    def input_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The model input ``(H, W)`` that a ``height x width`` photo runs at (fit, padding, the runner's multiple)."""
+        _, (h, w) = images.fitted_shape(height, width, self.size, multiple=self._multiple)
+        m = self.runner.size_multiple
+        return contract.round_up(h, m), contract.round_up(w, m)
 
     # ------------------------------------------------------------------ lifecycle
     @property

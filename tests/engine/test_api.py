@@ -280,6 +280,10 @@ def test_padding_follows_the_device(tiny_onnx):
     assert pipeline.resolve_padding("square", on_gpu=False) == "square"
     with Colorizer(tiny_onnx, backend="ort", size=64) as c:
         assert c.padding == "tight" and c._multiple == c.runner.size_multiple
+        m = c.runner.size_multiple
+        assert c.input_shape(1080, 1920) == (-(-36 // m) * m, 64) and c.input_shape(50, 50) == (64, 64)
+    with Colorizer(tiny_onnx, backend="ort", size=64, padding="square") as c:
+        assert c.input_shape(1080, 1920) == (64, 64)
     with pytest.raises(UsageError, match="padding: expected one of auto, square, tight, found 'round'"):
         Colorizer(tiny_onnx, backend="ort", padding="round")
 
