@@ -272,6 +272,15 @@ def test_tight_padding_runs_smaller_inputs_same_pixels(tmp_path):
     assert digests["tight"] == digests["square"]
 
 
+def test_default_io_threads(monkeypatch):
+    from engine import pipeline
+
+    for cpus, cpu_side, gpu_side in ((1, (1, 1), (1, 1)), (2, (1, 2), (1, 1)), (16, (1, 2), (5, 10))):
+        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert pipeline.default_io_threads(on_gpu=False) == cpu_side
+        assert pipeline.default_io_threads(on_gpu=True) == gpu_side
+
+
 def test_padding_follows_the_device(tiny_onnx):
     from engine import pipeline
 
