@@ -120,16 +120,12 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
     for summary, _ in runs:
         if summary.failed or summary.colorized != cfg["files"]:
             raise BenchmarkError(f"colorize-dir: {summary.line()}; first failures: {summary.failures[:3]}")
-    rates = [p["images"] / p["seconds"] for p in phases]
-    # Each folder run is compared with the model-only phases just before and after it (same machine load).
-    shares = [summary.images_per_second / ((rates[i] + rates[i + 1]) / 2) for i, (summary, _) in enumerate(runs)]
+    model_ips, rates = _rates(phases)
+    square_ips, square_rates = _rates(square or phases)
+    shares = [_share(summary.images_per_second, rates, i) for i, (summary, _) in enumerate(runs)]
     order = sorted(range(len(runs)), key=lambda i: shares[i])
     median = order[len(order) // 2]
     summary, rss = runs[median]  # the median run's numbers
-    model_ips = sum(p["images"] for p in phases) / sum(p["seconds"] for p in phases)
-    square_phases = square or phases
-    square_ips = sum(p["images"] for p in square_phases) / sum(p["seconds"] for p in square_phases)
-    square_rates = [p["images"] / p["seconds"] for p in square_phases]
     stages = {
         name: {
             "ms_per_photo": 1000 * st["seconds"] / max(1, st["photos"]),
@@ -160,13 +156,23 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "share_of_model_only_min": min(shares),
         "share_of_model_only_max": max(shares),
         "square_model_only_images_per_s": square_ips,
-        "share_of_square_model_only": summary.images_per_second
-        / ((square_rates[median] + square_rates[median + 1]) / 2),
+        "share_of_square_model_only": _share(summary.images_per_second, square_rates, median),
         "stages": stages,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "pipeline_rss_mib": rss,
         "process_memory_mib": process_memory(),  # at the end: RSS and transparent huge pages
     }
+
+
+def _rates(phases: list[dict[str, float]]) -> tuple[float, list[float]]:
+    """Model-only images/s over all ``phases`` together, and per phase."""
+    total = sum(p["images"] for p in phases) / sum(p["seconds"] for p in phases)
+    return total, [p["images"] / p["seconds"] for p in phases]
+
+
+def _share(images_per_s: float, rates: list[float], i: int) -> float:
+    """Folder run ``i`` over the model-only phases just before and after it (same machine load)."""
+    return images_per_s / ((rates[i] + rates[i + 1]) / 2)
 
 
 def run_config(cfg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
