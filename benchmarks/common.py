@@ -159,6 +159,33 @@ def onnx_for(checkpoint: Path, precision: str, cache_dir: Path, overrides: dict[
     return out
 
 
+def artifact_for(spec: BackendSpec, checkpoint: Path | None, cache_dir: Path, onnx: dict[str, Path],
+                 sizes: list[int], batches: list[int]) -> Path:
+    """What ``spec`` runs: the checkpoint, its ONNX export, or a TensorRT engine built from the FP32 export.
+
+    Raises ``ColorizerError`` (``BackendUnavailable`` for a missing GPU stack) saying why it cannot.
+    """
+    if spec.artifact == "checkpoint":
+        if checkpoint is None:
+            raise BenchmarkError(f"{spec.name}: needs the training checkpoint (--model)")
+        return checkpoint
+    if spec.artifact == "onnx":
+        return onnx_for(checkpoint, spec.precision, cache_dir, onnx)
+    require_tensorrt()
+    return plan_for(onnx_for(checkpoint, "fp32", cache_dir, onnx), sizes, batches)
+
+
+def require_tensorrt() -> None:
+    """TensorRT needs a CUDA device and the tensorrt package; checked without importing tensorrt first."""
+    from engine.backends.trt import trt_available
+
+    if not trt_available():
+        from export.trt_build import require_gpu_stack
+
+        require_gpu_stack()  # raises BackendUnavailable with what is missing
+        raise BenchmarkError("tensorrt: TensorRT or cuda-python cannot be imported here")
+
+
 def plan_for(onnx_fp32: Path, sizes: list[int], batches: list[int]) -> Path:
     """A TensorRT FP16 engine of ``onnx_fp32`` whose profile covers the sizes and batch sizes (cached)."""
     from export.trt_build import build_engine

@@ -227,7 +227,7 @@ def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int],
                    cache_dir: Path, onnx: dict[str, Path] | None = None,
                    whole_batches: bool = False) -> tuple[list[dict], list[dict]]:
     """Measure every backend at every (size, batch); returns (results rows, skipped backends with reasons)."""
-    from benchmarks.common import artifact_precision_info, onnx_for, plan_for
+    from benchmarks.common import artifact_for, artifact_precision_info
 
     if rounds < 1 or not round_seconds > 0:
         raise BenchmarkError(f"--rounds: expected >= 1 (and round seconds > 0), found {rounds}, {round_seconds}")
@@ -236,13 +236,7 @@ def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int],
         for spec in specs:
             dev = "cuda:0" if spec.engine_backend == "trt" and not device.startswith("cuda") else device
             try:
-                if spec.artifact == "checkpoint":
-                    model = checkpoint
-                elif spec.artifact == "onnx":
-                    model = onnx_for(checkpoint, spec.precision, cache_dir, onnx or {})
-                else:
-                    _require_gpu_stack()
-                    model = plan_for(onnx_for(checkpoint, "fp32", cache_dir, onnx or {}), sizes, batches)
+                model = artifact_for(spec, checkpoint, cache_dir, onnx or {}, sizes, batches)
             except ColorizerError as e:
                 contenders.append(Contender(spec, dev, skipped=str(e)))
                 continue
@@ -268,13 +262,3 @@ def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int],
                for c in contenders if c.skipped]
     return rows, skipped
 
-
-def _require_gpu_stack() -> None:
-    """TensorRT needs a CUDA device and the tensorrt package; checked without importing tensorrt first."""
-    from engine.backends.trt import trt_available
-
-    if not trt_available():
-        from export.trt_build import require_gpu_stack
-
-        require_gpu_stack()  # raises BackendUnavailable with what is missing
-        raise BenchmarkError("tensorrt: TensorRT or cuda-python cannot be imported here")

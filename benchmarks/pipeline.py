@@ -6,9 +6,15 @@
 
 Each (backend, size, batch, files) is one fresh process: images/s, model-only images/s
 measured in that process at the input shape colorize-dir feeds the model (and at
-size x size when that differs), the share between them, time per stage and peak RSS.
-Prints PASS/FAIL against the targets (share >= 90 %, peak RSS < 2.5 GiB at 512 px
-batch 8, flat RSS from the smallest to the largest file count).
+size x size when that differs), the share between them, time per stage, how busy the
+cores and the inference, reader and writer threads were, what the cores allow (CPU time
+per photo) and peak RSS. Prints PASS/FAIL against the targets (share >= 90 %, also of
+what the cores allow; peak RSS < 2.5 GiB at 512 px batch 8; flat RSS from the smallest
+to the largest file count; on a GPU the limiting stage busy >= 90 %).
+
+On a GPU server: ``--device cuda --backends tensorrt --batch-sizes 32`` (the engine is
+built from the FP32 export, as in throughput.py); without a GPU, tensorrt is listed as
+skipped with the reason.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from benchmarks import common, pipeline_run, report  # noqa: E402
 from engine.errors import ColorizerError  # noqa: E402
+
+log = logging.getLogger("benchmarks.pipeline")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,19 +93,29 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     from benchmarks.photos import photo_folder
 
     specs = common.parse_backends(args.backends)
-    if any(s.artifact == "plan" for s in specs):
-        raise common.BenchmarkError("--backends: tensorrt runs through --model X.plan only in throughput.py for now")
+    if any(s.artifact == "plan" for s in specs) and args.padding == "tight":
+        raise common.BenchmarkError("--padding tight: the tensorrt engine built here takes size x size inputs "
+                                    "(use --padding auto or square)")
     if any(s.channels_last is not None for s in specs):  # colorize-dir runs the engine's default torch layout
         raise common.BenchmarkError("--backends: torch-nchw is a throughput.py baseline only (use torch here)")
     sizes = common.parse_list(args.sizes, "sizes", int)
     batches = common.parse_list(args.batch_sizes, "batch-sizes", int)
     counts = common.parse_list(args.files, "files", int)
     onnx = common.parse_onnx_overrides(args.onnx)
-    need_ckpt = any(s.artifact == "checkpoint" or s.precision not in onnx for s in specs)
+    need_ckpt = any(s.artifact == "checkpoint" or ("fp32" if s.artifact == "plan" else s.precision) not in onnx
+                    for s in specs)
     checkpoint = common.check_model(args.model) if need_ckpt or args.model else None
     cache = args.cache_dir or common.default_cache_dir()
-    models = {s.name: checkpoint if s.artifact == "checkpoint" else common.onnx_for(checkpoint, s.precision, cache, onnx)
-              for s in specs}
+    models, skipped = {}, []
+    for spec in specs:  # what cannot run here (TensorRT without a GPU) is listed as skipped, with the reason
+        device = "cuda:0" if spec.engine_backend == "trt" and not args.device.startswith("cuda") else args.device
+        try:
+            models[spec.name] = (common.artifact_for(spec, checkpoint, cache, onnx, sizes, batches), device)
+        except ColorizerError as e:
+            log.warning("%s skipped: %s", spec.name, e)
+            skipped.append({"backend": spec.name, "precision": spec.precision, "device": device, "reason": str(e)})
+    if not models:
+        raise common.BenchmarkError("no backend can run here: " + "; ".join(f"{s['backend']}: {s['reason']}" for s in skipped))
     if args.huge_pages:
         common.ask_for_huge_pages()  # inherited by each run's process
     machine = common.machine_info()
@@ -106,9 +124,10 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         folder = photo_folder(cache / "photos", count, args.width, args.height)
         for size in sizes:
             for batch in batches:
-                for spec in specs:
-                    cfg = {"model": str(models[spec.name]), "engine_backend": spec.engine_backend,
-                           "backend": spec.name, "precision": spec.precision, "device": args.device,
+                for spec in (s for s in specs if s.name in models):
+                    model, device = models[spec.name]
+                    cfg = {"model": str(model), "engine_backend": spec.engine_backend,
+                           "backend": spec.name, "precision": spec.precision, "device": device,
                            "size": size, "batch_size": batch, "threads": args.threads, "io_threads": args.io_threads,
                            "io_nice": args.io_nice,
                            "folder": str(folder), "files": count, "model_seconds": args.model_seconds,
@@ -120,11 +139,15 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
                           f" vs model-only {r['model_only_images_per_s']:7.2f} ({r['share_of_model_only']:.0%}) at"
                           f" {r['model_input'][1]}x{r['model_input'][0]}, {r['square_model_only_images_per_s']:7.2f}"
                           f" ({r['share_of_square_model_only']:.0%}) at {size}x{size},"
-                          f" peak RSS {r['peak_rss_mib']:.0f} MiB, ms/photo "
+                          f" {r['share_of_attainable']:.0%} of the {r['attainable_images_per_s']:.2f} the cores allow,"
+                          f" peak RSS {r['peak_rss_mib']:.0f} MiB, busy: cores {r['cpu_busy']:.0%}, "
+                          + pipeline_run.busy_text(r["busy"])
+                          + ", ms/photo "
                           + " ".join(f"{k} {v['ms_per_photo']:.1f}" for k, v in r["stages"].items()), flush=True)
     machine["load_average_end"] = common.machine_info()["load_average"]
     checks = pipeline_run.share_checks(runs, report.PIPELINE_SHARE_TARGET)
     checks += pipeline_run.memory_checks(runs, report.PEAK_RSS_TARGET_GIB, report.FLAT_RSS_TOLERANCE)
+    checks += pipeline_run.busy_checks(runs, report.GPU_BUSY_TARGET)
     return {
         "benchmark": "pipeline",
         "command": "benchmarks/pipeline.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
@@ -132,6 +155,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         "photos": f"generated grayscale JPEGs {args.width}x{args.height} (benchmarks.photos, quality 90)",
         "machine": machine,
         "runs": runs,
+        "skipped": skipped,
         "checks": checks,
     }
 

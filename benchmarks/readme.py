@@ -59,7 +59,7 @@ def _pipeline(data: dict[str, Any]) -> str:
     lines.append(f"Photos: {data.get('photos', '?')}")
     lines.append("")
     lines += report.pipeline_rows(data.get("runs", []), [])
-    lines += report.check_block(data)
+    lines += report.skipped_lines(data) + report.check_block(data)
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ THROUGHPUT_TARGETS = (
 )
 PIPELINE_SHARE_TARGET = 0.90  # colorize-dir images/s over model-only images/s, same backend/size/batch
 PEAK_RSS_TARGET_GIB = 2.5  # at 512 px, batch 8
+GPU_BUSY_TARGET = 0.90  # on a GPU: the pipeline's limiting stage (GPU or CPU I/O) busy for this share of the run
 FLAT_RSS_TOLERANCE = 0.10  # peak RSS of the largest file count within 10 % (or 64 MiB) of the smallest
 
 
@@ -164,18 +165,24 @@ def plot_throughput(data: dict[str, Any], out: str | Path) -> Path:
 def pipeline_rows(runs: list[dict[str, Any]], stages: list[str]) -> list[str]:
     """The pipeline table's lines: one row per folder run; ``stages``: the per-stage ms columns to add."""
     lines = ["| backend | size | batch | files | model input | colorize-dir img/s | model-only img/s | share |"
-             " model-only img/s at size² | share of it | peak RSS |" + "".join(f" {s} ms |" for s in stages),
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stages)]
+             " model-only img/s at size² | share of it | CPU ms/photo: model + I/O | cores allow img/s |"
+             " share of attainable | peak RSS | busy: cores / infer / read / write |" + "".join(f" {s} ms |" for s in stages),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(stages)]
     for r in runs:
         cells = "".join(f" {r['stages'][s]['ms_per_photo']:.1f} ({r['stages'][s]['cpu_ms_per_photo']:.1f}) |"
                         for s in stages)
         h, w = r.get("model_input") or (r["size"], r["size"])
         square = r.get("square_model_only_images_per_s", r["model_only_images_per_s"])
         square_share = r.get("share_of_square_model_only", r["share_of_model_only"])
+        busy = " / ".join(f"{v:.0%}" for v in [r.get("cpu_busy"), *r["busy"].values()] if v is not None) \
+            if r.get("busy") else "–"
+        cpu = r.get("cpu_ms_per_photo")
+        limit = (f"{cpu['model']:.1f} + {cpu['io']:.1f} | {r['cores_allow_images_per_s']:.2f} | "
+                 f"{r['share_of_attainable']:.0%}") if cpu else "– | – | –"
         lines.append(
             f"| {r['backend']} | {r['size']} | {r['batch_size']} | {r['files']} | {w}x{h} | {r['images_per_s']:.2f} | "
             f"{r['model_only_images_per_s']:.2f} | {r['share_of_model_only']:.0%} | {square:.2f} | {square_share:.0%} | "
-            f"{r['peak_rss_mib']:.0f} MiB |{cells}"
+            f"{limit} | {r['peak_rss_mib']:.0f} MiB | {busy} |{cells}"
         )
     return lines
 
@@ -197,6 +204,13 @@ def pipeline_markdown(data: dict[str, Any]) -> str:
     lines.append("")
     lines.append("Stage times are per photo: wall time summed over the threads doing that stage (thread CPU time in "
                  "parentheses); `infer` is the batch call divided by its photos, its CPU time that of the calling "
-                 "thread only (not the runtime's other threads).")
+                 "thread only (not the runtime's other threads). Busy: the share of the run's wall time the "
+                 "inference thread spent in model calls (on a GPU, about how busy the GPU was kept), the readers in "
+                 "decode + resize and the writers in compose + encode + write (per thread); the stage near 100 % "
+                 "limits the run; cores: the process's CPU time during the run over the machine's cores times the "
+                 "run's wall time. Cores allow: the machine's cores over the CPU time one photo costs (the model's: "
+                 "the process's CPU time per image in the model-only phases; the I/O's: the reader and writer "
+                 "stages' thread CPU time); attainable: the smaller of that and model-only img/s.")
+    lines += skipped_lines(data)
     lines += check_block(data)
     return "\n".join(lines) + "\n"

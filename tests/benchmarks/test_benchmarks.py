@@ -151,12 +151,16 @@ def test_pipeline_refuses_torch_nchw(tmp_path, capsys):
 
 def test_pipeline_json_schema(tiny_onnx, tmp_path):
     out = tmp_path / "p.json"
-    argv = ["--onnx", f"fp32={tiny_onnx}", "--backends", "onnxruntime", "--sizes", "32", "--batch-sizes", "2",
+    argv = ["--onnx", f"fp32={tiny_onnx}", "--backends", "onnxruntime,tensorrt", "--sizes", "32", "--batch-sizes", "2",
             "--files", "3,5", "--width", "160", "--height", "90", "--model-seconds", "0.05", "--repeats", "2",
             "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "p.md")]
     assert pipeline_script.main(argv) == 0
     data = json.loads(out.read_text())
     _check_machine(data["machine"])
+    if not data["machine"]["gpu"]:  # TensorRT cannot run here: listed as skipped, with the reason
+        assert [s["backend"] for s in data["skipped"]] == ["tensorrt"] and "CUDA" in data["skipped"][0]["reason"]
+        assert "Skipped tensorrt (cuda:0)" in (tmp_path / "p.md").read_text()
+    data["runs"] = [r for r in data["runs"] if r["backend"] != "tensorrt"]
     assert [(r["files"], r["backend"]) for r in data["runs"]] == [(3, "onnxruntime"), (5, "onnxruntime")]
     for r in data["runs"]:
         assert set(r["stages"]) == {"decode", "resize", "infer", "compose", "encode", "write"}
@@ -164,10 +168,21 @@ def test_pipeline_json_schema(tiny_onnx, tmp_path):
         assert r["share_of_model_only_min"] <= r["share_of_model_only"] <= r["share_of_model_only_max"]
         assert r["padding"] == "tight" and r["model_input"] == [24, 32]  # 160x90 at 32 px, padded to 8
         assert r["square_model_only_images_per_s"] > 0 and 0 < r["share_of_square_model_only"] < 10
+        assert set(r["busy"]) == {"inference", "readers", "writers"}
+        assert all(0 < v <= 1.05 for v in r["busy"].values()), r["busy"]  # wall shares of the run (timer jitter)
+        assert 0 < r["cpu_busy"] <= 1.05 and r["run_cpu_ms_per_photo"] > 0
+        cpu = r["cpu_ms_per_photo"]
+        assert cpu["model"] > 0 and cpu["io"] > 0 and r["cpus"] >= 1
+        assert r["cores_allow_images_per_s"] == pytest.approx(r["cpus"] * 1000 / (cpu["model"] + cpu["io"]))
+        assert r["attainable_images_per_s"] <= r["model_only_images_per_s"] + 1e-9
+        assert r["share_of_attainable"] == pytest.approx(r["images_per_s"] / r["attainable_images_per_s"])
     assert all(math.isfinite(x) and x > 0 for x in _numbers({k: r[k] for r in data["runs"] for k in (
         "images_per_s", "model_only_images_per_s", "share_of_model_only", "peak_rss_mib", "seconds")}))
     assert any("peak RSS flat" in c["target"] for c in data["checks"])
     assert "| backend | size | batch | files |" in (tmp_path / "p.md").read_text()
+    assert all(len(line.split("|")) == len(lines[0].split("|")) for lines in [[
+        ln for ln in (tmp_path / "p.md").read_text().splitlines() if ln.startswith("| ") or ln.startswith("|---")]]
+        for line in lines)  # every row has the header's columns
     assert plot_script.main([str(out)]) == 0  # a pipeline JSON prints its table
 
 
@@ -215,6 +230,39 @@ def test_throughput_tensorrt_and_torch_on_cuda(tiny_checkpoint, tiny_onnx, tmp_p
         assert r["device"].startswith("cuda") and r["images_per_s"] > 0 and r["speedup_vs_torch"] > 0
 
 
+def test_busy_shares_and_the_gpu_check():
+    from benchmarks.pipeline_run import busy, busy_checks
+
+    st = {k: {"seconds": v, "cpu_seconds": 0.0, "photos": 10} for k, v in
+          {"decode": 6.0, "resize": 2.0, "infer": 9.5, "compose": 1.0, "encode": 3.0, "write": 2.0}.items()}
+    b = busy(st, 10.0, (4, 2))
+    assert b == pytest.approx({"inference": 0.95, "readers": 0.2, "writers": 0.3})
+    base = {"backend": "tensorrt", "size": 224, "batch_size": 32, "files": 500}
+    gpu_bound = {**base, "device": "cuda:0", "busy": b}
+    cpu_bound = {**base, "device": "cuda:0", "busy": {"inference": 0.1, "readers": 0.97, "writers": 0.5}}
+    stalled = {**base, "device": "cuda:0", "busy": {"inference": 0.5, "readers": 0.6, "writers": 0.4}}
+    on_cpu = {**base, "backend": "onnxruntime", "device": "cpu", "busy": b}
+    checks = busy_checks([gpu_bound, cpu_bound, stalled, on_cpu], 0.9)
+    assert [c["status"] for c in checks] == ["PASS", "PASS", "FAIL"]
+    assert "limit: the GPU" in checks[0]["target"] and "limit: the CPU (readers" in checks[1]["target"]
+    assert checks[2]["value"] == pytest.approx(0.6)
+
+
+@pytest.mark.gpu
+def test_pipeline_tensorrt_on_cuda(tiny_onnx, tmp_path):
+    out = tmp_path / "g.json"
+    argv = ["--onnx", f"fp32={tiny_onnx}", "--backends", "tensorrt", "--device", "cuda", "--sizes", "64",
+            "--batch-sizes", "8", "--files", "12", "--width", "320", "--height", "180", "--model-seconds", "0.1",
+            "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]
+    assert pipeline_script.main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["machine"]["gpu"] and not data["skipped"]
+    (r,) = data["runs"]
+    assert r["backend"] == "tensorrt" and r["device"].startswith("cuda") and r["padding"] == "square"
+    assert r["images_per_s"] > 0 and r["model_only_images_per_s"] > 0 and 0 < r["busy"]["inference"] <= 1.05
+    assert any("limiting stage busy" in c["target"] for c in data["checks"])
+
+
 def test_share_checks_compare_with_both_model_inputs():
     from benchmarks.pipeline_run import share_checks
 
@@ -223,11 +271,33 @@ def test_share_checks_compare_with_both_model_inputs():
     tight = {**base, "model_input": [128, 224], "share_of_model_only": 0.7, "share_of_square_model_only": 1.2}
     other = {**base, "size": 512, "share_of_model_only": 0.1}
     checks = share_checks([square, tight, other], 0.9)
-    assert [(c["target"].split(": ")[1], c["status"]) for c in checks] == [
+    assert [(c["target"].split(": ", 1)[1], c["status"]) for c in checks] == [
         ("colorize-dir >= 90% of model-only at its own input (224x224)", "PASS"),
         ("colorize-dir >= 90% of model-only at its own input (224x128)", "FAIL"),
         ("colorize-dir >= 90% of model-only at 224x224 (throughput.py's input)", "PASS"),
     ]
+
+
+def test_cpu_limit_and_its_check():
+    """2 cores, model 40 ms + I/O 10 ms of CPU per photo: the cores allow 40 img/s, below the model's 50."""
+    from benchmarks import pipeline_run
+
+    phases = [{"images": 16, "seconds": 0.32, "cpu_seconds": 0.64}, {"images": 8, "seconds": 0.16, "cpu_seconds": 0.32}]
+    stages = {"decode": {"cpu_ms_per_photo": 6.0}, "resize": {"cpu_ms_per_photo": 1.0},
+              "infer": {"cpu_ms_per_photo": 3.0}, "encode": {"cpu_ms_per_photo": 3.0}}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline_run.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+        lim = pipeline_run.cpu_limit(phases, stages, 36.0, 50.0)
+    assert lim["cpu_ms_per_photo"] == pytest.approx({"model": 40.0, "io": 10.0})
+    assert lim["cpus"] == 2 and lim["cores_allow_images_per_s"] == pytest.approx(40.0)
+    assert lim["attainable_images_per_s"] == pytest.approx(40.0) and lim["share_of_attainable"] == pytest.approx(0.9)
+    base = {"backend": "onnxruntime", "batch_size": 8, "files": 50, "model_only_images_per_s": 50.0,
+            "share_of_model_only": 0.72, **lim}
+    checks = pipeline_run.share_checks([{**base, "size": 224, "device": "cpu"}, {**base, "size": 512, "device": "cpu"},
+                                        {**base, "size": 512, "device": "cuda:0", "share_of_attainable": 0.5}], 0.9)
+    assert [c["status"] for c in checks] == ["FAIL", "PASS", "FAIL"]
+    assert "2 cores / (40.0 ms model + 10.0 ms I/O CPU per photo) = 40.0 img/s" in checks[1]["target"]
+    assert checks[2]["target"].startswith("onnxruntime 512px batch 8, 50 files")
 
 
 def test_huge_pages_are_asked_for_in_the_environment(monkeypatch):

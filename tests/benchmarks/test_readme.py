@@ -23,7 +23,9 @@ RUN = {"backend": "onnxruntime-int8", "size": 224, "batch_size": 8, "files": 500
        "model_only_images_per_s": 24.0, "share_of_model_only": 0.75, "peak_rss_mib": 300.4,
        "stages": {"decode": {"ms_per_photo": 20.0, "cpu_ms_per_photo": 11.0}}}
 TIGHT = {**RUN, "model_input": [128, 224], "model_only_images_per_s": 40.0, "share_of_model_only": 0.6,
-         "square_model_only_images_per_s": 30.0, "share_of_square_model_only": 0.8, "images_per_s": 24.0}
+         "square_model_only_images_per_s": 30.0, "share_of_square_model_only": 0.8, "images_per_s": 24.0,
+         "cpu_ms_per_photo": {"model": 50.0, "io": 25.0}, "cores_allow_images_per_s": 26.67,
+         "share_of_attainable": 0.9, "cpu_busy": 0.97, "busy": {"inference": 0.99, "readers": 0.6, "writers": 0.4}}
 PIPELINE = {"benchmark": "pipeline", "command": "benchmarks/pipeline.py", "photos": "generated", "machine": MACHINE,
             "runs": [RUN, TIGHT], "checks": []}
 TEXT = """# Project
@@ -49,8 +51,11 @@ def test_throughput_block_lists_rows_skips_and_checks():
 
 def test_pipeline_block_lists_runs():
     text = readme.block(PIPELINE)
-    assert "| onnxruntime-int8 | 224 | 8 | 500 | 224x224 | 18.00 | 24.00 | 75% | 24.00 | 75% | 300 MiB |" in text
-    assert "| onnxruntime-int8 | 224 | 8 | 500 | 224x128 | 24.00 | 40.00 | 60% | 30.00 | 80% | 300 MiB |" in text
+    # a run from before the CPU and busy figures existed: their cells are dashes
+    assert "| onnxruntime-int8 | 224 | 8 | 500 | 224x224 | 18.00 | 24.00 | 75% | 24.00 | 75% | – | – | – | 300 MiB | – |" \
+        in text
+    assert "| onnxruntime-int8 | 224 | 8 | 500 | 224x128 | 24.00 | 40.00 | 60% | 30.00 | 80% | 50.0 + 25.0 | 26.67 | 90% |" \
+           " 300 MiB | 97% / 99% / 60% / 40% |" in text
     with pytest.raises(BenchmarkError, match="expected a throughput or pipeline JSON, found benchmark='ray'"):
         readme.block({**PIPELINE, "benchmark": "ray"})
 
