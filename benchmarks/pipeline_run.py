@@ -13,8 +13,9 @@ A run (``worker``) opens ``engine.api.Colorizer`` (the code the CLI runs), then:
    model-only phases, as the throughput benchmark interleaves backends);
 
 and reports the pipeline's share of the model-only images/s (each folder run over the
-mean of the model-only phases around it; the median run when repeated), the process's
-peak RSS (``resource.getrusage``; each run is its own process so runs do not
+mean of the model-only phases around it; the median run when repeated), what the cores
+allow from the CPU time a photo costs (``cpu_limit``), how busy the cores and each kind of
+thread were (``busy``), the process's peak RSS (``resource.getrusage``; each run is its own process so runs do not
 contaminate each other), plus the RSS sampled during the folder run (psutil).
 """
 
