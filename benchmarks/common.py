@@ -172,7 +172,7 @@ def artifact_for(spec: BackendSpec, checkpoint: Path | None, cache_dir: Path, on
     if spec.artifact == "onnx":
         return onnx_for(checkpoint, spec.precision, cache_dir, onnx)
     require_tensorrt()
-    return plan_for(onnx_for(checkpoint, "fp32", cache_dir, onnx), sizes, batches)
+    return plan_for(onnx_for(checkpoint, "fp32", cache_dir, onnx), sizes, batches, cache_dir)
 
 
 def require_tensorrt() -> None:
@@ -186,12 +186,19 @@ def require_tensorrt() -> None:
         raise BenchmarkError("tensorrt: TensorRT or cuda-python cannot be imported here")
 
 
-def plan_for(onnx_fp32: Path, sizes: list[int], batches: list[int]) -> Path:
-    """A TensorRT FP16 engine of ``onnx_fp32`` whose profile covers the sizes and batch sizes (cached)."""
+def plan_for(onnx_fp32: Path, sizes: list[int], batches: list[int], cache_dir: Path) -> Path:
+    """A TensorRT FP16 engine of ``onnx_fp32`` whose profile covers the sizes and batch sizes.
+
+    Built into ``cache_dir`` (not beside the export: ``models/`` stays as shipped), named by the
+    export's sha256 and the profile; ``build_engine`` reuses it while its key (ONNX, profile,
+    TensorRT version, GPU) matches.
+    """
     from export.trt_build import build_engine
 
     lo, hi, top = min(sizes), max(sizes), max(batches)
-    plan = onnx_fp32.with_name(f"{onnx_fp32.stem}-fp16-b{top}-s{lo}-{hi}.plan")
+    digest = read_sidecar(onnx_fp32)["sha256"]
+    plan = cache_dir / "engines" / f"{onnx_fp32.stem}-{digest[:16]}-fp16-b{top}-s{lo}-{hi}.plan"
+    plan.parent.mkdir(parents=True, exist_ok=True)
     build_engine(onnx_fp32, plan, precision="fp16", batch=(1, top, top), size=(lo, hi, hi))
     return plan
 

@@ -203,6 +203,21 @@ def test_exports_shipped_beside_the_checkpoint_are_used(tiny_checkpoint, tiny_on
     assert common.shipped_export(tmp_path / "colorizer.pt", "int8", common.sha256_file(tmp_path / "colorizer.pt")) is None
 
 
+def test_tensorrt_engines_are_built_into_the_cache(tiny_onnx, tmp_path, monkeypatch):
+    """Never beside the export (models/ stays as shipped); named by the export's sha256 and the profile."""
+    from benchmarks import common
+    from engine.contract import read_sidecar
+    from export import trt_build
+
+    built = []
+    monkeypatch.setattr(trt_build, "build_engine", lambda onnx, out, **kw: built.append((onnx, out, kw)))
+    plan = common.plan_for(tiny_onnx, [64, 224], [1, 32], tmp_path / "cache")
+    digest = read_sidecar(tiny_onnx)["sha256"][:16]
+    assert plan == tmp_path / "cache" / "engines" / f"{tiny_onnx.stem}-{digest}-fp16-b32-s64-224.plan"
+    assert plan.parent.is_dir() and not any(tiny_onnx.parent.glob("*.plan"))
+    assert built == [(tiny_onnx, plan, {"precision": "fp16", "batch": (1, 32, 32), "size": (64, 224, 224)})]
+
+
 def test_missing_default_model_is_a_clear_usage_error(monkeypatch, tmp_path, capsys):
     from benchmarks import common
 
