@@ -23,7 +23,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-gpu: $(STAMP)
+# GPU servers: .venv set up by hand (README, "GPU servers"); no $(STAMP) here, its CPU torch would replace CUDA's.
+test-gpu:
 	$(PY) -m pytest -q -m gpu
 
 # Model-only images/s of every backend (TensorRT is listed as skipped without a GPU), the 224 px batch 8 targets
@@ -43,7 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/plot.py benchmarks/results/throughput-hugepages.json --readme README.md --block throughput-hugepages
 	$(PY) benchmarks/plot.py benchmarks/results/pipeline.json --readme README.md
 
-# On a GPU server, after the GPU packages (README, "GPU servers"): the GPU targets. TensorRT FP16 against PyTorch
+# On a GPU server, after the GPU packages (README, "GPU servers"; no $(STAMP) either): the GPU targets. TensorRT FP16 against PyTorch
 # FP32 eager on the same GPU at 224 px, batch 32; then colorize-dir with TensorRT on 500 and 2000 generated 1080p
 # JPEGs (is the GPU or the CPU the limit, and is the limiting stage kept busy). Fails with the reason without a GPU.
 bench-gpu:
