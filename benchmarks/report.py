@@ -17,6 +17,7 @@ PIPELINE_SHARE_TARGET = 0.90  # colorize-dir images/s over model-only images/s, 
 PEAK_RSS_TARGET_GIB = 2.5  # at 512 px, batch 8
 GPU_BUSY_TARGET = 0.90  # on a GPU: the pipeline's limiting stage (GPU or CPU I/O) busy for this share of the run
 FLAT_RSS_TOLERANCE = 0.10  # peak RSS of the largest file count within 10 % (or 64 MiB) of the smallest
+NOISY_SPREAD = 1.3  # a target's backend or baseline whose fastest round beat its slowest by more: flagged as noisy
 
 
 def throughput_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -36,8 +37,18 @@ def throughput_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 q_ok = quality["psnr_db"] >= quality["psnr_floor_db"]
                 name += f" (export PSNR {quality['psnr_db']:.1f} dB vs floor {quality['psnr_floor_db']:.0f} dB)"
                 ok = ok and q_ok
+            name += _noise_note(r, results)
             checks.append({"target": name, "value": value, "threshold": target, "status": "PASS" if ok else "FAIL"})
     return checks
+
+
+def _noise_note(row: dict[str, Any], results: list[dict[str, Any]]) -> str:
+    """``" [noisy: ...]"`` when the row's or its torch baseline's rounds spread more than ``NOISY_SPREAD``."""
+    same = [r for r in results if r["backend"] in (row["backend"], "torch") and
+            (r["device"], r["size"], r["batch_size"]) == (row["device"], row["size"], row["batch_size"])]
+    noisy = [f"{r['backend']} rounds {r['images_per_s_min']:.1f}-{r['images_per_s_max']:.1f} img/s" for r in same
+             if r.get("images_per_s_min") and r["images_per_s_max"] / r["images_per_s_min"] > NOISY_SPREAD]
+    return f" [noisy: {', '.join(noisy)}; rerun to confirm]" if noisy else ""
 
 
 def check_lines(checks: list[dict[str, Any]]) -> list[str]:

@@ -132,6 +132,11 @@ def test_speedups_keep_torch_as_the_baseline():
     checks = report.throughput_checks(list(rows.values()))
     assert [(c["value"], c["status"]) for c in checks] == [(1.5, "FAIL")]
 
+    assert "[noisy: torch rounds 8.0-12.0 img/s, onnxruntime rounds 8.0-20.0 img/s; rerun to confirm]" in \
+        checks[0]["target"]
+    quiet = _fake_rows(["torch", "onnxruntime"], {"torch": [10.0, 11.0, 12.0], "onnxruntime": [20.0, 18.0, 19.0]})
+    assert "noisy" not in report.throughput_checks(list(quiet.values()))[0]["target"]
+
     # without torch: no speed-up against torch at all (never silently against torch-nchw), so no target check
     rows = _fake_rows(["torch-nchw", "onnxruntime"], rates)
     assert rows["onnxruntime"]["speedup_vs_torch"] is None and rows["onnxruntime"]["speedup_vs_torch_nchw"] == 1.8
