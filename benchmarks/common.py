@@ -159,6 +159,11 @@ def onnx_for(checkpoint: Path, precision: str, cache_dir: Path, overrides: dict[
     return out
 
 
+def device_for(spec: BackendSpec, device: str) -> str:
+    """The device ``spec`` runs on when ``device`` was asked: TensorRT always on a GPU (cuda:0 unless given)."""
+    return "cuda:0" if spec.engine_backend == "trt" and not device.startswith("cuda") else device
+
+
 def artifact_for(spec: BackendSpec, checkpoint: Path | None, cache_dir: Path, onnx: dict[str, Path],
                  sizes: list[int], batches: list[int]) -> Path:
     """What ``spec`` runs: the checkpoint, its ONNX export, or a TensorRT engine built from the FP32 export.

@@ -227,14 +227,14 @@ def run_throughput(checkpoint: Path, specs: list[BackendSpec], sizes: list[int],
                    cache_dir: Path, onnx: dict[str, Path] | None = None,
                    whole_batches: bool = False) -> tuple[list[dict], list[dict]]:
     """Measure every backend at every (size, batch); returns (results rows, skipped backends with reasons)."""
-    from benchmarks.common import artifact_for, artifact_precision_info
+    from benchmarks.common import artifact_for, artifact_precision_info, device_for
 
     if rounds < 1 or not round_seconds > 0:
         raise BenchmarkError(f"--rounds: expected >= 1 (and round seconds > 0), found {rounds}, {round_seconds}")
     contenders: list[Contender] = []
     try:
         for spec in specs:
-            dev = "cuda:0" if spec.engine_backend == "trt" and not device.startswith("cuda") else device
+            dev = device_for(spec, device)
             try:
                 model = artifact_for(spec, checkpoint, cache_dir, onnx or {}, sizes, batches)
             except ColorizerError as e:

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     cache = args.cache_dir or common.default_cache_dir()
     models, skipped = {}, []
     for spec in specs:  # what cannot run here (TensorRT without a GPU) is listed as skipped, with the reason
-        device = "cuda:0" if spec.engine_backend == "trt" and not args.device.startswith("cuda") else args.device
+        device = common.device_for(spec, args.device)
         try:
             models[spec.name] = (common.artifact_for(spec, checkpoint, cache, onnx, sizes, batches), device)
         except ColorizerError as e:
