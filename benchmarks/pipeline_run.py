@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchmarkError, process_memory
+from engine.backends.base import allowed_cpus
 
 MIB = 2**20
 
@@ -164,7 +165,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
         "stages": stages,
         "busy": busy(summary.stages, summary.seconds, (readers, writers)),
         **cpu_limit(phases, stages, summary.images_per_second, model_ips),
-        "cpu_busy": run_cpu[median] / (_cpus() * max(summary.seconds, 1e-9)),
+        "cpu_busy": run_cpu[median] / (allowed_cpus() * max(summary.seconds, 1e-9)),
         "run_cpu_ms_per_photo": 1000 * run_cpu[median] / max(1, summary.colorized),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "pipeline_rss_mib": rss,
@@ -184,7 +185,7 @@ def cpu_limit(phases: list[dict[str, float]], stages: dict[str, dict[str, float]
     model and the JPEG work share the same cores; on a GPU server the first term is the
     CPU's decode/encode capacity.
     """
-    cpus = _cpus()
+    cpus = allowed_cpus()
     model_ms = 1000 * sum(p["cpu_seconds"] for p in phases) / sum(p["images"] for p in phases)
     io_ms = sum(st["cpu_ms_per_photo"] for name, st in stages.items() if name != "infer")
     cores_allow = cpus * 1000 / (model_ms + io_ms)
@@ -192,10 +193,6 @@ def cpu_limit(phases: list[dict[str, float]], stages: dict[str, dict[str, float]
     return {"cpu_ms_per_photo": {"model": model_ms, "io": io_ms}, "cpus": cpus,
             "cores_allow_images_per_s": cores_allow, "attainable_images_per_s": attainable,
             "share_of_attainable": images_per_s / attainable}
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def busy(stages: dict[str, dict[str, float]], seconds: float, io_threads: tuple[int, int]) -> dict[str, float]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import queue
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Callable
 import numpy as np
 
 from engine import images, tree
-from engine.backends.base import Runner
+from engine.backends.base import Runner, allowed_cpus
 from engine.errors import ColorizerError
 from engine.flow import Budget as _Budget
 from engine.flow import Stopping as _Stop
@@ -123,7 +122,7 @@ def default_io_threads(on_gpu: bool) -> tuple[int, int]:
     writer fell behind the INT8 model at the end of small runs (50 1080p photos on 2 cores: 29.9, 29.5
     -> 38.5, 34.2 img/s; 500 photos unchanged: 34.7, 31.3 vs 34.2, 32.4; FP32 +1-3 %).
     """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = allowed_cpus()
     if not on_gpu:
         return 1, max(1, min(2, cpus))
     readers = max(1, min(8, cpus // 3))

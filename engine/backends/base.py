@@ -212,12 +212,17 @@ def cuda_device_count() -> int:
     return 0
 
 
+def allowed_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def physical_cores() -> int:
     """Physical cores this process may use (affinity / cgroup-limited), at least 1."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        allowed = os.cpu_count() or 1
+    allowed = allowed_cpus()
     physical = None
     try:
         import psutil  # optional (dev extra)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -305,7 +306,7 @@ def test_cpu_limit_and_its_check():
     stages = {"decode": {"cpu_ms_per_photo": 6.0}, "resize": {"cpu_ms_per_photo": 1.0},
               "infer": {"cpu_ms_per_photo": 3.0}, "encode": {"cpu_ms_per_photo": 3.0}}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline_run.os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+        mp.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)
         lim = pipeline_run.cpu_limit(phases, stages, 36.0, 50.0)
     assert lim["cpu_ms_per_photo"] == pytest.approx({"model": 40.0, "io": 10.0})
     assert lim["cpus"] == 2 and lim["cores_allow_images_per_s"] == pytest.approx(40.0)

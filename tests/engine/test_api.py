@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 
 import numpy as np
@@ -321,7 +322,7 @@ def test_default_io_threads(monkeypatch):
     from engine import pipeline
 
     for cpus, cpu_side, gpu_side in ((1, (1, 1), (1, 1)), (2, (1, 2), (1, 1)), (16, (1, 2), (5, 10))):
-        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
         assert pipeline.default_io_threads(on_gpu=False) == cpu_side
         assert pipeline.default_io_threads(on_gpu=True) == gpu_side
 
