@@ -159,6 +159,13 @@ def onnx_for(checkpoint: Path, precision: str, cache_dir: Path, overrides: dict[
     return out
 
 
+def needs_checkpoint(specs: list[BackendSpec], onnx: dict[str, Path]) -> bool:
+    """Whether some backend needs the training checkpoint: it runs it, or its ONNX export (the FP32 one for
+    a TensorRT engine) is not given with ``--onnx``."""
+    return any(s.artifact == "checkpoint" or ("fp32" if s.artifact == "plan" else s.precision) not in onnx
+               for s in specs)
+
+
 def device_for(spec: BackendSpec, device: str) -> str:
     """The device ``spec`` runs on when ``device`` was asked: TensorRT always on a GPU (cuda:0 unless given)."""
     return "cuda:0" if spec.engine_backend == "trt" and not device.startswith("cuda") else device

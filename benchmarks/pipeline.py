@@ -102,9 +102,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     batches = common.parse_list(args.batch_sizes, "batch-sizes", int)
     counts = common.parse_list(args.files, "files", int)
     onnx = common.parse_onnx_overrides(args.onnx)
-    need_ckpt = any(s.artifact == "checkpoint" or ("fp32" if s.artifact == "plan" else s.precision) not in onnx
-                    for s in specs)
-    checkpoint = common.check_model(args.model) if need_ckpt or args.model else None
+    checkpoint = common.check_model(args.model) if common.needs_checkpoint(specs, onnx) or args.model else None
     cache = args.cache_dir or common.default_cache_dir()
     models, skipped = {}, []
     for spec in specs:  # what cannot run here (TensorRT without a GPU) is listed as skipped, with the reason

@@ -60,10 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = common.parse_list(args.sizes, "sizes", int)
         batches = common.parse_list(args.batch_sizes, "batch-sizes", int)
         onnx = common.parse_onnx_overrides(args.onnx)
-        needs_checkpoint = any(s.artifact == "checkpoint" for s in specs) or any(
-            s.artifact == "onnx" and s.precision not in onnx for s in specs) or any(
-            s.artifact == "plan" and "fp32" not in onnx for s in specs)
-        checkpoint = common.check_model(args.model) if needs_checkpoint or args.model else None
+        checkpoint = common.check_model(args.model) if common.needs_checkpoint(specs, onnx) or args.model else None
         if args.huge_pages:
             common.ask_for_huge_pages()  # before the backends' processes start
         machine = common.machine_info()
