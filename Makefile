@@ -31,7 +31,7 @@ test-gpu:
 # again with every process on transparent huge pages (PyTorch's speed depends on them: notes/huge-pages.md),
 # then colorize-dir end to end on 50 and 500 generated 1080p JPEGs, then the chart and the README's three
 # tables (between their markers); each folder run three times in its process (the median is reported: a 50-photo run
-# lasts 2 s and the VM's speed moves). About 12 minutes on 2 cores (2026-11-26); results in benchmarks/results/.
+# lasts 2 s and the VM's speed moves). 8-12 minutes on 2 cores (2026-11-26); results in benchmarks/results/.
 BENCH_BACKENDS ?= torch,torch-nchw,onnxruntime,onnxruntime-int8,tensorrt
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py --backends $(BENCH_BACKENDS) --sizes 224,512 --batch-sizes 1,8 --rounds 5 \
