@@ -153,7 +153,8 @@ def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, 
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: models/colorizer.onnx (.pt for torch).")
+              help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: the bundled models/colorizer-int8.onnx "
+                   "on a CPU, models/colorizer.onnx on a GPU (.pt for torch).")
 @click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True,
               help="auto: trt with a .plan and a GPU, else ort with its best provider, else torch.")
 @click.option("--device", default=None, metavar="cpu|cuda:K", help="Device (default: the best available).")
@@ -277,7 +278,7 @@ def _fmt(x: float) -> str:
 @main.command()
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Colour photos: a folder (recursive) or a .txt list of paths (e.g. RUN_DIR/val_files.txt).")
-@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled models/colorizer.onnx].")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled: colorizer-int8.onnx on a CPU, colorizer.onnx on a GPU].")
 @click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:K.")
 @click.option("--size", type=int, default=256, show_default=True, help="Photos are centre-cropped to SIZE x SIZE.")
@@ -315,7 +316,7 @@ def evaluate(data: Path, model: Path | None, backend: str, device: str | None, s
 
 
 @main.command()
-@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled models/colorizer.onnx].")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled: colorizer-int8.onnx on a CPU, colorizer.onnx on a GPU].")
 @click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True)
 def demo(model: Path | None, backend: str) -> None:
     """Colorize samples/ with the bundled model into out/demo/ and write out/demo/grid.png."""

@@ -7,7 +7,10 @@
 ``--backend auto``: the model file's kind decides (.onnx -> ort, .plan -> trt,
 .pt -> torch); an .onnx with a ``.plan`` beside it runs on TensorRT when a GPU
 and TensorRT are here. With no model, the bundled ``models/colorizer.*`` are
-tried in that order (plan with a GPU, onnx, pt).
+tried in that order (plan with a GPU, onnx, pt); on a CPU the bundled ONNX is
+``colorizer-int8.onnx`` when it ships: 1.5-1.7x the FP32 model's images/s on
+this project's 2-core CPU, 1.3-1.4x end to end, quality within the validation
+split's noise (models/README.md).
 
 Importing this package imports no backend library; each runner imports its
 own in ``activate()``.
@@ -27,7 +30,9 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
-BUNDLED = {"ort": MODELS / "colorizer.onnx", "torch": MODELS / "colorizer.pt", "trt": MODELS / "colorizer.plan"}
+# by backend, plus "ort-int8": the bundled ONNX on a CPU (see the module docstring)
+BUNDLED = {"ort": MODELS / "colorizer.onnx", "torch": MODELS / "colorizer.pt", "trt": MODELS / "colorizer.plan",
+           "ort-int8": MODELS / "colorizer-int8.onnx"}
 BACKENDS = ("auto", "ort", "trt", "torch")
 SUFFIXES = {
     ".onnx": "ort",
@@ -64,6 +69,24 @@ def _trt_ready() -> bool:
     return trt_available()
 
 
+def _onnx_runs_on_cpu(device: str | None) -> bool:
+    """Whether ONNX Runtime will run on the CPU: ``--device cpu``, or no device asked for and either no
+    CUDA device or no GPU execution provider in this onnxruntime."""
+    if device is not None:
+        return parse_device(device)[0] == "cpu"
+    from engine.backends.base import cuda_device_count
+    from engine.backends.ort import GPU_EPS, available_providers
+
+    return cuda_device_count() == 0 or not any(p in GPU_EPS for p in available_providers())
+
+
+def bundled_onnx(device: str | None) -> Path:
+    """The bundled ONNX model for ``device``: the INT8 export on a CPU when it ships, else the FP32 one."""
+    if BUNDLED["ort-int8"].is_file() and _onnx_runs_on_cpu(device):
+        return BUNDLED["ort-int8"]
+    return BUNDLED["ort"]
+
+
 def resolve_model(model: str | os.PathLike[str] | None, backend: str = "auto", device: str | None = None) -> tuple[str, Path]:
     """(backend, model path) for the given options; clear errors naming what was expected and found."""
     if backend not in BACKENDS:
@@ -86,7 +109,7 @@ def resolve_model(model: str | os.PathLike[str] | None, backend: str = "auto", d
         if BUNDLED["trt"].is_file() and _gpu_wanted(device) and _trt_ready():
             return "trt", BUNDLED["trt"]
         if BUNDLED["ort"].is_file() and _has("onnxruntime"):
-            return "ort", BUNDLED["ort"]
+            return "ort", bundled_onnx(device)
         if BUNDLED["torch"].is_file() and _has("torch"):
             return "torch", BUNDLED["torch"]
         raise ArtifactError(
@@ -94,6 +117,8 @@ def resolve_model(model: str | os.PathLike[str] | None, backend: str = "auto", d
             f"(cli.py export CHECKPOINT --out {BUNDLED['ort']}) or pass --model PATH (.onnx, .plan or .pt)"
         )
     path = BUNDLED[backend]
+    if backend == "ort" and path.is_file():
+        path = bundled_onnx(device)
     if not path.is_file():
         hint = "build one with cli.py build-engine and pass --model X.plan" if backend == "trt" else "or pass --model PATH"
         raise ArtifactError(f"no model: --backend {backend} uses the bundled {path}, which does not exist; {hint}")

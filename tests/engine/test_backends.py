@@ -168,6 +168,42 @@ def test_bundled_model_is_used(tiny_onnx, tmp_path, monkeypatch):
     assert resolve_model(None) == ("ort", models / "colorizer.onnx")
 
 
+@pytest.fixture
+def bundled_fp32_and_int8(tiny_onnx, tmp_path, monkeypatch):
+    """A fake models/ folder with both ONNX exports (the tiny model twice) and no plan or checkpoint."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("colorizer", "colorizer-int8"):
+        (models / f"{name}.onnx").write_bytes(tiny_onnx.read_bytes())
+        (models / f"{name}.json").write_text(contract.sidecar_path(tiny_onnx).read_text())
+    monkeypatch.setattr(backends, "BUNDLED", {k: models / p.name for k, p in backends.BUNDLED.items()})
+    return models
+
+
+def test_bundled_int8_on_a_cpu_fp32_on_a_gpu(bundled_fp32_and_int8, monkeypatch):
+    models = bundled_fp32_and_int8
+    int8, fp32 = ("ort", models / "colorizer-int8.onnx"), ("ort", models / "colorizer.onnx")
+    assert resolve_model(None, device="cpu") == int8
+    assert resolve_model(None, "ort", device="cpu") == int8
+    assert resolve_model(None, device="cuda:1") == fp32  # ONNX Runtime's GPU providers get the FP32 graph
+    assert resolve_model(None, "ort", device="cuda") == fp32
+    assert resolve_model(models / "colorizer.onnx", device="cpu") == fp32  # a model asked for is never swapped
+    # no device asked for: the GPU only counts with a GPU provider to run on it
+    monkeypatch.setattr(base, "cuda_device_count", lambda: 0)
+    assert resolve_model(None) == int8
+    monkeypatch.setattr(base, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr("engine.backends.ort.available_providers", lambda: ["CPUExecutionProvider"])
+    assert resolve_model(None) == int8
+    monkeypatch.setattr("engine.backends.ort.available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert resolve_model(None) == fp32
+
+
+def test_bundled_fp32_when_no_int8_ships(bundled_fp32_and_int8):
+    (bundled_fp32_and_int8 / "colorizer-int8.onnx").unlink()
+    assert resolve_model(None, device="cpu") == ("ort", bundled_fp32_and_int8 / "colorizer.onnx")
+
+
 def write_fake_plan(folder: Path) -> Path:
     plan = folder / "m.plan"
     plan.write_bytes(b"not really an engine")
