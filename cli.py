@@ -61,6 +61,9 @@ def main(verbose: bool) -> None:
 @click.option("--width", default="seed", show_default=True, help="Width preset: seed or vgg16.")
 @click.option("--width-mult", default=1.0, show_default=True, help="Multiplier on the preset's channel widths.")
 @click.option("--image-size", default=128, show_default=True, help="Training crop size (px).")
+@click.option("--zoom", default=1.0, show_default=True,
+              help="Scale augmentation: crops see photos with short sides from the crop size up to ZOOM x 1.25 x it "
+                   "(1: one scale, 1.25 x the crop).")
 @click.option("--batch-size", default=16, show_default=True, help="Crops per step PER PROCESS (global = x nproc).")
 @click.option("--steps", default=2000, show_default=True, help="Total optimizer steps.")
 @click.option("--lr", default=1e-3, show_default=True, help="Peak Adam learning rate (linear warm-up, cosine decay).")
@@ -76,7 +79,7 @@ def main(verbose: bool) -> None:
 @click.option("--val-limit", default=500, show_default=True, help="Validate on at most this many photos.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache", type=click.Path(path_type=Path), help="Decoded-photo cache folder [RUN_DIR/cache].")
-def train(data, val, val_fraction, out, width, width_mult, image_size, batch_size, steps, lr, warmup_steps, loss,
+def train(data, val, val_fraction, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
           loss_option, resume, amp, seed, workers, log_every, val_every, val_limit, device, cache) -> None:
     """Train a colorization model (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from train.losses import parse_loss_options
@@ -84,7 +87,7 @@ def train(data, val, val_fraction, out, width, width_mult, image_size, batch_siz
 
     cfg = TrainConfig(
         data=str(data), out=str(out), val=None if val is None else str(val), val_fraction=val_fraction,
-        width=width, width_mult=width_mult, image_size=image_size, batch_size=batch_size, steps=steps, lr=lr,
+        width=width, width_mult=width_mult, image_size=image_size, zoom=zoom, batch_size=batch_size, steps=steps, lr=lr,
         warmup_steps=warmup_steps, loss=loss, loss_options=parse_loss_options(loss_option), resume=resume, amp=amp,
         seed=seed, workers=workers, log_every=log_every, val_every=val_every, val_limit=val_limit, device=device,
         cache=None if cache is None else str(cache),

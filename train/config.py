@@ -11,8 +11,10 @@ from train.model import ModelConfig
 
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).
-RESUME_KEYS = ("width", "width_mult", "image_size", "batch_size", "steps", "lr", "warmup_steps", "loss",
+RESUME_KEYS = ("width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
                "loss_options", "seed", "val_fraction", "world_size", "train_files", "val_files")
+# what a checkpoint from before a key existed was trained with
+RESUME_DEFAULTS = {"zoom": 1.0}
 
 
 class TrainConfigError(ColorizerError, ValueError):
@@ -28,6 +30,7 @@ class TrainConfig:
     width: str = "seed"
     width_mult: float = 1.0
     image_size: int = 128
+    zoom: float = 1.0  # scale augmentation (train.data.TrainSet); 1 = crops at one scale
     batch_size: int = 16  # per process
     steps: int = 2000
     lr: float = 1e-3
@@ -49,6 +52,8 @@ class TrainConfig:
         for name in ("image_size", "batch_size", "steps", "log_every", "val_every", "val_limit"):
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')}: expected >= 1, found {getattr(self, name)}")
+        if not 1.0 <= self.zoom <= 4.0:
+            raise TrainConfigError(f"--zoom: expected 1 to 4, found {self.zoom}")
         if not self.lr > 0:
             raise TrainConfigError(f"--lr: expected > 0, found {self.lr}")
         if self.val is not None and self.val_fraction is not None:

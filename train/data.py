@@ -22,6 +22,14 @@ world size) in an endless sequence of per-epoch permutations (epoch ``e`` uses
 ``default_rng([seed, e])``); rank ``r`` takes positions ``r*B .. r*B+B-1`` of it.
 Each position's crop offset and flip come from ``default_rng([seed, 1, position])``.
 So a resumed run sees exactly the batches an uninterrupted one would.
+
+Scale (``--zoom Z``): with Z = 1 the cache's short side is ``CROP_SCALE x crop`` and a
+crop is ``crop x crop`` pixels of it, so every photo is seen at one scale (short
+side 1.25 x crop). With Z > 1 the cache's short side is Z times that and each crop
+takes a square of side ``s`` (log-uniform between ``crop`` and the short side, from
+the same generator) and resizes it to ``crop x crop`` (area average): photos are
+seen with short sides from ``crop`` (the whole short side in view) to
+``Z x CROP_SCALE x crop``, the range of scales the engine meets at ``--size``.
 """
 
 from __future__ import annotations
@@ -45,7 +53,12 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = tuple(sorted(PHOTO_SUFFIXES))  # str.endswith wants a tuple
 CACHE_VERSION = 1
-CROP_SCALE = 1.25  # cached short side = round(CROP_SCALE * image_size)
+CROP_SCALE = 1.25  # cached short side = round(CROP_SCALE * image_size * zoom)
+
+
+def cache_short_side(crop: int, zoom: float = 1.0) -> int:
+    """Short side of the training cache for crops of ``crop`` px at scale augmentation ``zoom``."""
+    return round(CROP_SCALE * crop * zoom)
 
 
 class DataError(ColorizerError):
@@ -243,12 +256,13 @@ class TrainSet:
     ``(h, w, 3)``, short side ``cache.short_side``) and ``sample_pixels``.
     """
 
-    def __init__(self, cache: ImageCache, crop: int, seed: int) -> None:
+    def __init__(self, cache: ImageCache, crop: int, seed: int, *, zoom: float = 1.0) -> None:
         if cache.shapes.size and cache.shapes.min() < crop:
             raise DataError(f"cache short side {cache.shapes.min()} is smaller than the crop {crop}")
         self.cache = cache
         self.crop = crop
         self.seed = seed
+        self.zoom = zoom
         self._perm_epoch = -1
         self._perm = np.zeros(0, np.int64)
 
@@ -281,8 +295,15 @@ class TrainSet:
             img = self.image(int(i))
             h, w = img.shape[:2]
             r = np.random.default_rng([self.seed, 1, int(p)])
-            top, left = int(r.integers(0, h - self.crop + 1)), int(r.integers(0, w - self.crop + 1))
-            crop = img[top : top + self.crop, left : left + self.crop]
+            side = self.crop
+            if self.zoom > 1:  # log-uniform side between the crop and the short side (module docstring)
+                side = int(round(np.exp(r.uniform(np.log(self.crop), np.log(min(h, w))))))
+            top, left = int(r.integers(0, h - side + 1)), int(r.integers(0, w - side + 1))
+            crop = img[top : top + side, left : left + side]
+            if side != self.crop:
+                import cv2
+
+                crop = cv2.resize(crop, (self.crop, self.crop), interpolation=cv2.INTER_AREA)
             out[j] = crop[:, ::-1] if r.random() < 0.5 else crop
         return out
 

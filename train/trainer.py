@@ -42,7 +42,7 @@ from train import data as D
 from train import distributed as dist
 from train import rundir
 from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from train.config import RESUME_KEYS, TrainConfig, TrainConfigError  # noqa: F401 - re-exported
+from train.config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig, TrainConfigError  # noqa: F401 - re-exported
 from train.losses import build_loss
 from train.model import ColorizerNet, ModelConfig, count_parameters
 from train.rundir import OutputError
@@ -121,7 +121,7 @@ class Trainer:
             train_files, val_files = files, D.list_images(cfg.val)
         else:
             train_files, val_files = D.split_files(files, cfg.val_fraction or 0.0)
-        short = round(D.CROP_SCALE * cfg.image_size)
+        short = D.cache_short_side(cfg.image_size, cfg.zoom)
         self.run_config = {**asdict(cfg), "world_size": info.world_size,
                            "train_files": D.fingerprint(train_files), "val_files": D.fingerprint(val_files)}
         try:
@@ -130,7 +130,7 @@ class Trainer:
             if caches is None:  # other ranks: rank 0 has built the caches
                 caches = self._caches(train_files, val_files, short)
             train_cache, val_cache = caches
-            self.train_set = D.TrainSet(train_cache, cfg.image_size, cfg.seed)
+            self.train_set = D.TrainSet(train_cache, cfg.image_size, cfg.seed, zoom=cfg.zoom)
             self.val_crops = D.center_crops(val_cache, cfg.image_size, cfg.val_limit) if val_cache else None
             return self._train()
         finally:
@@ -161,7 +161,7 @@ class Trainer:
         rundir.remove_stale_temps(out)
         if cfg.resume:  # before any decoding: a mismatch is reported at once
             self._ckpt = load_checkpoint(out / "last.pt")
-            saved = self._ckpt.get("train_config") or {}
+            saved = {**RESUME_DEFAULTS, **(self._ckpt.get("train_config") or {})}
             diff = [f"{k} {saved.get(k)!r} in the checkpoint, {self.run_config[k]!r} now"
                     for k in RESUME_KEYS if saved.get(k) != self.run_config[k]]
             if diff:

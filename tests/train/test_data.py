@@ -127,6 +127,28 @@ def test_batches_are_a_pure_function_of_seed_and_step(train_set, photos, tmp_pat
     assert not np.array_equal(D.TrainSet(train_set.cache, 32, seed=8).batch(5, 4), b)
 
 
+def _spans(train_set, steps=6):
+    """Horizontal value span of each crop when every image is a gradient whose value is its column (0..199)."""
+    gradient = np.broadcast_to(np.arange(200, dtype=np.uint8)[None, :, None], (100, 200, 3))
+    train_set.image = lambda i: gradient
+    spans = []
+    for step in range(steps):
+        for crop in train_set.batch(step, 4):
+            row = crop[16, :, 0].astype(int)
+            spans.append(abs(row[-1] - row[0]))
+    return np.array(spans)
+
+
+def test_zoom_crops_see_photos_at_several_scales(train_set):
+    assert set(_spans(train_set)) == {31}  # zoom 1: 32 px windows of the photo, one scale
+    zoomed = D.TrainSet(train_set.cache, 32, seed=7, zoom=2.0)
+    spans = _spans(zoomed)
+    # a square of side s (32 .. the short side, 100) shrunk to 32 px spans about s - s / 32 columns
+    assert spans.min() >= 30 and spans.max() <= 100 and spans.max() - spans.min() > 30, spans
+    np.testing.assert_array_equal(_spans(D.TrainSet(train_set.cache, 32, seed=7, zoom=2.0)), spans)  # still pure
+    assert D.cache_short_side(112) == 140 and D.cache_short_side(112, 2.0) == 280
+
+
 def test_crops_come_from_their_image_and_some_are_flipped(train_set):
     kinds = []
     for step in range(4):

@@ -158,6 +158,7 @@ TINY_ARGS = ["--width-mult", "0.125", "--image-size", "32", "--batch-size", "4",
     ("nothing-to-resume", "nothing to resume"),
     ("bad-width", "expected one of"),
     ("bad-steps", "--steps: expected >= 1"),
+    ("bad-zoom", "--zoom: expected 1 to 4, found 0.5"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
     data, out, extra = photos, tmp_path / "out", []
@@ -182,6 +183,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
         extra = ["--width", "huge"]
     elif case == "bad-steps":
         extra = ["--steps", "0"]
+    elif case == "bad-zoom":
+        extra = ["--zoom", "0.5"]
     r = _cli("--data", data, "--out", out, *TINY_ARGS, *extra)
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
@@ -206,6 +209,18 @@ def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint(tiny_cf
         train(tiny_cfg(steps=3, seed=1, resume=True))
     r = _cli("--data", photos, "--out", out, *TINY_ARGS, "--steps", "3")
     assert r.exit_code == 2 and "pass --resume" in r.output
+
+
+def test_resume_of_a_checkpoint_from_before_zoom_existed(tiny_cfg, tmp_path):
+    """Checkpoints written before ``--zoom`` have no such key: they were trained at zoom 1 and resume as such."""
+    train(tiny_cfg(steps=4, stop_at_step=2))
+    path = tmp_path / "run" / "last.pt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["train_config"]["zoom"]
+    torch.save(ckpt, path)
+    with pytest.raises(ResumeError, match="zoom 1.0 in the checkpoint, 2.0 now"):
+        train(tiny_cfg(steps=4, zoom=2.0, resume=True))
+    assert train(tiny_cfg(steps=4, resume=True)).step == 4
 
 
 # ----------------------------------------------------------------------------- kill -9
