@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine["load_average_after"] = _load()
     local = results[0]
     for r in results[1:]:
-        r["vs_local_run"] = round(r["images_per_second"] / local["images_per_second"], 3)
-        r["vs_local_steady"] = round(r["steady_images_per_second"] / local["steady_images_per_second"], 3)
+        r["vs_local_run"] = _sig(r["images_per_second"] / local["images_per_second"])
+        r["vs_local_steady"] = _sig(r["steady_images_per_second"] / local["steady_images_per_second"])
     return {
         "benchmark": "ray_throughput",
         "machine": machine,
@@ -133,6 +133,11 @@ def machine_state() -> dict[str, Any]:
     return {"logical_cpus": os.cpu_count(), "load_average": _load(), "python": platform.python_version(),
             "os": f"{platform.system()} {platform.release()}",
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _sig(x: float, digits: int = 6) -> float:
+    """``x`` to ``digits`` significant figures: a rate or ratio of a very slow run stays positive, not 0.0."""
+    return float(f"{x:.{digits}g}")
 
 
 def _load() -> list[float] | None:
@@ -212,8 +217,8 @@ class _Clock:
 def _result(mode: str, summary: Any, clock: _Clock, startup: float, cpu: _TreeCPU, **extra: Any) -> dict[str, Any]:
     return {"mode": mode, **extra, "colorized": summary.colorized, "failed": summary.failed,
             "seconds": round(summary.seconds, 3), "startup_seconds": round(startup, 3),
-            "images_per_second": round(summary.images_per_second, 3),
-            "steady_images_per_second": round(clock.steady(), 3),
+            "images_per_second": _sig(summary.images_per_second),
+            "steady_images_per_second": _sig(clock.steady()),
             "cpu_seconds": round(cpu.seconds, 2),
             "cpu_ms_per_image": round(1000 * cpu.seconds / max(1, summary.colorized), 1),
             "stages": summary.stages, "backend": summary.backend}
