@@ -8,8 +8,8 @@
 .pt -> torch); an .onnx with a ``.plan`` beside it runs on TensorRT when a GPU
 and TensorRT are here. With no model, the bundled ``models/colorizer.*`` are
 tried in that order (plan with a GPU, onnx, pt); on a CPU the bundled ONNX is
-``colorizer-int8.onnx`` when it ships: 1.5-1.7x the FP32 model's images/s on
-this project's 2-core CPU, 1.3-1.4x end to end, quality within the validation
+``colorizer-int8.onnx`` when it ships: 1.5-2.1x the FP32 model's images/s on
+this project's 2-core CPU, 1.3-1.5x end to end, quality within the validation
 split's noise (models/README.md).
 
 Importing this package imports no backend library; each runner imports its
