@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# A longer run of the loss comparison's winner (issue #9: classification, lam=0.8, no warm-up, no reg),
-# 1,500 steps instead of 800, to see whether the bundled model gains from more training (score it with
-# notes/loss-comparison.py --runs runs --only long-l08 after touching runs/long-l08/DONE).
-# Re-running resumes (--resume) from OUT/last.pt. THREADS=1 while other jobs share the 2 cores.
-# STEPS (default 1500) sets the run length; a run resumes only with the STEPS it started with.
+# The bundled model's recipe (models/README.md: classification, lam=0.8, temperature 0.2 while training,
+# seed width x 0.5, 112 px crops, scale augmentation --zoom 2) at a chosen length, in the background.
+# Defaults reproduce the bundled model (runs/zoom2-3k-l08, 3,000 steps); STEPS / ZOOM / OUT change the run
+# (score it with notes/loss-comparison.py --runs runs --only NAME after touching OUT/DONE).
+# Re-running resumes (--resume) from OUT/last.pt: a run resumes only with the STEPS and ZOOM it started with.
+# THREADS=1 while other jobs share the 2 cores.
 set -u
-OUT=${OUT:-runs/long-l08}
+OUT=${OUT:-runs/zoom2-3k-l08}
 resume=()
 [ -f "$OUT/last.pt" ] && resume=(--resume)
 OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} .venv/bin/python cli.py train --data ../shared/data/train \
-    --out "$OUT" --cache runs/cache112 --width-mult 0.5 --image-size 112 --batch-size 16 --steps "${STEPS:-1500}" \
-    --val-every 100 --val-limit 40 --log-every 50 --workers 1 \
+    --out "$OUT" --cache runs/cache112 --width-mult 0.5 --image-size 112 --zoom "${ZOOM:-2}" --batch-size 16 \
+    --steps "${STEPS:-3000}" --val-every 100 --val-limit 40 --log-every 50 --workers 1 \
     --loss classification --loss-option lam=0.8 --loss-option temperature=0.2 \
     "${resume[@]}" >>"$OUT.log" 2>&1
