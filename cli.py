@@ -267,6 +267,12 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
         finally:
             if bar is not None:
                 bar.close()
+    if summary.colorized + summary.skipped + summary.failed == 0:
+        from engine.tree import INPUT_EXTS
+
+        where = f" for shard {shard_obj}" if shard_obj else ""
+        click.echo(f"note: no images ({', '.join(sorted(INPUT_EXTS))}; hidden names ignored) found under "
+                   f"{src}{where}: nothing to do", err=True)
     click.echo(summary.line())
     sys.exit(summary.exit_code)
 

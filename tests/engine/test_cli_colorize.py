@@ -36,6 +36,22 @@ def test_success_first_line_and_summary(tiny_onnx, tmp_path):
     assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("0 colorized, 5 skipped, 0 failed")
 
 
+def test_no_images_found_is_a_note_not_a_failure(tiny_onnx, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "notes.txt").write_text("not a photo\n")
+    (src / ".hidden.jpg").write_bytes(b"")
+    r = cli(src, tmp_path / "out", "--model", tiny_onnx, "--size", 64)
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if ln.startswith("note: no images (")]
+    assert len(notes) == 1 and notes[0].endswith(f"found under {src}: nothing to do"), r.stderr
+    assert ".jpg" in notes[0] and ".png" in notes[0]
+    assert r.stdout.splitlines()[-1].startswith("0 colorized, 0 skipped, 0 failed")
+    write_photos(src, 1)
+    r = cli(src, tmp_path / "out", "--model", tiny_onnx, "--size", 64)
+    assert r.returncode == 0 and "note: no images" not in r.stderr, r.stderr
+
+
 def test_bad_inputs_one_line_each_exit_1(tiny_onnx, tmp_path):
     src = tmp_path / "in"
     good = write_photos(src, 3)
