@@ -267,7 +267,7 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
         finally:
             if bar is not None:
                 bar.close()
-    if summary.colorized + summary.skipped + summary.failed == 0:
+    if summary.done == 0:
         from engine.tree import INPUT_EXTS
 
         where = f" for shard {shard_obj}" if shard_obj else ""

@@ -75,6 +75,10 @@ class RunSummary:
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # engine.stages.StageTimes.as_dict()
 
     @property
+    def done(self) -> int:
+        return self.colorized + self.skipped + self.failed
+
+    @property
     def images_per_second(self) -> float:
         return self.colorized / self.seconds if self.seconds > 0 else 0.0
 
