@@ -70,6 +70,9 @@ def main(verbose: bool) -> None:
 @click.option("--warmup-steps", type=int, help="Warm-up steps [min(500, steps/20)].")
 @click.option("--loss", default="huber", show_default=True, help="Loss from train.losses (huber, mse, classification).")
 @click.option("--loss-option", multiple=True, metavar="KEY=VALUE", help="Loss option; repeatable.")
+@click.option("--ema", default=0.0, show_default=True,
+              help="Also keep an exponential moving average of the weights with this decay (e.g. 0.999; 0: off); "
+                   "it is validated beside the live weights, and release_checkpoint ships it.")
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR/last.pt at its exact step (same settings required).")
 @click.option("--amp", is_flag=True, help="Mixed precision (CUDA only; ignored with a note on the CPU).")
 @click.option("--seed", default=0, show_default=True, help="Seed for init, data order and crops.")
@@ -80,7 +83,7 @@ def main(verbose: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache", type=click.Path(path_type=Path), help="Decoded-photo cache folder [RUN_DIR/cache].")
 def train(data, val, val_fraction, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
-          loss_option, resume, amp, seed, workers, log_every, val_every, val_limit, device, cache) -> None:
+          loss_option, ema, resume, amp, seed, workers, log_every, val_every, val_limit, device, cache) -> None:
     """Train a colorization model (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from train.losses import parse_loss_options
     from train.trainer import TrainConfig, train as run_training
@@ -88,7 +91,7 @@ def train(data, val, val_fraction, out, width, width_mult, image_size, zoom, bat
     cfg = TrainConfig(
         data=str(data), out=str(out), val=None if val is None else str(val), val_fraction=val_fraction,
         width=width, width_mult=width_mult, image_size=image_size, zoom=zoom, batch_size=batch_size, steps=steps, lr=lr,
-        warmup_steps=warmup_steps, loss=loss, loss_options=parse_loss_options(loss_option), resume=resume, amp=amp,
+        warmup_steps=warmup_steps, loss=loss, loss_options=parse_loss_options(loss_option), ema=ema, resume=resume, amp=amp,
         seed=seed, workers=workers, log_every=log_every, val_every=val_every, val_limit=val_limit, device=device,
         cache=None if cache is None else str(cache),
     )

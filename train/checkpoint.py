@@ -4,7 +4,9 @@ A checkpoint is a ``torch.save`` dict::
 
     {"format": "colorizer-checkpoint/1", "model_config": {...}, "model": state_dict,
      "optimizer": state_dict | None, "step": int, "rng": {...} | None,
-     "train_config": {...}, "metrics": {...}}
+     "train_config": {...}, "metrics": {...}, "ema": {"decay", "updates", "model"} | None}
+
+(``ema``: the weight average of ``cli.py train --ema``, ``train.ema``.)
 
 ``save_checkpoint`` writes to a temp file beside the target, fsyncs and renames,
 so a kill at any moment leaves either the old or the new file, never a broken one.
@@ -99,17 +101,29 @@ def load_model(path: str | os.PathLike[str], *, expect: ModelConfig | None = Non
 
 
 def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-                       head_options: dict[str, Any] | None = None, **metadata: Any) -> None:
+                       head_options: dict[str, Any] | None = None, weights: str = "auto", **metadata: Any) -> None:
     """Write a small inference-only copy of ``src``: model config, weights, step, metrics, ``metadata``.
 
     Drops optimizer, scheduler and RNG state (two thirds of a training checkpoint's size);
     the result still loads with ``load_model`` and exports with ``cli.py export``.
     ``head_options`` overrides inference-time head settings (e.g. the annealed-mean
     ``temperature`` chosen on the validation split), so the PyTorch backend decodes
-    exactly like the exported graph.
+    exactly like the exported graph. ``weights``: ``"model"`` (the live weights),
+    ``"ema"`` (the moving average of ``cli.py train --ema``) or ``"auto"`` (the
+    average when the checkpoint has one).
     """
     data = load_checkpoint(src)
+    if weights not in ("auto", "model", "ema"):
+        raise CheckpointError(f"weights: expected 'auto', 'model' or 'ema', found {weights!r}")
+    ema = data.get("ema")
+    if weights == "ema" and not ema:
+        raise CheckpointError(f"{src}: checkpoint has no weight average (train with --ema)")
     keep = {k: data[k] for k in ("model_config", "model", "step", "metrics", "train_config") if k in data}
+    if ema and weights != "model":
+        keep["model"] = ema["model"]
+        metadata = dict(metadata, weights=f"ema (decay {ema['decay']}, {ema['updates']} updates)")
+    else:
+        metadata = dict(metadata, weights="model")
     if head_options:
         config = dict(keep["model_config"])
         config["head_options"] = {**config.get("head_options", {}), **head_options}

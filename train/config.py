@@ -12,9 +12,9 @@ from train.model import ModelConfig
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).
 RESUME_KEYS = ("width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
-               "loss_options", "seed", "val_fraction", "world_size", "train_files", "val_files")
+               "loss_options", "ema", "seed", "val_fraction", "world_size", "train_files", "val_files")
 # what a checkpoint from before a key existed was trained with
-RESUME_DEFAULTS = {"zoom": 1.0}
+RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0}
 
 
 class TrainConfigError(ColorizerError, ValueError):
@@ -37,6 +37,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # default min(500, steps // 20)
     loss: str = "huber"
     loss_options: dict[str, Any] = field(default_factory=dict)
+    ema: float = 0.0  # decay of the weight average (train.ema); 0 = off
     resume: bool = False
     amp: bool = False
     seed: int = 0
@@ -54,6 +55,8 @@ class TrainConfig:
                 raise TrainConfigError(f"--{name.replace('_', '-')}: expected >= 1, found {getattr(self, name)}")
         if not 1.0 <= self.zoom <= 4.0:
             raise TrainConfigError(f"--zoom: expected 1 to 4, found {self.zoom}")
+        if not (self.ema == 0 or 0.5 <= self.ema < 1):
+            raise TrainConfigError(f"--ema: expected 0 (off) or a decay from 0.5 to below 1, found {self.ema}")
         if not self.lr > 0:
             raise TrainConfigError(f"--lr: expected > 0, found {self.lr}")
         if self.val is not None and self.val_fraction is not None:

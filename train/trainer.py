@@ -7,7 +7,10 @@ ETA (a tqdm bar instead when stderr is a terminal); every ``val_every`` steps it
 scores fixed centre crops of the validation split (PSNR of the RGB composed from
 predicted chroma and true luma, Hasler–Süsstrunk colourfulness), appends a line to
 ``RUN_DIR/metrics.jsonl`` and writes ``RUN_DIR/last.pt`` (and ``best.pt`` when the
-validation PSNR is the best so far) atomically.
+validation PSNR is the best so far) atomically. With ``ema`` > 0 a moving average of
+the weights (``train.ema``) is kept too, scored beside the live weights (``ema_*``
+metrics) and saved in the checkpoint; ``best.pt`` then follows the average's PSNR,
+since that is what ``release_checkpoint`` ships.
 
 Resume (``resume=True``) continues from ``RUN_DIR/last.pt`` at its exact step: the
 batches are a function of seed and step, and the checkpoint carries optimizer,
@@ -42,6 +45,7 @@ from train import data as D
 from train import distributed as dist
 from train import rundir
 from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from train.ema import WeightEMA
 from train.config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig, TrainConfigError  # noqa: F401 - re-exported
 from train.losses import build_loss
 from train.model import ColorizerNet, ModelConfig, count_parameters
@@ -204,7 +208,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         if cfg.amp and not cuda:
             log.info("note: --amp only applies on CUDA; training in float32 on %s", info.device)
+        self.ema = WeightEMA(self.net, cfg.ema) if cfg.ema else None
         if ckpt is not None:
+            if self.ema is not None:
+                if not ckpt.get("ema"):
+                    raise ResumeError(f"--resume: {self.out / 'last.pt'} holds no weight average for --ema")
+                self.ema.load_state_dict(ckpt["ema"])
             self.net.load_state_dict(ckpt["model"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -315,6 +324,8 @@ class Trainer:
         if ok:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update(self.net)
         self.scheduler.step()
         return value, ok, why
 
@@ -326,18 +337,25 @@ class Trainer:
             log.warning("warning: step %d: no checkpoint inside a run of skipped steps", self.step)
             return
         if info.is_main:
+            amp_dtype = self.amp_dtype if self.amp else None
             m = {"step": self.step, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "train_loss": getattr(self, "train_loss", None), "lr": self.scheduler.get_last_lr()[0],
                  "img_per_s": getattr(self, "rate", None),
-                 **validate(self.net, self.val_crops, info.device, amp_dtype=self.amp_dtype if self.amp else None)}
+                 **validate(self.net, self.val_crops, info.device, amp_dtype=amp_dtype)}
+            if self.ema is not None and "val_psnr" in m:
+                avg = validate(self.ema.net, self.val_crops, info.device, amp_dtype=amp_dtype)
+                m.update({f"ema_{k}": avg[k] for k in ("val_psnr", "val_colourfulness", "colourfulness_ratio")})
             self.last_metrics = m
-            improved = "val_psnr" in m and (self.best is None or m["val_psnr"] > self.best)
+            key = "ema_val_psnr" if self.ema is not None else "val_psnr"
+            improved = key in m and (self.best is None or m[key] > self.best)
             if improved:
-                self.best = m["val_psnr"]
+                self.best = m[key]
             if "val_psnr" in m:
-                log.info("val step %d: psnr %.2f dB (gray %.2f), colourfulness %.1f (gt %.1f, ratio %.2f)%s",
+                ema_text = (f"; average: psnr {m['ema_val_psnr']:.2f} dB, ratio {m['ema_colourfulness_ratio']:.2f}"
+                            if self.ema is not None else "")
+                log.info("val step %d: psnr %.2f dB (gray %.2f), colourfulness %.1f (gt %.1f, ratio %.2f)%s%s",
                          self.step, m["val_psnr"], m["gray_psnr"], m["val_colourfulness"], m["gt_colourfulness"],
-                         m["colourfulness_ratio"], "  best" if improved else "")
+                         m["colourfulness_ratio"], ema_text, "  best" if improved else "")
             rundir.append_metrics(self.out / "metrics.jsonl", m)
             payload = self._payload()
             save_checkpoint(self.out / "last.pt", payload)
@@ -352,7 +370,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "step": self.step, "rng": rundir.get_rng_state(), "train_config": self.run_config,
-                "loss_state": self.loss_fn.prepared_state(), "best_psnr": self.best, "metrics": self.last_metrics}
+                "loss_state": self.loss_fn.prepared_state(), "best_psnr": self.best, "metrics": self.last_metrics,
+                "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def _log_start(self, resumed_from: int | None) -> None:
         cfg, info = self.cfg, self.info

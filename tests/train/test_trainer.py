@@ -253,3 +253,39 @@ def test_kill_9_during_training_then_resume(tmp_path, photos):
     steps = [m["step"] for m in read_metrics(out / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == 120
     assert not list(out.glob(".*.tmp-*"))
+
+
+def test_ema_is_validated_saved_resumed_exactly_and_released(tiny_cfg, tmp_path, caplog):
+    from train.checkpoint import release_checkpoint
+
+    kw = dict(steps=8, ema=0.9)
+    full = train(tiny_cfg(out=str(tmp_path / "full"), **kw))
+    train(tiny_cfg(out=str(tmp_path / "part"), stop_at_step=5, **kw))
+    with caplog.at_level(logging.INFO):
+        train(tiny_cfg(out=str(tmp_path / "part"), resume=True, **kw))
+    assert "; average: psnr" in caplog.text
+    ckpt = load_checkpoint(tmp_path / "full" / "last.pt")
+    ema = ckpt["ema"]
+    assert ema["decay"] == 0.9 and ema["updates"] == 8
+    _assert_same_state(ema["model"], load_checkpoint(tmp_path / "part" / "last.pt")["ema"]["model"])
+    assert any(not torch.equal(ema["model"][k], ckpt["model"][k]) for k in ckpt["model"])
+    rows = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    assert all(math.isfinite(r["ema_val_psnr"]) and r["ema_colourfulness_ratio"] >= 0 for r in rows)
+    assert full.best_psnr == max(r["ema_val_psnr"] for r in rows)  # best.pt follows what is shipped
+    release_checkpoint(tmp_path / "full" / "last.pt", tmp_path / "avg.pt")
+    release_checkpoint(tmp_path / "full" / "last.pt", tmp_path / "live.pt", weights="model")
+    avg, data = load_model(tmp_path / "avg.pt")
+    assert data["release"]["weights"] == "ema (decay 0.9, 8 updates)"
+    _assert_same_state(avg.state_dict(), ema["model"])
+    _assert_same_state(load_model(tmp_path / "live.pt")[0].state_dict(), ckpt["model"])
+
+
+def test_ema_resume_needs_the_same_decay_and_an_average(tiny_cfg, tmp_path):
+    from train.checkpoint import CheckpointError, release_checkpoint
+
+    train(tiny_cfg(stop_at_step=3))
+    with pytest.raises(ResumeError, match=r"ema 0\.0 in the checkpoint, 0\.9 now"):
+        train(tiny_cfg(resume=True, ema=0.9))
+    with pytest.raises(CheckpointError, match="has no weight average"):
+        release_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "x.pt", weights="ema")
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["ema"] is None
