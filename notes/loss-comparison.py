@@ -37,10 +37,12 @@ from train.checkpoint import load_checkpoint, release_checkpoint  # noqa: E402
 RATIO_BAR = 0.85
 
 
-def score_run(ckpt: Path, temperature: float | None, val: Path, size: int, grid: Path | None) -> dict:
+def score_run(ckpt: Path, temperature: float | None, val: Path, size: int, grid: Path | None,
+              weights: str = "auto") -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "m.pt"
-        release_checkpoint(ckpt, model, head_options={"temperature": temperature} if temperature else None)
+        release_checkpoint(ckpt, model, head_options={"temperature": temperature} if temperature else None,
+                           weights=weights)
         with Colorizer(model, "torch", size=size) as c:
             rep = evaluate_folder(c.colorize, val, size=size, grid=grid, grid_rows=6)
     m, g = rep.model, rep.gray_baseline
@@ -79,6 +81,8 @@ def main() -> int:
     p.add_argument("--temperatures", default="0.2,0.3,0.4,0.6,0.8,1.0")
     p.add_argument("--json", type=Path, default=Path("notes/loss-comparison.json"))
     p.add_argument("--grids", type=Path, default=None)
+    p.add_argument("--weights", default="auto", choices=["auto", "model", "ema"],
+                   help="live weights, the --ema average, or auto (the average when a run has one)")
     args = p.parse_args()
     temps = [float(t) for t in args.temperatures.split(",")]
     only = set(args.only.split(",")) if args.only else None
@@ -91,10 +95,10 @@ def main() -> int:
         name = ckpt.parent.name
         grid_dir = Path(tempfile.mkdtemp()) if args.grids else None
         cases = temps if head == "classification" else [None]
-        rows = [score_run(ckpt, t, args.val, args.size, grid_dir / f"{k}.png" if grid_dir else None)
+        rows = [score_run(ckpt, t, args.val, args.size, grid_dir / f"{k}.png" if grid_dir else None, args.weights)
                 for k, t in enumerate(cases)]
         best = choose(rows)
-        entry = {"variant": name, "checkpoint": str(ckpt), "step": data.get("step"), "head": head,
+        entry = {"variant": name, "checkpoint": str(ckpt), "weights": args.weights, "step": data.get("step"), "head": head,
                  "loss": (data.get("train_config") or {}).get("loss"),
                  "loss_options": (data.get("train_config") or {}).get("loss_options"), "scores": rows, "best": best}
         if grid_dir:  # every T drew its grid while scoring; keep the chosen one
