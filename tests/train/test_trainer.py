@@ -159,6 +159,7 @@ TINY_ARGS = ["--width-mult", "0.125", "--image-size", "32", "--batch-size", "4",
     ("bad-width", "expected one of"),
     ("bad-steps", "--steps: expected >= 1"),
     ("bad-zoom", "--zoom: expected 1 to 4, found 0.5"),
+    ("bad-ema", "--ema: expected 0 (off) or a decay from 0.5 to below 1, found 1.0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
     data, out, extra = photos, tmp_path / "out", []
@@ -185,6 +186,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
         extra = ["--steps", "0"]
     elif case == "bad-zoom":
         extra = ["--zoom", "0.5"]
+    elif case == "bad-ema":
+        extra = ["--ema", "1"]
     r = _cli("--data", data, "--out", out, *TINY_ARGS, *extra)
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
