@@ -45,8 +45,8 @@ from train import data as D
 from train import distributed as dist
 from train import rundir
 from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from train.ema import WeightEMA
 from train.config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig, TrainConfigError  # noqa: F401 - re-exported
+from train.ema import WeightEMA
 from train.losses import build_loss
 from train.model import ColorizerNet, ModelConfig, count_parameters
 from train.rundir import OutputError
@@ -322,9 +322,11 @@ class Trainer:
             norm = float(nn.utils.clip_grad_norm_(self.net.parameters(), float("inf")))
             ok, why = math.isfinite(norm), f"gradient norm is {norm}"
         if ok:
+            scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if self.ema is not None:
+            # fp16 AMP: the scaler skips a step with inf gradients and lowers its scale; the average skips it too
+            if self.ema is not None and (scale is None or self.scaler.get_scale() >= scale):
                 self.ema.update(self.net)
         self.scheduler.step()
         return value, ok, why

@@ -292,3 +292,36 @@ def test_ema_resume_needs_the_same_decay_and_an_average(tiny_cfg, tmp_path):
     with pytest.raises(CheckpointError, match="has no weight average"):
         release_checkpoint(tmp_path / "run" / "last.pt", tmp_path / "x.pt", weights="ema")
     assert load_checkpoint(tmp_path / "run" / "last.pt")["ema"] is None
+
+
+def test_ema_skips_a_step_the_amp_scaler_skipped(tiny_cfg, tmp_path, monkeypatch):
+    """fp16 AMP (CUDA only) skips steps with inf gradients and lowers its scale: the average must not count them."""
+
+    class SkippingScaler:  # GradScaler's contract as the trainer uses it; step 3 has "inf gradients"
+        def __init__(self, *args, **kwargs):
+            self.calls, self.value = 0, 2.0**16
+
+        def is_enabled(self):
+            return True
+
+        def scale(self, loss):
+            return loss
+
+        def step(self, optimizer):
+            self.calls += 1
+            if self.calls != 3:
+                optimizer.step()
+
+        def update(self):
+            if self.calls == 3:
+                self.value /= 2
+
+        def get_scale(self):
+            return self.value
+
+        def state_dict(self):
+            return {"scale": self.value}
+
+    monkeypatch.setattr(torch.amp, "GradScaler", SkippingScaler)
+    train(tiny_cfg(steps=6, ema=0.9))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["ema"]["updates"] == 5
