@@ -8,6 +8,10 @@ A checkpoint is a ``torch.save`` dict::
 
 (``ema``: the weight average of ``cli.py train --ema``, ``train.ema``.)
 
+Everything in it is a tensor or a plain type (int, float, str, bool, None, list, tuple,
+dict): ``load_checkpoint`` reads with the safe unpickler (``weights_only=True``) and
+refuses a file that needs anything else, since unpickling arbitrary objects runs code.
+
 ``save_checkpoint`` writes to a temp file beside the target, fsyncs and renames,
 so a kill at any moment leaves either the old or the new file, never a broken one.
 """
@@ -15,6 +19,8 @@ so a kill at any moment leaves either the old or the new file, never a broken on
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +71,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: the unpickler builds tensors and plain containers only and refuses any other
+        # class or function, so a crafted file cannot run code while it is read.
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused: the checkpoint holds {_refused_global(e)}, not only tensors and "
+                              "plain types (int, float, str, list, dict); loading it could run code") from e
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for corrupt files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from e
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path}: expected checkpoint format {CHECKPOINT_FORMAT!r}, found {found!r}")
@@ -75,6 +87,12 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         if key not in data:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
     return data
+
+
+def _refused_global(e: Exception) -> str:
+    """The class or function the safe unpickler refused, from its message, for a one-line error."""
+    m = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return f"a reference to {m.group(1)}" if m else "an object the safe loader refuses"
 
 
 def load_model(path: str | os.PathLike[str], *, expect: ModelConfig | None = None) -> tuple[ColorizerNet, dict[str, Any]]:

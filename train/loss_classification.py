@@ -75,8 +75,9 @@ class ClassificationLoss(Loss):
         self.load_prepared_state({"centres": centres, "counts": counts, "weights": weights})
 
     def prepared_state(self) -> dict[str, Any]:
-        return {"centres": self.centres.cpu().numpy(), "weights": self.weights.cpu().numpy(),
-                "counts": getattr(self, "_counts", None)}
+        counts = getattr(self, "_counts", None)  # tensors, not arrays: checkpoints load weights_only
+        return {"centres": self.centres.cpu().clone(), "weights": self.weights.cpu().clone(),
+                "counts": None if counts is None else torch.as_tensor(np.asarray(counts))}
 
     def load_prepared_state(self, state: dict[str, Any]) -> None:
         self.centres = torch.as_tensor(np.asarray(state["centres"]), dtype=torch.float32)

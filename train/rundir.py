@@ -95,7 +95,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def get_rng_state() -> dict[str, Any]:
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "gauss": float(gauss)}  # plain types: checkpoints load weights_only
+    rng = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
@@ -105,7 +108,8 @@ def set_rng_state(rng: dict[str, Any]) -> None:
     if "python" in rng:
         random.setstate(rng["python"])
     if "numpy" in rng:
-        np.random.set_state(rng["numpy"])
+        n = rng["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "torch" in rng:
         torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():

@@ -218,7 +218,7 @@ def test_resume_of_a_checkpoint_from_before_zoom_existed(tiny_cfg, tmp_path):
     """Checkpoints written before ``--zoom`` have no such key: they were trained at zoom 1 and resume as such."""
     train(tiny_cfg(steps=4, stop_at_step=2))
     path = tmp_path / "run" / "last.pt"
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     del ckpt["train_config"]["zoom"]
     torch.save(ckpt, path)
     with pytest.raises(ResumeError, match="zoom 1.0 in the checkpoint, 2.0 now"):
