@@ -163,8 +163,35 @@ def convert_to_fp16(model: Any) -> tuple[Any, dict[str, Any]]:
         "fp32_nodes": nodes,
         "values_clamped_to_fp16_range": flushed,
         "fp32_resize_scales": _resize_scales_fp32(converted),
+        "fp16_clip_bounds": _clip_bounds_fp16(converted, set(block)),
     }
     return converted, info
+
+
+def _clip_bounds_fp16(model: Any, fp32_nodes: set[str]) -> list[str]:
+    """Give the FP16 body's ``Clip`` (ReLU6) FP16 bounds: the converter leaves shared FP32 bound initializers
+    behind, which ONNX's type check refuses (``min`` must have the input's type). Returns the nodes fixed."""
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    made: dict[str, str] = {}
+    fixed = []
+    for node in model.graph.node:
+        if node.op_type != "Clip" or node.name in fp32_nodes:
+            continue
+        for k in (1, 2):
+            init = inits.get(node.input[k]) if len(node.input) > k else None
+            if init is None or init.data_type != TensorProto.FLOAT:
+                continue
+            if init.name not in made:
+                half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}_fp16")
+                model.graph.initializer.append(half)
+                made[init.name] = half.name
+            node.input[k] = made[init.name]
+            if node.name not in fixed:
+                fixed.append(node.name)
+    return fixed
 
 
 def _resize_scales_fp32(model: Any) -> list[str]:

@@ -7,14 +7,15 @@ from typing import Any
 
 from engine.errors import ColorizerError
 from train.losses import build_loss
+from train.encoders import check_pretrained_installed
 from train.model import ModelConfig
 
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).
-RESUME_KEYS = ("width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
+RESUME_KEYS = ("encoder", "encoder_lr_mult", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
                "loss_options", "ema", "seed", "val_fraction", "world_size", "train_files", "val_files")
 # what a checkpoint from before a key existed was trained with
-RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0}
+RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0}
 
 
 class TrainConfigError(ColorizerError, ValueError):
@@ -26,7 +27,11 @@ class TrainConfig:
     data: str
     out: str
     val: str | None = None
-    val_fraction: float | None = None  # default 0.1 when ``val`` is not given
+    val_fraction: float | None = None  # default 0.1 when ``val`` / ``val_list`` are not given
+    val_list: str | None = None  # text file of paths relative to ``data``: they validate, the rest train
+    exclude: tuple[str, ...] = ()  # glob patterns on relative paths: training files left out
+    encoder: str = "vgg"
+    encoder_lr_mult: float = 1.0  # learning rate of the encoder relative to --lr (0 = frozen weights)
     width: str = "seed"
     width_mult: float = 1.0
     image_size: int = 128
@@ -59,12 +64,21 @@ class TrainConfig:
             raise TrainConfigError(f"--ema: expected 0 (off) or a decay from 0.5 to below 1, found {self.ema}")
         if not self.lr > 0:
             raise TrainConfigError(f"--lr: expected > 0, found {self.lr}")
-        if self.val is not None and self.val_fraction is not None:
-            raise TrainConfigError("--val and --val-fraction exclude each other")
-        ModelConfig(self.width, self.width_mult).widths  # noqa: B018 - raises ModelConfigError early
+        given = [name for name, v in (("--val", self.val), ("--val-fraction", self.val_fraction),
+                                      ("--val-list", self.val_list)) if v is not None]
+        if len(given) > 1:
+            raise TrainConfigError(f"{' and '.join(given)} exclude each other")
+        if not 0 <= self.encoder_lr_mult <= 10:
+            raise TrainConfigError(f"--encoder-lr-mult: expected 0 to 10, found {self.encoder_lr_mult}")
+        model = ModelConfig(self.width, self.width_mult, encoder=self.encoder)
+        model.widths  # noqa: B018 - raises ModelConfigError early
+        if model.pretrained and not self.resume:
+            check_pretrained_installed(self.encoder)
         build_loss(self.loss, self.loss_options)  # unknown loss or bad options: fail before any decoding
         c = TrainConfig(**asdict(self))
-        c.val_fraction = None if c.val is not None else (0.1 if c.val_fraction is None else c.val_fraction)
+        c.exclude = tuple(c.exclude)
+        explicit = c.val is not None or c.val_list is not None
+        c.val_fraction = None if explicit else (0.1 if c.val_fraction is None else c.val_fraction)
         c.warmup_steps = min(500, c.steps // 20) if c.warmup_steps is None else c.warmup_steps
         if c.warmup_steps < 0:
             raise TrainConfigError(f"--warmup-steps: expected >= 0, found {c.warmup_steps}")

@@ -109,6 +109,34 @@ def split_files(files: list[ImageFile], val_fraction: float) -> tuple[list[Image
     return train, val
 
 
+def split_by_list(files: list[ImageFile], list_path: str | os.PathLike[str]) -> tuple[list[ImageFile], list[ImageFile]]:
+    """Validation = the files named in ``list_path`` (one path per line, relative to the data folder; ``#`` comments);
+    training = the rest. A listed name that is not among ``files`` is an error: a fixed split must not shrink silently."""
+    path = Path(list_path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the validation list ({type(e).__name__}: {e})") from e
+    names = {ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")}
+    if not names:
+        raise DataError(f"{path}: the validation list names no file")
+    known = {f.rel for f in files}
+    missing = sorted(names - known)
+    if missing:
+        raise DataError(f"{path}: {len(missing)} listed file(s) not found under the data folder, e.g. {missing[0]!r}")
+    return [f for f in files if f.rel not in names], [f for f in files if f.rel in names]
+
+
+def exclude_files(files: list[ImageFile], patterns: tuple[str, ...]) -> list[ImageFile]:
+    """``files`` minus those whose relative path matches one of the glob ``patterns``."""
+    import fnmatch
+
+    kept = [f for f in files if not any(fnmatch.fnmatchcase(f.rel, p) for p in patterns)]
+    if patterns and not kept:
+        raise DataError(f"--exclude {' '.join(patterns)}: leaves no training photo")
+    return kept
+
+
 def fingerprint(files: list[ImageFile]) -> str:
     """Hash of the relative paths: identifies a file list across machines and resumes."""
     h = hashlib.sha256()

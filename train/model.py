@@ -1,16 +1,17 @@
-"""VGG-16-style colorization network with hypercolumn skip-adds.
+"""The colorization network: an encoder, a hypercolumn decoder, a chroma head.
 
 Input: Y, float32 ``(N, 1, H, W)`` in [0, 1] (colour spec luma), any H, W >= 1.
 Output: UV, float32 ``(N, 2, H, W)``, U in ±0.436, V in ±0.615 (``engine.color``).
 
-Encoder: four VGG blocks of 2/2/3/3 conv-BN-ReLU layers, 2x2 max-pool between
-them (ceil mode, so odd sizes lose no pixels). Decoder: from the deepest block
-upwards, features are projected by a 1x1 conv, upsampled bilinearly to the next
-encoder scale's exact size, added to that scale's feature map (the hypercolumn
-skip-add), and refined by a 3x3 conv-BN-ReLU (at full resolution only a ReLU:
-the head's 3x3 conv does the mixing there, at a fraction of the cost). The
-full-resolution UV head is a 3x3 conv, tanh, scaled to the U/V ranges, so
-outputs are always in range.
+Encoder (``train.encoders``, ``ModelConfig.encoder``): ``vgg`` (VGG blocks from scratch,
+features at strides 1, 2, 4, 8) or ``efficientnet-lite0/1/2`` (ImageNet-pretrained trunk,
+strides 2 to 32). Decoder: from the deepest feature map upwards, features are projected by
+a 1x1 conv, upsampled bilinearly to the next scale's exact size, added to that scale's
+feature map (the hypercolumn skip-add), and refined by a 3x3 conv-BN-ReLU (at the finest
+level only a ReLU: the head's 3x3 conv does the mixing there, at a fraction of the cost).
+Encoders whose channels are not the decoder's widths get a 1x1 lateral conv per scale.
+The head (regression: 3x3 conv, tanh, scaled to the U/V ranges; classification: logits
+over chroma bins decoded by annealed mean) returns UV at the input's full resolution.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from torch import nn
 
 from engine.color import U_MAX, V_MAX
 from engine.errors import ColorizerError
+from train.encoders import ENCODERS, LITE_SPECS, EfficientNetLiteEncoder, VGGEncoder, conv_bn_relu
 
 WIDTH_PRESETS: dict[str, tuple[int, int, int, int]] = {
     "seed": (64, 128, 192, 256),
     "vgg16": (64, 128, 256, 512),
 }
-BLOCK_DEPTHS = (2, 2, 3, 3)
+# decoder widths (finest first) under a pretrained encoder, scaled by width_mult
+LITE_DECODER_WIDTHS = (32, 48, 64, 96, 128)
 
 
 class ModelConfigError(ColorizerError, ValueError):
@@ -44,14 +47,24 @@ class ModelConfig:
     width_mult: float = 1.0
     head: str = "regression"
     head_options: dict[str, Any] = field(default_factory=dict)
+    encoder: str = "vgg"
 
     @property
-    def widths(self) -> tuple[int, int, int, int]:
+    def widths(self) -> tuple[int, ...]:
+        """Decoder widths, finest scale first (under ``vgg`` also the encoder's)."""
+        if self.encoder not in ENCODERS:
+            raise ModelConfigError(f"encoder: expected one of {list(ENCODERS)}, found {self.encoder!r}")
         if self.width not in WIDTH_PRESETS:
             raise ModelConfigError(f"width preset: expected one of {sorted(WIDTH_PRESETS)}, found {self.width!r}")
         if not self.width_mult > 0:
             raise ModelConfigError(f"width_mult: expected > 0, found {self.width_mult}")
-        return tuple(max(4, int(round(c * self.width_mult))) for c in WIDTH_PRESETS[self.width])  # type: ignore[return-value]
+        base = WIDTH_PRESETS[self.width] if self.encoder == "vgg" else LITE_DECODER_WIDTHS
+        return tuple(max(4, int(round(c * self.width_mult))) for c in base)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether training starts the encoder from ImageNet weights."""
+        return self.encoder in LITE_SPECS
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -64,38 +77,7 @@ class ModelConfig:
         unknown = set(d) - names - {"widths"}
         if unknown:
             raise ModelConfigError(f"model config: unknown keys {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class Encoder(nn.Module):
-    """Four VGG blocks; returns the feature map of every scale (1, 1/2, 1/4, 1/8)."""
-
-    def __init__(self, widths: tuple[int, ...], depths: tuple[int, ...] = BLOCK_DEPTHS) -> None:
-        super().__init__()
-        blocks = []
-        cin = 1
-        for cout, depth in zip(widths, depths):
-            layers = [conv_bn_relu(cin if i == 0 else cout, cout) for i in range(depth)]
-            blocks.append(nn.Sequential(*layers))
-            cin = cout
-        self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        feats = []
-        for i, block in enumerate(self.blocks):
-            if i > 0:
-                x = F.max_pool2d(x, 2, ceil_mode=True)
-            x = block(x)
-            feats.append(x)
-        return feats
+        return cls(**{k: v for k, v in d.items() if k in names})  # no "encoder": made before the choice, vgg
 
 
 class HypercolumnDecoder(nn.Module):
@@ -129,8 +111,9 @@ class RegressionHead(nn.Module):
         self.conv = nn.Conv2d(cin, 2, 3, padding=1)
         self.register_buffer("scale", torch.tensor([U_MAX, V_MAX]).view(1, 2, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.conv(x)) * self.scale
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | torch.Size | None = None) -> torch.Tensor:
+        uv = torch.tanh(self.conv(x)) * self.scale
+        return uv if size is None else F.interpolate(uv, size=size, mode="bilinear", align_corners=False)
 
 
 class ClassificationHead(nn.Module):
@@ -143,7 +126,8 @@ class ClassificationHead(nn.Module):
     and engine contract does not change.
     """
 
-    def __init__(self, cin: int, centres: list[list[float]], temperature: float = 0.2, stride: int = 4) -> None:
+    def __init__(self, cin: int, centres: list[list[float]], temperature: float = 0.2, stride: int = 4,
+                 feature_stride: int = 1) -> None:
         super().__init__()
         from train.chroma_bins import annealed_mean
 
@@ -156,23 +140,24 @@ class ClassificationHead(nn.Module):
         self.register_buffer("centres", c, persistent=False)
         self.temperature = float(temperature)
         self.stride = int(stride)
+        self.pool = max(1, self.stride // int(feature_stride))  # the features come at 1/feature_stride already
         self.conv = nn.Sequential(conv_bn_relu(cin, cin), nn.Conv2d(cin, c.shape[0], 1))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride > 1:
-            x = F.avg_pool2d(x, self.stride, ceil_mode=True)
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool, ceil_mode=True)
         return self.conv(x)
 
     def decode(self, logits: torch.Tensor, size: tuple[int, int] | torch.Size, temperature: float) -> torch.Tensor:
         uv = self._annealed_mean(logits, self.centres, temperature)
         return F.interpolate(uv, size=size, mode="bilinear", align_corners=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.logits(x), x.shape[-2:], self.temperature)
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | torch.Size | None = None) -> torch.Tensor:
+        return self.decode(self.logits(x), x.shape[-2:] if size is None else size, self.temperature)
 
-    def train_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_outputs(self, x: torch.Tensor, size: tuple[int, int] | torch.Size | None = None) -> dict[str, torch.Tensor]:
         logits = self.logits(x)
-        return {"logits": logits, "uv": self.decode(logits, x.shape[-2:], 1.0)}
+        return {"logits": logits, "uv": self.decode(logits, x.shape[-2:] if size is None else size, 1.0)}
 
 
 HEADS: dict[str, type[nn.Module]] = {"regression": RegressionHead, "classification": ClassificationHead}
@@ -187,24 +172,45 @@ class ColorizerNet(nn.Module):
         widths = self.config.widths
         if self.config.head not in HEADS:
             raise ModelConfigError(f"head: expected one of {sorted(HEADS)}, found {self.config.head!r}")
-        self.encoder = Encoder(widths)
+        if self.config.encoder == "vgg":
+            self.encoder: nn.Module = VGGEncoder(widths)
+            self.lateral = None
+        else:
+            self.encoder = EfficientNetLiteEncoder(self.config.encoder)
+            self.lateral = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(self.encoder.channels, widths))
         self.decoder = HypercolumnDecoder(widths)
-        self.head = HEADS[self.config.head](widths[0], **self.config.head_options)
+        # the finest features come at 1/feature_stride: the head brings UV back to the input's size
+        self.feature_stride = self.encoder.strides[0]
+        options = dict(self.config.head_options)
+        if self.config.head == "classification":
+            options["feature_stride"] = self.feature_stride
+        self.head = HEADS[self.config.head](widths[0], **options)
 
     def features(self, y: torch.Tensor) -> torch.Tensor:
-        """Decoder output at full resolution, ``(N, widths[0], H, W)``."""
-        return self.decoder(self.encoder(y))
+        """Decoder output at the finest scale, ``(N, widths[0], H / s, W / s)``, s = ``feature_stride``."""
+        feats = self.encoder(y)
+        if self.lateral is not None:
+            feats = [lat(f) for lat, f in zip(self.lateral, feats)]
+        return self.decoder(feats)
+
+    def _size(self, y: torch.Tensor) -> torch.Size | None:
+        return None if self.feature_stride == 1 else y.shape[-2:]
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(y))
+        return self.head(self.features(y), self._size(y))
 
     def forward_train(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """What the losses see: ``{"uv": ...}`` plus any head-specific tensors (e.g. logits)."""
         feats = self.features(y)
         extra = getattr(self.head, "train_outputs", None)
         if extra is not None:
-            return extra(feats)
-        return {"uv": self.head(feats)}
+            return extra(feats, self._size(y))
+        return {"uv": self.head(feats, self._size(y))}
+
+    def load_pretrained_encoder(self) -> None:
+        """Start the encoder from its ImageNet weights (``PretrainedWeightsError`` if not installed)."""
+        if isinstance(self.encoder, EfficientNetLiteEncoder):
+            self.encoder.load_pretrained()
 
 
 def build_model(config: ModelConfig) -> ColorizerNet:

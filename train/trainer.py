@@ -123,8 +123,11 @@ class Trainer:
         files = D.list_images(cfg.data)
         if cfg.val is not None:
             train_files, val_files = files, D.list_images(cfg.val)
+        elif cfg.val_list is not None:
+            train_files, val_files = D.split_by_list(files, cfg.val_list)
         else:
             train_files, val_files = D.split_files(files, cfg.val_fraction or 0.0)
+        train_files = D.exclude_files(train_files, cfg.exclude)
         short = D.cache_short_side(cfg.image_size, cfg.zoom)
         self.run_config = {**asdict(cfg), "world_size": info.world_size,
                            "train_files": D.fingerprint(train_files), "val_files": D.fingerprint(val_files)}
@@ -185,7 +188,7 @@ class Trainer:
         else:
             self.loss_fn.prepare(self.train_set)
         head, head_options = self.loss_fn.head_config()
-        self.model_config = ModelConfig(cfg.width, cfg.width_mult, head, head_options)
+        self.model_config = ModelConfig(cfg.width, cfg.width_mult, head, head_options, encoder=cfg.encoder)
         if ckpt is not None:
             try:
                 saved_model = ModelConfig.from_dict(ckpt["model_config"])
@@ -197,9 +200,16 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
-        self.net = ColorizerNet(self.model_config).to(info.device, memory_format=torch.channels_last)
+        self.net = ColorizerNet(self.model_config)
+        if ckpt is None and self.model_config.pretrained:
+            self.net.load_pretrained_encoder()
+        self.net = self.net.to(info.device, memory_format=torch.channels_last)
         self.loss_fn.to(info.device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        encoder = list(self.net.encoder.parameters())
+        ids = {id(p) for p in encoder}
+        rest = [p for p in self.net.parameters() if id(p) not in ids]
+        self.optimizer = torch.optim.Adam([{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_mult},
+                                           {"params": rest, "lr": cfg.lr}], lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps or 0))
         cuda = info.device.type == "cuda"
@@ -299,7 +309,7 @@ class Trainer:
                 eta = timedelta(seconds=round((cfg.steps - self.step) * win_time / win_steps))
                 self.train_loss = win_loss / win_ok if win_ok else float("nan")
                 msg = (f"step {self.step}/{cfg.steps}  loss {self.train_loss:.5f}  "
-                       f"lr {self.scheduler.get_last_lr()[0]:.2e}  {self.rate:.1f} img/s  eta {eta}")
+                       f"lr {self.scheduler.get_last_lr()[-1]:.2e}  {self.rate:.1f} img/s  eta {eta}")
                 if bar is not None:
                     bar.set_postfix_str(f"loss {self.train_loss:.4f} {self.rate:.1f} img/s")
                     log.debug("%s", msg)
@@ -341,7 +351,7 @@ class Trainer:
         if info.is_main:
             amp_dtype = self.amp_dtype if self.amp else None
             m = {"step": self.step, "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "train_loss": getattr(self, "train_loss", None), "lr": self.scheduler.get_last_lr()[0],
+                 "train_loss": getattr(self, "train_loss", None), "lr": self.scheduler.get_last_lr()[-1],
                  "img_per_s": getattr(self, "rate", None),
                  **validate(self.net, self.val_crops, info.device, amp_dtype=amp_dtype)}
             if self.ema is not None and "val_psnr" in m:
@@ -381,10 +391,10 @@ class Trainer:
             log.info("resuming from %s at step %d/%d", self.out / "last.pt", resumed_from, cfg.steps)
         n_val = 0 if self.val_crops is None else len(self.val_crops)
         log.info("train: %d images, val: %d images (%s), crops %d px; model %s x%g %s (%.2f M params), %s head, "
-                 "loss %s; batch %d x %d process(es); %d steps, lr %g, warm-up %d; device %s", len(self.train_set),
-                 n_val, cfg.val or (f"every {round(1 / cfg.val_fraction)}th file" if cfg.val_fraction else "none"),
+                 "encoder %s, loss %s; batch %d x %d process(es); %d steps, lr %g, warm-up %d; device %s", len(self.train_set),
+                 n_val, cfg.val or cfg.val_list or (f"every {round(1 / cfg.val_fraction)}th file" if cfg.val_fraction else "none"),
                  cfg.image_size, cfg.width, cfg.width_mult, list(self.model_config.widths),
-                 count_parameters(self.net) / 1e6, self.model_config.head, cfg.loss, cfg.batch_size,
+                 count_parameters(self.net) / 1e6, self.model_config.head, cfg.encoder, cfg.loss, cfg.batch_size,
                  info.world_size, cfg.steps, cfg.lr, cfg.warmup_steps, info.device)
 
 

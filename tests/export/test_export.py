@@ -261,3 +261,28 @@ def test_classification_export_pool_and_head_resize(tmp_path):
         pytest.skip("this CPU gets no NCHWc kernels from ONNX Runtime")
     assert ops.count(("Upsample", "com.microsoft.nchwc")) == 3
     assert ("AveragePool", "com.microsoft.nchwc") in ops and ("AveragePool", "") not in ops
+
+
+def test_pretrained_encoder_exports_in_every_precision(tmp_path):
+    """The EfficientNet-Lite trunk (depthwise convs, ReLU6 as Clip, strided Pads) through FP32, FP16 and INT8:
+    each passes the exporter's parity gate (INT8 also its PSNR floor against FP32), and the sidecar names the
+    encoder and the size multiple of its five stride-2 levels."""
+    torch.manual_seed(4)
+    config = ModelConfig(width_mult=0.25, head="classification", encoder="efficientnet-lite0",
+                         head_options={"centres": CENTRES, "temperature": 0.5, "stride": 4})
+    ckpt = tmp_path / "lite.pt"
+    save_checkpoint(ckpt, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 1})
+    for precision in ("fp32", "fp16", "int8"):
+        out = tmp_path / f"lite-{precision}.onnx"
+        side = export_checkpoint(ckpt, out, precision=precision)
+        assert side["model_config"]["encoder"] == "efficientnet-lite0"
+        assert side["inputs"][0]["size_multiple"] == 32
+        gate = parity.TOLERANCES[precision]
+        if gate["uv_max_abs"] is not None:
+            assert side["parity"]["uv_max_abs"] <= gate["uv_max_abs"]
+        else:
+            assert side["parity"]["psnr_db"] >= gate["psnr_floor_db"]
+        ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+        assert "Clip" in ops or precision == "int8"  # ReLU6; INT8 folds it into the quantized convs
+    fp16 = read_sidecar(tmp_path / "lite-fp16.onnx")["precision_info"]
+    assert fp16["fp16_clip_bounds"]

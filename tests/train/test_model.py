@@ -4,7 +4,8 @@ import torch
 
 from engine.color import U_MAX, V_MAX
 from train import chroma_bins
-from train.model import BLOCK_DEPTHS, WIDTH_PRESETS, ColorizerNet, ModelConfig, ModelConfigError, count_parameters
+from train.encoders import VGG_DEPTHS as BLOCK_DEPTHS
+from train.model import WIDTH_PRESETS, ColorizerNet, ModelConfig, ModelConfigError, count_parameters
 from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
