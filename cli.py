@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
 
 ROOT = Path(__file__).resolve().parent
 
@@ -30,6 +30,12 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+# optional packages -> how to get them (a plain install runs colorize-dir, evaluate and demo on ONNX Runtime)
+_TRAIN = "pip install '.[train]' (on a CPU machine first pip install torch==2.13.0, the CPU wheel)"
+_EXTRAS = {"torch": _TRAIN, "onnx": _TRAIN, "onnxscript": _TRAIN, "onnxconverter_common": _TRAIN,
+           "ray": "pip install '.[cluster]'", "tensorrt": "pip install '.[gpu]' on a GPU server (docs/gpu-servers.md)"}
+
+
 class _Group(click.Group):
     """Turns user errors raised by the library into one line and exit code 2."""
 
@@ -38,11 +44,30 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ColorizerError as e:
             _fail(str(e))
+        except ModuleNotFoundError as e:
+            extra = _EXTRAS.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            _fail(f"{ctx.invoked_subcommand or 'this command'} needs {e.name}, which is not installed: {extra}")
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from engine import __version__
+    from engine.core import hardware
+
+    runtimes = ", ".join(f"{k} {v}" for k, v in hardware.runtime_versions().items() if v) or "none"
+    click.echo(f"colorizer {__version__} (Python {sys.version.split()[0]}; {runtimes}; "
+               f"CUDA devices: {hardware.cuda_device_count()})")
+    ctx.exit(0)
+
+
 @click.group(cls=_Group)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the package version and the runtimes found, then exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Colorize grayscale photographs with a CNN (train, export, build engines, run)."""
@@ -164,6 +189,11 @@ def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, 
 # (owned by the engine: engine/)
 
 
+def _log_progress_line(line: str) -> None:
+    """colorize-dir's progress line without a terminal: a log record (stderr), as the library's own lines."""
+    logging.getLogger("cli").info("%s", line)
+
+
 @main.command("colorize-dir")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
@@ -212,9 +242,8 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
 
     Exit codes: 0 all done, 1 some files failed (listed on stderr), 2 usage error.
     """
-    import time
-
     from engine.api import Colorizer, Shard
+    from engine.progress import reporter_for
     from engine.tree import check_folders
 
     shard_obj = Shard.parse(shard) if shard else None
@@ -244,41 +273,10 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
     with make() as colorizer:
         padded = f", {colorizer.padding} padding" if not use_ray else ""
         click.echo(f"backend: {colorizer.describe()}{padded}" + (f", shard {shard_obj}" if shard_obj else ""))
-        tty = sys.stderr.isatty()
-        if tty:
-            from tqdm import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            bar = tqdm(total=None, unit="img", dynamic_ncols=True, file=sys.stderr)
-            redirect = logging_redirect_tqdm()
-        else:
-            import contextlib
-
-            bar, redirect = None, contextlib.nullcontext()
-        last = [time.monotonic()]
-
-        def progress(p) -> None:
-            if bar is not None:
-                if p.total is not None and bar.total != p.total:
-                    bar.total = p.total
-                    bar.refresh()
-                if p.event != "total":
-                    bar.update(1)
-                    bar.set_postfix(ok=p.colorized, skip=p.skipped, fail=p.failed, refresh=False)
-            elif time.monotonic() - last[0] >= 10.0:
-                last[0] = time.monotonic()
-                rate = p.colorized / p.elapsed if p.elapsed > 0 else 0.0
-                logging.getLogger("cli").info(
-                    "%d/%s files: %d colorized, %d skipped, %d failed, %.2f img/s",
-                    p.done, p.total if p.total is not None else "?", p.colorized, p.skipped, p.failed, rate)
-
-        try:
-            with redirect:
-                summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
-                                                 jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress)
-        finally:
-            if bar is not None:
-                bar.close()
+        # A tqdm bar when stderr is a terminal, else a progress line logged every 10 s.
+        with reporter_for(sys.stderr, _log_progress_line) as progress:
+            summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
+                                             jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress)
     if summary.done == 0:
         from engine.tree import INPUT_EXTS
 
@@ -314,7 +312,7 @@ def evaluate(data: Path, model: Path | None, backend: str, device: str | None, s
     import json
 
     from engine.api import Colorizer
-    from engine.contract import write_json_atomic
+    from engine.core.contract import write_json_atomic
     from engine.evaluate import evaluate_folder, write_csv
 
     with Colorizer(model, backend, size=model_size or size, device=device, saturation=saturation) as colorizer:

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.backends.base import physical_cores
-from engine.contract import read_sidecar, sha256_file
-from engine.errors import ColorizerError
+from engine.core.hardware import physical_cores
+from engine.core.contract import read_sidecar, sha256_file
+from engine.core.errors import ColorizerError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def check_model(model: str | os.PathLike[str] | None) -> Path:
     if not path.is_file():
         hint = (
             "the bundled model is not trained yet; pass --model CHECKPOINT.pt (any checkpoint, e.g. one saved with "
-            "train.checkpoint.save_checkpoint of ColorizerNet(ModelConfig(width_mult=0.5)))"
+            "engine.net.checkpoint.save_checkpoint of ColorizerNet(ModelConfig(width_mult=0.5)))"
             if model is None
             else "pass an existing training checkpoint (.pt)"
         )
@@ -251,7 +251,7 @@ def _cpu_model() -> str:
 
 
 def _gpus() -> list[str]:
-    from engine.backends.base import cuda_device_count
+    from engine.core.hardware import cuda_device_count
 
     if cuda_device_count() == 0:
         return []
@@ -293,9 +293,8 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-# Environment variables that change how a process gets its memory, recorded with every result. PyTorch eager
-# on the 2-core VM ran 10-11 images/s with 4 KiB pages and 12.5-14.3 with transparent huge pages
-# (notes/huge-pages.md): the baseline's speed depends on them, so results say which were set.
+# Environment variables that change how a process gets its memory, recorded with every result: PyTorch eager's
+# speed depends on whether it gets transparent huge pages, so results say which were set.
 MEMORY_ENV = ("GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE", "MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_",
               "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
 # --huge-pages: glibc's malloc asks for transparent huge pages (madvise) for its heaps and large blocks

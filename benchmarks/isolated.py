@@ -1,12 +1,11 @@
 """One benchmark backend per child process, driven round by round from the parent.
 
-Why: in one process the backends share an allocator and its state. PyTorch eager on
-the project's 2-core VM runs at about 10-11.5 images/s with 4 KiB pages and 12-14.5 on
-transparent huge pages (notes/huge-pages.md), and ONNX Runtime's own allocations (its
-arena on or off) tipped a shared process into one mode or the other: the speed-up then
-measured the neighbour, not the backend (notes/benchmarks-readme.md, fifth session). A child per
-backend keeps each one in its own process, as users run them; the parent still
-interleaves the rounds, so load from elsewhere hits every backend alike.
+Why: in one process the backends share an allocator and its state. PyTorch eager's speed
+depends on the page size its memory comes in (transparent huge pages, docs/decisions), and
+ONNX Runtime's own allocations (its arena on or off) tipped a shared process into one mode or
+the other: the speed-up then measured the neighbour, not the backend. A child per backend keeps
+each one in its own process, as users run them; the parent still interleaves the rounds, so
+load from elsewhere hits every backend alike.
 
 Protocol over a ``multiprocessing`` pipe (spawn context: no inherited threads or CUDA
 state): the child opens its contender and answers ``("ok", (skipped, info))``, then
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BackendSpec, BenchmarkError, process_memory
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
 
 
 class Worker:
@@ -85,7 +84,7 @@ class Worker:
 def _serve(conn: Connection, spec: BackendSpec, model: Path, device: str, threads: int | None,
            whole_batches: bool) -> None:
     """The child: open the contender, then answer requests until ``close`` or the parent goes."""
-    from benchmarks.measure import open_contender
+    from benchmarks.contender import open_contender
 
     c = open_contender(spec, model, device, threads, whole_batches)
     c.info["pid"] = os.getpid()

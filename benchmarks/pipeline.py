@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common, pipeline_run, report  # noqa: E402
-from engine.errors import ColorizerError  # noqa: E402
+from engine.core.errors import ColorizerError  # noqa: E402
 
 log = logging.getLogger("benchmarks.pipeline")
 

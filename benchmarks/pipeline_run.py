@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BenchmarkError, process_memory
-from engine.backends.base import allowed_cpus
+from engine.core.hardware import allowed_cpus
 
 MIB = 2**20
 

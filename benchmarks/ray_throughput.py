@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.photos import photo_folder  # noqa: E402
-from engine.errors import ColorizerError  # noqa: E402
+from engine.core.errors import ColorizerError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_ONNX = ROOT / "models" / "colorizer.onnx"
@@ -117,8 +117,8 @@ def random_model(folder: Path) -> Path:
     import torch
 
     from export.to_onnx import export_checkpoint
-    from train.checkpoint import save_checkpoint
-    from train.model import ColorizerNet, ModelConfig
+    from engine.net.checkpoint import save_checkpoint
+    from engine.net.model import ColorizerNet, ModelConfig
 
     torch.manual_seed(0)
     config = ModelConfig.from_dict({"width": "seed", "width_mult": 1.0, "head": "regression", "head_options": {}})

@@ -199,7 +199,7 @@ def pipeline_rows(runs: list[dict[str, Any]], stages: list[str]) -> list[str]:
 
 
 def pipeline_markdown(data: dict[str, Any]) -> str:
-    """The README table of colorize-dir runs: images/s, share of model-only, peak RSS, time per stage."""
+    """The performance doc's table of colorize-dir runs: images/s, share of model-only, peak RSS, time per stage."""
     lines = []
     if data.get("command"):
         lines.append(f"Command: `{data['command']}`  ")

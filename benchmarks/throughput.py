@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import common, measure, report  # noqa: E402
-from engine.errors import ColorizerError  # noqa: E402
+from engine.core.errors import ColorizerError  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,12 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="no CPU micro-batching: each batch in one call (engine default: 65,536 pixels per call)")
     p.add_argument("--huge-pages", action="store_true",
                    help="every backend's process asks for transparent huge pages (GLIBC_TUNABLES="
-                        "glibc.malloc.hugetlb=1, THP_MEM_ALLOC_ENABLE=1); PyTorch eager gains most (notes/huge-pages.md)")
+                        "glibc.malloc.hugetlb=1, THP_MEM_ALLOC_ENABLE=1); PyTorch eager gains most)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per configuration")
     p.add_argument("--round-seconds", type=float, default=1.0, help="time per backend per round (at least one call)")
     p.add_argument("--cache-dir", type=Path, default=None, help=f"exports cache (default {common.default_cache_dir()})")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--markdown", type=Path, default=None, help="write the README table here")
+    p.add_argument("--markdown", type=Path, default=None, help="write the Markdown table here")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 

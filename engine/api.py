@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engine import contract, images, pipeline, tree
+from engine.core import contract
+from engine import images, pipeline, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
 from engine.pipeline import Progress, RunSummary

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine import color
+from engine.core import color
 from engine.evaluate import IMAGE_SUFFIXES, write_grid
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,13 +19,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from engine import color, metrics
-from engine.errors import ColorizerError
+from engine.core import color, files, metrics
+from engine.core.errors import ColorizerError
 
 log = logging.getLogger(__name__)
 
 # Photo suffixes for training and evaluation (colorize-dir accepts more, see engine/images.py).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = files.PHOTO_SUFFIXES
 
 
 @dataclass

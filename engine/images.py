@@ -6,14 +6,14 @@ the EXIF orientation of every format (``ImageOps.exif_transpose``), and it
 prints nothing on stderr. Gray JPEGs, the common input, take a shorter road:
 Pillow reads the header and EXIF (lazily, no pixels), libjpeg-turbo through
 simplejpeg decodes the pixels straight into one array (strict: any warning
-sends the file back to Pillow, which then decides), 7.5 ms instead of 11 ms
-for 1080p on this project's CPU. Colour inputs are grayed with the colour spec's luma
-(``engine.color.rgb_u8_to_luma_u8``), exactly as the trainer grays photos.
+sends the file back to Pillow, which then decides), faster than Pillow's own
+decode. Colour inputs are grayed with the colour spec's luma
+(``engine.core.color.rgb_u8_to_luma_u8``), exactly as the trainer grays photos.
 Gray inputs (8- or 16-bit) are used as they are.
 
 JPEG outputs are encoded from Y, Cb, Cr planes with 4:2:0 chroma
 (``encode_jpeg_ycbcr``): no colour conversion and no chroma downsampling
-inside the encoder, 8 ms instead of 15 ms for 1080p.
+inside the encoder, so encoding a JPEG is cheaper.
 
 Large images are processed in horizontal strips (graying, chroma upscaling and
 composition), so the float temporaries stay a few MB whatever the photo size.
@@ -34,9 +34,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine import color, contract
-from engine.errors import ColorizerError
-from engine.tree import temp_name
+from engine.core import color, contract
+from engine.core import files
+from engine.core.errors import ColorizerError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # warning between its limit and twice its limit would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
-STRIP_PIXELS = 1 << 16  # pixels per strip in the float stages: temporaries stay in cache (2x faster than 1 MP strips)
+STRIP_PIXELS = 1 << 16  # pixels per strip in the float stages: temporaries stay in cache (faster than 1 MP strips)
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
@@ -233,16 +233,16 @@ def fit(luma: np.ndarray, size: int, *, multiple: int | None = None) -> tuple[np
 
     ``multiple`` None: pad to ``size x size`` (every photo the same shape: whole batches, as a GPU
     wants). ``multiple`` m: pad each side only up to a multiple of m (the artifact's size multiple),
-    so a 16:9 photo at 224 runs at 224x128 instead of 224x224, 1.75x less model work; on the
-    validation split the chroma's PSNR was the same (24.03 vs 24.00 dB, notes/tight-inputs.md).
+    so a 16:9 photo at 224 runs at 224x128 instead of 224x224, with less model work at the same
+    chroma quality on the validation split (docs/decisions).
     Returns the padded uint8 array and the ``(h, w)`` of the content (top-left).
     """
     h, w = luma.shape
     (ch, cw), (ph, pw) = fitted_shape(h, w, size, multiple=multiple)
     if (ch, cw) != (h, w):
-        # Area averaging, as the trainer resizes (cv2.INTER_AREA): Pillow's 2.4x faster BOX filter samples pixel
-        # centres instead of coverage and moved the validation split's PSNR by up to 1.4 dB per photo
-        # (notes/benchmarks-readme.md). area_downscale gives INTER_AREA's pixels 3.5x faster for 1080p.
+        # Area averaging, as the trainer resizes (cv2.INTER_AREA): Pillow's faster BOX filter samples pixel
+        # centres instead of coverage and moved the validation PSNR of single photos. area_downscale gives
+        # INTER_AREA's pixels faster for large photos.
         if max(h, w) > size:
             small = area_downscale(luma, (ch, cw))
         else:
@@ -278,10 +278,10 @@ def area_downscale(luma: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray:
 
     Each output pixel is the mean of the input over its cell, fractional pixels at the
     cell's edges weighted by their coverage: the definition cv2.INTER_AREA implements
-    (its pixels within 1 level; ~1 in 10,000 differ, by float rounding). Computed exactly from
+    (its pixels within 1 level, where float rounding differs). Computed exactly from
     the integral image, which is bilinear inside each pixel: a cell's sum is four
-    bilinear lookups at its corners. 1.9 ms instead of cv2's 6.6 ms for 1080p -> 224 px
-    on this project's CPU (cv2's generic path for non-integer factors is slow). Bands of
+    bilinear lookups at its corners. Faster than cv2's resize for large photos
+    (cv2's generic path for non-integer factors is slow). Bands of
     at most ``AREA_BAND_PIXELS`` input pixels bound the memory and keep int32 sums exact.
     """
     H, W = luma.shape
@@ -324,7 +324,7 @@ def compose(luma: np.ndarray, uv: np.ndarray, *, saturation: float = 1.0, alpha:
 
     ``uv``: float32 ``(2, h, w)`` at model resolution, padding already cropped.
     The chroma is upscaled bilinearly (cv2.resize semantics, half-pixel centres)
-    to the luma's size and joined to it with ``engine.color.compose_u8``.
+    to the luma's size and joined to it with ``engine.core.color.compose_u8``.
     """
     H, W = luma.shape
     _, h, w = uv.shape
@@ -352,10 +352,10 @@ def compose_jpeg_chroma(
 
     ``shape``: the luma's ``(H, W)``; ``uv``: float32 ``(2, h, w)`` at model resolution,
     padding already cropped. The chroma is mapped to JPEG levels at model resolution
-    (``engine.color.uv_to_cbcr_u8``) and upscaled bilinearly (cv2.resize, half-pixel
+    (``engine.core.color.uv_to_cbcr_u8``) and upscaled bilinearly (cv2.resize, half-pixel
     centres, like ``compose``) to JPEG's chroma grid, one sample per 2x2 luma pixels
     (centred, as JFIF sites them). A JPEG output so needs no full-resolution float,
-    RGB or chroma pass: ~1 ms for a 1080p photo instead of ~60 ms in ``compose``.
+    RGB or chroma pass, a fraction of the work of ``compose``.
     Decoded, it gives ``compose``'s pixels within a few levels, before JPEG's own loss.
     """
     H, W = shape
@@ -464,20 +464,8 @@ def _pil_save(image: np.ndarray | Image.Image, fmt: str, exif: bytes | None, **o
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to ``.NAME.tmp-PID`` beside ``path``, fsync, rename: a kill leaves no partial output."""
-    tmp = path.with_name(temp_name(path.name))
+    """``files.write_bytes_atomic``: a kill leaves no partial output; errors become ``WriteError`` with the errno."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        files.write_bytes_atomic(path, data)
     except OSError as e:
         raise WriteError(f"cannot write {path} ({e.strerror or e})", e.errno) from e
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            log.debug("%s: could not remove temp file", tmp)

@@ -4,6 +4,13 @@
          │ (skips)                │ (failures)                                            │ (done, failures)
          └──────────────────────────────── events ──► caller's thread: logging, progress, summary
 
+    _walk_stage, _count_stage   list the tree (and count it for the progress total)
+    _read_stage                 decode + fit each photo (``stages.read_photo``), within the memory budget
+    _infer_stage                batch photos and run the model (``stages.infer_chroma``)
+    _write_stage                compose + encode + write each photo (``stages.write_photo``)
+    _Events                     folds the stages' events into the run's ``engine.progress.Tally``
+    run                         wires them together: threads, queues, stop and clean-up
+
 The per-photo work lives in ``engine.stages`` (JPEG outputs are encoded straight
 from Y/Cb/Cr planes); ``RunSummary.stages`` has the time spent in each stage.
 Every queue is bounded, so at most a few batches of photos are in memory
@@ -19,7 +26,6 @@ import errno
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,70 +33,25 @@ from typing import Callable
 import numpy as np
 
 from engine import images, tree
-from engine.backends.base import Runner, allowed_cpus
-from engine.errors import ColorizerError
+from engine.backends.base import Runner
+from engine.core.hardware import allowed_cpus
+from engine.core.errors import ColorizerError
 from engine.flow import Budget as _Budget
 from engine.flow import Stopping as _Stop
 from engine.flow import get as _get
 from engine.flow import lower_priority
 from engine.flow import put as _put
+from engine.progress import MAX_FAILURES_KEPT, Progress, RunSummary, Tally  # noqa: F401 - re-exported
 from engine.stages import StageTimes, infer_chroma, read_photo, write_photo
 
 log = logging.getLogger(__name__)
 
-MAX_FAILURES_KEPT = 10_000
 FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT}
 _DONE = object()
 
 
 class RunStopped(ColorizerError):
     """The run stopped early: the output disk is full, over quota or read-only, or the walk broke."""
-
-
-@dataclass
-class Progress:
-    """What the progress callback sees after every event (called in the caller's thread)."""
-
-    event: str  # "total", "colorized", "skipped", "failed"
-    path: str | None
-    colorized: int
-    skipped: int
-    failed: int
-    total: int | None  # files in this run (this shard); None until counted
-    elapsed: float
-
-    @property
-    def done(self) -> int:
-        return self.colorized + self.skipped + self.failed
-
-
-@dataclass
-class RunSummary:
-    colorized: int = 0
-    skipped: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    backend: str = ""
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first 10,000
-    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # engine.stages.StageTimes.as_dict()
-
-    @property
-    def done(self) -> int:
-        return self.colorized + self.skipped + self.failed
-
-    @property
-    def images_per_second(self) -> float:
-        return self.colorized / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed else 0
-
-    def line(self) -> str:
-        return (
-            f"{self.colorized} colorized, {self.skipped} skipped, {self.failed} failed "
-            f"in {self.seconds:.1f} s ({self.images_per_second:.2f} img/s)"
-        )
 
 
 @dataclass
@@ -122,9 +83,8 @@ BYTES_PER_PIXEL = 6  # luma + alpha held from decode to write, plus the composed
 def default_io_threads(on_gpu: bool) -> tuple[int, int]:
     """(readers, writers). On a GPU the CPU does only I/O; on a CPU the model takes the cores.
 
-    On a CPU two writers from 2 cores up: a writer spends ~7 ms of each photo waiting for fsync, so one
-    writer fell behind the INT8 model at the end of small runs (50 1080p photos on 2 cores: 29.9, 29.5
-    -> 38.5, 34.2 img/s; 500 photos unchanged: 34.7, 31.3 vs 34.2, 32.4; FP32 +1-3 %).
+    On a CPU two writers from 2 cores up: a writer spends part of each photo waiting for fsync,
+    so a single writer falls behind the model at the end of small runs.
     """
     cpus = allowed_cpus()
     if not on_gpu:
@@ -139,9 +99,9 @@ PADDINGS = ("auto", "square", "tight")
 def resolve_padding(padding: str, on_gpu: bool) -> str:
     """``"square"`` or ``"tight"`` for ``padding`` in ``PADDINGS``; auto: tight on a CPU, square on a GPU.
 
-    A CPU runs one photo or two per model call, so a 16:9 photo padded only to the size
-    multiple (224x128 at 224 px) costs 57 % of a square input. A GPU wants whole batches of
-    one shape; tight inputs there split a batch into one call per shape.
+    A CPU runs one photo or two per model call, so a photo that is not square costs less
+    padded only to the size multiple (a 16:9 photo at 224 px runs at 224x128). A GPU wants
+    whole batches of one shape; tight inputs there split a batch into one call per shape.
     """
     if padding not in PADDINGS:
         raise ValueError(f"padding: expected one of {', '.join(PADDINGS)}, found {padding!r}")
@@ -155,212 +115,133 @@ def default_io_nice(on_gpu: bool) -> int:
     return 0
 
 
-def run(
-    runner: Runner,
-    src: Path,
-    dst: Path,
-    settings: Settings,
-    *,
-    overwrite: bool = False,
-    shard: tree.Shard | None = None,
-    fail_list: Path | None = None,
-    progress: Callable[[Progress], None] | None = None,
-) -> RunSummary:
-    """Colorize every image under ``src`` into ``dst``; folders already checked by the caller."""
-    s = settings
-    stop = threading.Event()
-    tasks: queue.Queue = queue.Queue(maxsize=2 * s.readers)
-    ready: queue.Queue = queue.Queue(maxsize=2 * s.batch_size)
-    to_write: queue.Queue = queue.Queue(maxsize=max(2 * s.writers, s.batch_size))
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    summary = RunSummary(backend=runner.describe())
-    state = {"total": None}
-    t0 = time.perf_counter()
-    try:
-        fail_file = open(fail_list, "w", encoding="utf-8") if fail_list is not None else None  # noqa: SIM115
-    except OSError as e:
-        raise tree.UsageError(f"--fail-list {fail_list}: cannot write ({e.strerror or e})") from e
-    fatal: list[str] = []  # a full or read-only output disk: stop instead of failing every file
-    budget = _Budget(s.inflight_bytes)
-    times = StageTimes()
-    notes: set[str] = set()  # notes already logged (caller's thread)
-    png_exts: set[str] = set()  # extensions already announced as written to PNG (walker thread)
-
-    def walker() -> None:
-        try:
-            for task in tree.walk(src, dst, shard=shard, overwrite=overwrite):
-                if task.error is not None:
-                    events.put(("failed", task, task.error))
-                    continue
-                if task.skip:
-                    events.put(("skipped", task, None))
-                    continue
-                ext = task.src.suffix.lower()
-                if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
-                    png_exts.add(ext)
-                    note = f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})"
-                    events.put(("note", task, note))
-                _put(tasks, task, stop)
-        except _Stop:
-            return
-        except Exception as e:  # noqa: BLE001 - a bug must not pass for a finished run
-            log.debug("walker failed", exc_info=True)
-            fatal.append(f"listing {src} failed ({type(e).__name__}: {e})")
-        finally:
-            for _ in range(s.readers):
-                try:
-                    _put(tasks, _DONE, stop)
-                except _Stop:
-                    break
-
-    def counter() -> None:
-        events.put(("total", None, tree.count(src, shard)))
-
-    def reader() -> None:
-        lower_priority(s.io_nice)
-        try:
-            while True:
-                task = _get(tasks, stop)
-                if task is _DONE:
-                    break
-                try:
-                    decoded, x, crop = read_photo(task.src, s.size, s.max_pixels, times, multiple=s.multiple)
-                except ColorizerError as e:
-                    events.put(("failed", task, str(e)))
-                    continue
-                except Exception as e:  # noqa: BLE001 - one odd file must not end a run over millions
-                    log.debug("%s: internal error while reading", task.src, exc_info=True)
-                    events.put(("failed", task, f"internal error while reading ({type(e).__name__}: {e})"))
-                    continue
-                cost = decoded.luma.size * BYTES_PER_PIXEL
-                budget.acquire(cost, stop)
-                _put(ready, _Item(task, decoded, x, crop, cost), stop)
-        except _Stop:
-            return
-        finally:
-            try:
-                _put(ready, _DONE, stop)
-            except _Stop:
-                pass
-
-    def writer() -> None:
-        lower_priority(s.io_nice)
-        try:
-            while True:
-                job = _get(to_write, stop)
-                if job is _DONE:
-                    break
-                item, uv = job
-                try:
-                    event = write_one(item, uv)
-                finally:
-                    budget.release(item.cost)
-                if event is None:  # a full or read-only disk: the run stops
-                    return
-                events.put(event)
-        except _Stop:
-            return
-
-    def write_one(item: _Item, uv: np.ndarray) -> tuple | None:
-        task, d = item.task, item.decoded
-        try:
-            if task.fmt == "JPEG" and d.alpha is not None:
-                events.put(("note", task, "JPEG cannot hold alpha: alpha dropped"))
-            write_photo(task, d, uv, saturation=s.saturation, jpeg_quality=s.jpeg_quality, times=times)
-        except (images.WriteError, OSError) as e:
-            if getattr(e, "errno", None) in FATAL_ERRNOS:
-                fatal.append(f"{e}; stopping (the outputs written so far are complete)")
-                stop.set()
-                return None
-            return ("failed", task, str(e))
-        except ColorizerError as e:
-            return ("failed", task, str(e))
-        except Exception as e:  # noqa: BLE001 - as in reader()
-            log.debug("%s: internal error while writing", task.src, exc_info=True)
-            return ("failed", task, f"internal error while writing ({type(e).__name__}: {e})")
-        return ("colorized", task, None)
-
-    def drain() -> None:
-        while True:
-            try:
-                kind, task, info = events.get_nowait()
-            except queue.Empty:
-                return
-            path = str(task.src) if task is not None else None
-            if kind == "total":
-                state["total"] = info
-            elif kind == "note":
-                if info not in notes:  # once per kind of note, not once per file
-                    notes.add(info)
-                    log.info("%s", info)
-                continue
-            elif kind == "skipped":
-                summary.skipped += 1
-            elif kind == "colorized":
-                summary.colorized += 1
-            elif kind == "failed":
-                summary.failed += 1
-                log.warning("%s: %s", path, info)
-                if len(summary.failures) < MAX_FAILURES_KEPT:
-                    summary.failures.append((path, info))
-                if fail_file is not None:
-                    fail_file.write(f"{path}\n")
-                    fail_file.flush()
-            if progress is not None:
-                progress(
-                    Progress(kind, path, summary.colorized, summary.skipped, summary.failed, state["total"],
-                             time.perf_counter() - t0)
-                )
-
-    threads = [threading.Thread(target=walker, name="walker", daemon=True)]
-    threads += [threading.Thread(target=reader, name=f"reader-{i}", daemon=True) for i in range(s.readers)]
-    writers = [threading.Thread(target=writer, name=f"writer-{i}", daemon=True) for i in range(s.writers)]
-    threading.Thread(target=counter, name="counter", daemon=True).start()
-    for t in threads + writers:
-        t.start()
-    try:
-        _infer_loop(runner, ready, to_write, s, stop, drain, budget, times)
-        for _ in writers:
-            _put(to_write, _DONE, stop)
-        for t in writers:
-            while t.is_alive():
-                t.join(timeout=0.1)
-                drain()
-        drain()
-        if fatal:
-            raise RunStopped(fatal[0])
-    except _Stop:
-        drain()
-        raise RunStopped(fatal[0] if fatal else "stopped") from None
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        stop.set()
-        for t in threads + writers:
-            t.join(timeout=5)
-        if fail_file is not None:
-            fail_file.close()
-    summary.seconds = time.perf_counter() - t0
-    summary.stages = times.as_dict()
-    return summary
-
-
 def batch_ready(n: int, *, batch_size: int, per_call: int, more_ready: bool) -> bool:
     """Whether ``n`` collected photos go to the model now: a whole batch, or one call's worth with none waiting.
 
     ``per_call``: photos one model call takes (``Runner.images_per_call``; the batch on a GPU).
     A CPU runner splits batches into calls of about one image, so when no more photos are
     ready, waiting for a whole batch only leaves the cores idle (the first photos of a run,
-    slow reads): a 16-photo folder ran 4-6 % (FP32) and 13 % (INT8) faster. While photos
-    queue up, batches fill as before.
+    slow reads). While photos queue up, batches fill as before.
     """
     return n >= batch_size or (n >= min(batch_size, per_call) and not more_ready)
 
 
-def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Settings,
-                stop: threading.Event, drain: Callable[[], None], budget: _Budget, times: StageTimes) -> None:
-    """Batch items from the readers, run the model, hand each photo's chroma to the writers."""
+# ----------------------------------------------------------------------------- what the stages share
+
+
+@dataclass
+class _Shared:
+    """What the threads of one run share: settings, the stop flag, the bounded queues, budget, timers.
+
+    ``events`` carries ``(kind, task, info)`` to the caller's thread (``_Events``); ``fatal``
+    holds why the run must stop (a full or read-only output disk, a broken walk).
+    """
+
+    s: Settings
+    stop: threading.Event = field(default_factory=threading.Event)
+    events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    fatal: list[str] = field(default_factory=list)
+    times: StageTimes = field(default_factory=StageTimes)
+    tasks: queue.Queue = field(init=False)  # walker -> readers
+    ready: queue.Queue = field(init=False)  # readers -> inference
+    to_write: queue.Queue = field(init=False)  # inference -> writers
+    budget: _Budget = field(init=False)  # bytes of photos between decode and write
+
+    def __post_init__(self) -> None:
+        s = self.s
+        self.tasks = queue.Queue(maxsize=2 * s.readers)
+        self.ready = queue.Queue(maxsize=2 * s.batch_size)
+        self.to_write = queue.Queue(maxsize=max(2 * s.writers, s.batch_size))
+        self.budget = _Budget(s.inflight_bytes)
+
+    def send_done(self, q: queue.Queue, n: int) -> None:
+        """Tell ``n`` consumers of ``q`` that no more items come (gives up quietly when stopping)."""
+        for _ in range(n):
+            try:
+                _put(q, _DONE, self.stop)
+            except _Stop:
+                break
+
+
+# ----------------------------------------------------------------------------- stages (one function per thread)
+
+
+def _walk_stage(sh: _Shared, src: Path, dst: Path, shard: tree.Shard | None, overwrite: bool) -> None:
+    """Walker thread: list the tree; skips and unreadable entries become events, the rest go to the readers.
+
+    Notes once per input extension that is written as PNG. A walk that breaks stops the run.
+    """
+    png_exts: set[str] = set()
+    try:
+        for task in tree.walk(src, dst, shard=shard, overwrite=overwrite):
+            if task.error is not None:
+                sh.events.put(("failed", task, task.error))
+                continue
+            if task.skip:
+                sh.events.put(("skipped", task, None))
+                continue
+            ext = task.src.suffix.lower()
+            if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
+                png_exts.add(ext)
+                note = f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})"
+                sh.events.put(("note", task, note))
+            _put(sh.tasks, task, sh.stop)
+    except _Stop:
+        return
+    except Exception as e:  # noqa: BLE001 - a bug must not pass for a finished run
+        log.debug("walker failed", exc_info=True)
+        sh.fatal.append(f"listing {src} failed ({type(e).__name__}: {e})")
+    finally:
+        sh.send_done(sh.tasks, sh.s.readers)
+
+
+def _count_stage(sh: _Shared, src: Path, shard: tree.Shard | None) -> None:
+    """Counter thread: the number of files in this run (shard), the progress total."""
+    sh.events.put(("total", None, tree.count(src, shard)))
+
+
+def _read_stage(sh: _Shared) -> None:
+    """Reader thread: decode and fit each task, charge its bytes to the budget, hand it to inference.
+
+    An unreadable file becomes a ``failed`` event; the thread ends on ``_DONE`` or on stop.
+    """
+    s = sh.s
+    lower_priority(s.io_nice)
+    try:
+        while True:
+            task = _get(sh.tasks, sh.stop)
+            if task is _DONE:
+                break
+            try:
+                decoded, x, crop = read_photo(task.src, s.size, s.max_pixels, sh.times, multiple=s.multiple)
+            except ColorizerError as e:
+                sh.events.put(("failed", task, str(e)))
+                continue
+            except Exception as e:  # noqa: BLE001 - one odd file must not end a run over millions
+                log.debug("%s: internal error while reading", task.src, exc_info=True)
+                sh.events.put(("failed", task, f"internal error while reading ({type(e).__name__}: {e})"))
+                continue
+            cost = decoded.luma.size * BYTES_PER_PIXEL
+            sh.budget.acquire(cost, sh.stop)
+            _put(sh.ready, _Item(task, decoded, x, crop, cost), sh.stop)
+    except _Stop:
+        return
+    finally:
+        try:
+            _put(sh.ready, _DONE, sh.stop)
+        except _Stop:
+            pass
+
+
+def _infer_stage(runner: Runner, sh: _Shared, drain: Callable[[], None]) -> None:
+    """Inference, in the caller's thread: batch items from the readers, run the model, hand chroma to the writers.
+
+    A batch goes when ``batch_ready`` says so, when the readers are done, or when the memory
+    budget is exhausted (it cannot grow until writers free memory). ``drain`` runs whenever
+    this thread would otherwise wait, so progress keeps flowing. Raises ``Stopping`` when a
+    writer stopped the run.
+    """
+    s, ready, budget = sh.s, sh.ready, sh.budget
     readers_left = s.readers
     batch: list[_Item] = []
     while readers_left or batch:
@@ -370,7 +251,7 @@ def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Se
                 item = ready.get(timeout=0.05)
             except queue.Empty:
                 drain()
-                if stop.is_set():  # a writer hit a full or read-only disk
+                if sh.stop.is_set():  # a writer hit a full or read-only disk
                     raise _Stop from None
                 if not (batch and budget.starved()):
                     continue
@@ -382,10 +263,134 @@ def _infer_loop(runner: Runner, ready: queue.Queue, to_write: queue.Queue, s: Se
         per_call = (runner.images_per_call(*batch[0].model_input.shape) if batch else None) or s.batch_size
         full = batch_ready(len(batch), batch_size=s.batch_size, per_call=per_call, more_ready=not ready.empty())
         if batch and (full or not readers_left or starved):
-            t = times.now()
+            t = sh.times.now()
             crops = infer_chroma(runner, [it.model_input for it in batch], [it.crop for it in batch])
-            times.lap("infer", t, photos=len(batch))
+            sh.times.lap("infer", t, photos=len(batch))
             for it, chroma in zip(batch, crops):
-                _put(to_write, (it, chroma), stop)
+                _put(sh.to_write, (it, chroma), sh.stop)
             batch = []
             drain()
+
+
+def _write_stage(sh: _Shared) -> None:
+    """Writer thread: compose, encode and write each photo, then free its bytes in the budget.
+
+    Ends on ``_DONE``, on stop, or after a full or read-only output disk (which stops the run).
+    """
+    lower_priority(sh.s.io_nice)
+    try:
+        while True:
+            job = _get(sh.to_write, sh.stop)
+            if job is _DONE:
+                break
+            item, uv = job
+            try:
+                event = _write_one(sh, item, uv)
+            finally:
+                sh.budget.release(item.cost)
+            if event is None:  # a full or read-only disk: the run stops
+                return
+            sh.events.put(event)
+    except _Stop:
+        return
+
+
+def _write_one(sh: _Shared, item: _Item, uv: np.ndarray) -> tuple | None:
+    """The event for one written photo (``colorized`` or ``failed``); None when the disk stops the run."""
+    task, d, s = item.task, item.decoded, sh.s
+    try:
+        if task.fmt == "JPEG" and d.alpha is not None:
+            sh.events.put(("note", task, "JPEG cannot hold alpha: alpha dropped"))
+        write_photo(task, d, uv, saturation=s.saturation, jpeg_quality=s.jpeg_quality, times=sh.times)
+    except (images.WriteError, OSError) as e:
+        if getattr(e, "errno", None) in FATAL_ERRNOS:
+            sh.fatal.append(f"{e}; stopping (the outputs written so far are complete)")
+            sh.stop.set()
+            return None
+        return ("failed", task, str(e))
+    except ColorizerError as e:
+        return ("failed", task, str(e))
+    except Exception as e:  # noqa: BLE001 - as in _read_stage
+        log.debug("%s: internal error while writing", task.src, exc_info=True)
+        return ("failed", task, f"internal error while writing ({type(e).__name__}: {e})")
+    return ("colorized", task, None)
+
+
+class _Events:
+    """The caller's side of ``_Shared.events``: each call folds the events queued so far into ``tally``."""
+
+    def __init__(self, events: queue.SimpleQueue, tally: Tally) -> None:
+        self.events, self.tally = events, tally
+
+    def __call__(self) -> None:
+        while True:
+            try:
+                kind, task, info = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "total":
+                self.tally.set_total(info)
+            elif kind == "note":
+                self.tally.note(info)
+            else:
+                self.tally.event(kind, str(task.src), info)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(
+    runner: Runner,
+    src: Path,
+    dst: Path,
+    settings: Settings,
+    *,
+    overwrite: bool = False,
+    shard: tree.Shard | None = None,
+    fail_list: Path | None = None,
+    progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
+    """Colorize every image under ``src`` into ``dst``; folders already checked by the caller.
+
+    Starts the walker, counter, reader and writer threads, runs inference in this thread and
+    reports their events here. Raises ``RunStopped`` (full or read-only disk, broken walk);
+    any other exception (a failing backend, Ctrl-C) stops the threads and propagates.
+    """
+    sh = _Shared(settings)
+    with Tally(runner.describe(), fail_list=fail_list, progress=progress, log=log) as tally:
+        drain = _Events(sh.events, tally)
+        threads = [threading.Thread(target=_walk_stage, args=(sh, src, dst, shard, overwrite), name="walker",
+                                    daemon=True)]
+        threads += [threading.Thread(target=_read_stage, args=(sh,), name=f"reader-{i}", daemon=True)
+                    for i in range(settings.readers)]
+        writers = [threading.Thread(target=_write_stage, args=(sh,), name=f"writer-{i}", daemon=True)
+                   for i in range(settings.writers)]
+        threading.Thread(target=_count_stage, args=(sh, src, shard), name="counter", daemon=True).start()
+        for t in threads + writers:
+            t.start()
+        try:
+            _infer_stage(runner, sh, drain)
+            _finish_writers(sh, writers, drain)
+            if sh.fatal:
+                raise RunStopped(sh.fatal[0])
+        except _Stop:
+            drain()
+            raise RunStopped(sh.fatal[0] if sh.fatal else "stopped") from None
+        finally:
+            sh.stop.set()
+            for t in threads + writers:
+                t.join(timeout=5)
+    summary = tally.finish()
+    summary.stages = sh.times.as_dict()
+    return summary
+
+
+def _finish_writers(sh: _Shared, writers: list[threading.Thread], drain: Callable[[], None]) -> None:
+    """After the last batch: tell the writers to finish, and report their events until they have."""
+    for _ in writers:
+        _put(sh.to_write, _DONE, sh.stop)
+    for t in writers:
+        while t.is_alive():
+            t.join(timeout=0.1)
+            drain()
+    drain()

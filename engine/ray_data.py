@@ -30,8 +30,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from engine import contract, images, stages
-from engine.errors import BackendUnavailable, ColorizerError
+from engine.core import contract
+from engine import images, stages
+from engine.core.errors import BackendUnavailable, ColorizerError
 from engine.tree import UsageError
 
 log = logging.getLogger(__name__)
@@ -377,7 +378,7 @@ def colorize_dataset(
 def check_model(model: str | os.PathLike[str] | None, backend: str) -> str | None:
     """The model as an absolute path (workers may run elsewhere), checked here: a missing file, a wrong
     suffix or a missing/stale sidecar is a usage error now, not a failure in every worker."""
-    from engine import contract
+    from engine.core import contract
     from engine.backends import resolve_model
 
     path = None if model is None else os.path.abspath(os.path.expanduser(os.fspath(model)))

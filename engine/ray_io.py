@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,8 +30,9 @@ import numpy as np
 
 from engine import images, stages, tree
 from engine.api import DEFAULT_MAX_PIXELS, check_fail_list
-from engine.errors import ColorizerError
-from engine.pipeline import FATAL_ERRNOS, MAX_FAILURES_KEPT, Progress, RunStopped, RunSummary
+from engine.core.errors import ColorizerError
+from engine.pipeline import FATAL_ERRNOS, RunStopped
+from engine.progress import Progress, RunSummary, Tally
 from engine.ray_data import (
     ALPHA, BACKEND, CRASH_ENV, CROP_H, CROP_W, DEFAULT_MAX_WORKER_DEATHS, EMPTY, ERROR, KEY, LUMA, UV, X,
     RayRunError, _check_options, _ragged, check_model, guarded, import_ray, report_times, infer_stage, make_ledger, plan_workers,
@@ -218,75 +218,38 @@ class RayColorizer:
             raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
         fail_path = check_fail_list(src_p, fail_list)
         dst_p.mkdir(parents=True, exist_ok=True)
-        try:
-            fail_file = open(fail_path, "w", encoding="utf-8") if fail_path is not None else None  # noqa: SIM115
-        except OSError as e:
-            raise UsageError(f"--fail-list {fail_path}: cannot write ({e.strerror or e})") from e
-        run = _Run(self, src_p, fail_file, progress)
-        try:
-            run.go(src_p, dst_p, shard, overwrite, int(jpeg_quality))
-        finally:
-            if fail_file is not None:
-                fail_file.close()
-        return run.summary
+        with Tally(self.describe(), fail_list=fail_path, progress=progress, log=log) as tally:
+            _Run(self, tally).go(src_p, dst_p, shard, overwrite, int(jpeg_quality))
+        return tally.finish()
 
 
 class _Run:
-    """One ``colorize_dir`` call: the listing, the dataset, and the events folded into a ``RunSummary``."""
+    """One ``colorize_dir`` call: the listing and the dataset, their events folded by the shared ``Tally``."""
 
-    def __init__(self, rc: RayColorizer, src: Path, fail_file: Any, progress: Callable[[Progress], None] | None):
-        self.rc, self.src, self.fail_file, self.progress = rc, src, fail_file, progress
-        self.summary = RunSummary(backend=rc.describe())
-        self.total: int | None = None
-        self.notes: set[str] = set()
-        self.t0 = time.perf_counter()
-
-    def event(self, kind: str, path: str | None, info: str = "") -> None:
-        s = self.summary
-        if kind == "note":
-            if info not in self.notes:  # once per kind of note, as the local pipeline
-                self.notes.add(info)
-                log.info("%s", info)
-            return
-        if kind == "skipped":
-            s.skipped += 1
-        elif kind == "colorized":
-            s.colorized += 1
-        elif kind == "failed":
-            s.failed += 1
-            log.warning("%s: %s", path, info)
-            if len(s.failures) < MAX_FAILURES_KEPT:
-                s.failures.append((str(path), info))
-            if self.fail_file is not None:
-                self.fail_file.write(f"{path}\n")
-                self.fail_file.flush()
-        if self.progress is not None:
-            self.progress(Progress(kind, path, s.colorized, s.skipped, s.failed, self.total,
-                                   time.perf_counter() - self.t0))
+    def __init__(self, rc: RayColorizer, tally: Tally):
+        self.rc, self.tally, self.summary = rc, tally, tally.summary
 
     def go(self, src: Path, dst: Path, shard: Shard | None, overwrite: bool, quality: int) -> None:
         src_abs, dst_abs = src.absolute(), dst.absolute()
-        items: list[dict[str, str]] = []  # the files to do (about 500 bytes each, freed once handed to Ray)
+        items: list[dict[str, str]] = []  # the files to do (freed once handed to Ray)
         png_exts: set[str] = set()
         total = 0
         for task in tree.walk(src_abs, dst_abs, shard=shard, overwrite=overwrite):
             total += 1
             shown = str(src / Path(task.src).relative_to(src_abs))  # the path as the user gave it, as the local run
             if task.error is not None:
-                self.event("failed", shown, task.error)
+                self.tally.event("failed", shown, task.error)
             elif task.skip:
-                self.event("skipped", shown)
+                self.tally.event("skipped", shown)
             else:
                 ext = task.src.suffix.lower()
                 if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
                     png_exts.add(ext)
-                    self.event("note", None, f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})")
+                    self.tally.note(f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})")
                 items.append({KEY: str(task.src), "dst": str(task.dst), "fmt": task.fmt, "path": shown})
-        self.total = total
-        self.event("total", None)
+        self.tally.set_total(total)
         if items:
             self._colorize(items, quality)
-        self.summary.seconds = time.perf_counter() - self.t0
 
     def _colorize(self, items: list[dict[str, str]], quality: int) -> None:
         ray = import_ray()
@@ -314,10 +277,10 @@ class _Run:
                     if status == "fatal":
                         raise RunStopped(str(reason))
                     if note:
-                        self.event("note", None, str(note))
+                        self.tally.note(str(note))
                     if name:
                         backends.add(str(name))
-                    self.event(str(status), str(path), str(reason))
+                    self.tally.event(str(status), str(path), str(reason))
         except ray.exceptions.RayError as e:
             raise RayRunError(_ray_error_message(e)) from e
         finally:

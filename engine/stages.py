@@ -10,7 +10,7 @@ are the model's chroma mapped to JPEG levels at model resolution and upscaled
 other format goes through ``images.compose`` (RGB(A)) and ``images.encode``.
 
 ``StageTimes`` sums, per stage, the wall time of each call and the CPU time of
-the thread that made it (two clock reads per stage and photo, ~1 µs), over all
+the thread that made it (two clock reads per stage and photo, negligible), over all
 threads: ``RunSummary.stages`` reports them, ``benchmarks/pipeline.py`` prints them.
 """
 
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import contract, images, tree
+from engine.core import contract
+from engine import images, tree
 from engine.backends.base import Runner
 
 STAGES = ("decode", "resize", "infer", "compose", "encode", "write")

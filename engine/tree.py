@@ -24,41 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
+from engine.core.files import INPUT_SUFFIXES as INPUT_EXTS
+from engine.core.files import SAME_FORMAT, TO_PNG, owner_gone, parse_temp_name, temp_key, temp_name  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
 
 class UsageError(ColorizerError):
     """Invalid folders or options (the CLI exits with code 2)."""
-
-
-# Extension -> output format written for it. Formats that cannot hold colour
-# (PGM/PBM) or only a palette (GIF) are written as PNG next to the original name.
-JPEG_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif")
-SAME_FORMAT = {
-    **{e: "JPEG" for e in JPEG_EXTS},
-    ".png": "PNG",
-    ".webp": "WEBP",
-    ".bmp": "BMP",
-    ".tif": "TIFF",
-    ".tiff": "TIFF",
-}
-TO_PNG = (".pgm", ".pbm", ".ppm", ".pnm", ".gif")
-INPUT_EXTS = frozenset(SAME_FORMAT) | frozenset(TO_PNG)
-
-_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.tmp-(?P<pid>\d+)$")
-
-
-def temp_name(name: str, pid: int | None = None) -> str:
-    """``photo.jpg`` -> ``.photo.jpg.tmp-<pid>``: hidden, so walks and viewers ignore it."""
-    return f".{name}.tmp-{os.getpid() if pid is None else pid}"
-
-
-def parse_temp_name(name: str) -> tuple[str, int] | None:
-    """``.photo.jpg.tmp-123`` -> ``("photo.jpg", 123)``; ``None`` for any other name."""
-    m = _TEMP_RE.match(name)
-    return (m.group("target"), int(m.group("pid"))) if m else None
 
 
 @dataclass(frozen=True)
@@ -221,14 +195,14 @@ def _clean_and_list(out_dir: Path, targets: set[str], clean: bool) -> set[str]:
     except OSError as err:
         log.warning("%s: cannot list output folder (%s)", out_dir, err.strerror or err)
         return present
-    me = os.getpid()
+    keys = {temp_key(t) for t in targets}
     for name, path in entries:
         parsed = parse_temp_name(name)
         if parsed is None:
             present.add(name)
             continue
-        target, pid = parsed
-        if clean and target in targets and pid != me:
+        key, pid = parsed
+        if clean and key in keys and owner_gone(pid):
             try:
                 os.unlink(path)
                 log.debug("%s: removed a temp file left by an interrupted run", path)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from engine.contract import OUTPUT_RGB, OUTPUT_UV
-from engine.errors import ColorizerError
+from engine.core.contract import OUTPUT_RGB, OUTPUT_UV
+from engine.core.errors import ColorizerError
 
 # Ops that start the model body: anything downstream of one of these is "network", not colour math.
 _BODY_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "Gemm", "MatMul"})

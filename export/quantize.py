@@ -1,7 +1,7 @@
 """INT8 for CPUs: static QDQ quantization with ONNX Runtime, calibrated on real photos, quality-gated.
 
 * Calibration data: the images of a folder (``--calib``, default ``samples/``),
-  grayed with the colour spec's luma (``engine.color.rgb_u8_to_luma_u8``), short
+  grayed with the colour spec's luma (``engine.core.color.rgb_u8_to_luma_u8``), short
   side resized to ``CALIB_SIZE`` and centre-cropped square.
 * Hold-out: every third image (index 2, 5, ...) is NOT used for calibration but
   for the quality gate. Folders with fewer than 3 images calibrate on all of
@@ -17,24 +17,24 @@
   outputs. A file quantized without it must only run on VNNI CPUs; the choice is
   recorded in the sidecar.
 * Graph clean-up for ONNX Runtime's CPU kernels (``_shapes_read_quantized``,
-  ``export.rewrites.softmax_channels_last``), measured at 224 px batch 8, 1 thread, bundled model:
+  ``export.rewrites.softmax_channels_last``):
   ORT runs the quantized convolutions channels-last (NHWC) and wraps every op that
   reads an NCHW float tensor in Transposes. A ``Shape`` reading a DequantizeLinear
   output (the decoder's Resize takes N, C from it) kept a Transpose and a
   DequantizeLinear alive per decoder level; it now reads the 8-bit tensor (same
   shape). A classification head's ``Softmax`` over channels (axis 1 of NCHW) and its
-  annealed-mean 1x1 conv cost ~14 % of the INT8 time (ORT transposes the logits
+  annealed-mean 1x1 conv were a costly part of the INT8 graph (ORT transposes the logits
   twice inside Softmax); they become Transpose -> Softmax over the last axis ->
   MatMul with the bin centres -> Transpose of the 2-channel result, still FP32, and
-  ORT cancels the first Transpose against its own NHWC one (~80 -> ~9 ms).
+  ORT cancels the first Transpose against its own NHWC one.
   The decoder's bilinear Resize stays FP32 between DQ and Q: ORT fuses DQ -> Resize
   -> Q into a uint8 Resize only for ``mode="nearest"`` (microsoft/onnxruntime#28414),
-  and a hand-made uint8 linear Resize measured 3x slower than the float one here and
-  truncates (-0.47 levels mean bias). The skip ``Add`` already runs as QLinearAdd.
+  and a hand-made uint8 linear Resize was slower than the float one and
+  truncates (biased low). The skip ``Add`` already runs as QLinearAdd.
   A classification head's 4x4 average pool becomes a depthwise 4x4 convolution before
   quantizing (``export.rewrites.pool_as_depthwise_conv``, exact for the graph's sizes,
-  multiples of 8): ORT's QLinearAveragePool took 15 ms per batch, the depthwise
-  QLinearConv a fraction of it (INT8 31.1 -> 34.0 images/s interleaved).
+  multiples of 8): ORT's QLinearAveragePool is a slow loop, the depthwise
+  QLinearConv takes a fraction of its time.
 * Gate: mean PSNR of INT8 vs FP32 ``rgb`` on the held-out images must reach
   ``export.parity.TOLERANCES["int8"]["psnr_floor_db"]``.
 """
@@ -48,14 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from engine import color
-from engine.contract import INPUT_NAME
+from engine.core import color, files
+from engine.core.contract import INPUT_NAME
 from export.fp16 import ExportError, colour_nodes, head_nodes, producers
 from export.rewrites import pool_as_depthwise_conv, softmax_channels_last
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = files.PHOTO_SUFFIXES
 CALIB_SIZE = 224
 HOLDOUT_EVERY = 3  # every third image is held out from calibration when there are >= 3
 SYNTHETIC_COUNT = 4
@@ -276,9 +276,9 @@ def float_head_nodes(model: Any, head: list[str]) -> list[str]:
 
     A regression head (conv -> tanh -> scale) stays float entirely: quantizing it
     would put ``uv`` itself through 8 bits. A classification head is quantized up
-    to its logits (pooling, convolutions: the costly part, ~15 % of the INT8 time
-    when left in float) and keeps the Softmax and everything after it (annealed
-    mean over the bin centres, upsampling) in float.
+    to its logits (pooling, convolutions: the costly part, slow when left in float)
+    and keeps the Softmax and everything after it (annealed mean over the bin
+    centres, upsampling) in float.
     """
     names = set(head)
     in_head = [n for n in model.graph.node if n.name in names]

@@ -1,16 +1,16 @@
-"""The JSON sidecar written next to every exported ONNX file (``engine.contract``).
+"""The JSON sidecar written next to every exported ONNX file (``engine.core.contract``).
 
 Keys of an ONNX sidecar (``MODEL.json``):
 
-    format          engine.contract.SIDECAR_FORMAT
+    format          engine.core.contract.SIDECAR_FORMAT
     artifact        {"file": "MODEL.onnx", "kind": "onnx"}
     sha256          sha256 of the ONNX file (the engine refuses a file that differs)
     precision       "fp32" | "fp16" | "int8"
     opset           default-domain opset of the file
-    model_config    train.model.ModelConfig.to_dict() (temperature override applied)
+    model_config    engine.net.model.ModelConfig.to_dict() (temperature override applied)
     inputs/outputs  [{"name", "dtype", "shape" (symbolic "N", "H", "W"), "range"}]; the input also
                     has "size_multiple": H and W must be multiples of it (the engine pads to it)
-    colour_spec     engine.color.describe()
+    colour_spec     engine.core.color.describe()
     parity          measured vs the PyTorch FP32 graph: uv_max_abs, rgb_max_levels, cases
                     (+ psnr_db, psnr_images for int8)
     tolerance       the gate applied (export.parity.TOLERANCES[precision])
@@ -29,8 +29,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from engine import color
-from engine.contract import (
+from engine.core import color
+from engine.core.contract import (
     INPUT_DTYPE,
     INPUT_NAME,
     OUTPUT_DTYPES,

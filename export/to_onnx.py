@@ -1,6 +1,6 @@
 """Checkpoint -> ONNX (fp32 | fp16 | int8), checked, then published with its sidecar.
 
-``export_checkpoint`` traces ``export.graph.ColorizeGraph`` with the dynamo
+``export_checkpoint`` traces ``engine.net.graph.ColorizeGraph`` with the dynamo
 exporter (dynamic N, H, W; one self-contained file), rewrites it for ONNX
 Runtime's layouts (every precision: fixed-factor resizes and the head's pool;
 FP32: the annealed mean made channels-last too; ``export.rewrites``), converts
@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from engine.contract import INPUT_NAME, OUTPUT_RGB, OUTPUT_UV, sha256_file, sidecar_path
+from engine.core.contract import INPUT_NAME, OUTPUT_RGB, OUTPUT_UV, sha256_file, sidecar_path
 from export import parity
 from export.fp16 import ExportError, colour_nodes, convert_to_fp16
 
@@ -152,8 +152,8 @@ def _prepare_out(out: Path) -> Path:
 
 
 def _load(checkpoint: Path, temperature: float | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    from export.graph import ColorizeGraph
-    from train.checkpoint import load_model
+    from engine.net.graph import ColorizeGraph
+    from engine.net.checkpoint import load_model
 
     model, data = load_model(checkpoint)
     config = model.config

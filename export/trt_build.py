@@ -9,17 +9,22 @@ TF32 is switched off (TensorRT enables it by default): FP32 layers, the colour
 nodes of an FP16 engine included, stay FP32.
 
 TensorRT takes a uint8 network input only straight into a Cast and gives a uint8
-output only straight out of one (NVIDIA/TensorRT#3985): ``Shape`` nodes reading
-``gray`` are rewired to its Cast before parsing (``uint8_io_for_tensorrt``), and
-AveragePool without pads gets ``count_include_pad=0``, the same result in ONNX,
-unambiguous in TensorRT (``ceil_avgpool_for_tensorrt``).
+output only straight out of one: ``Shape`` nodes reading ``gray`` are rewired to
+its Cast before parsing (``uint8_io_for_tensorrt``), and AveragePool without pads
+gets ``count_include_pad=0``, the same result in ONNX, unambiguous in TensorRT
+(``ceil_avgpool_for_tensorrt``).
 
 Engine cache: if ``out`` exists and its sidecar's ``cache_key`` (source ONNX
 sha256, precision, profile, TensorRT version, GPU name, compute capability, TF32 off)
 matches, and the plan's sha256 matches, it is reused unless ``force``.
 
+Verification runs the built plan through the engine's own TensorRT runner
+(``engine.backends.trt.TrtRunner.from_plan``, cuda-python buffers and stream) and
+compares it with ONNX Runtime on the source ONNX before anything is written; without
+cuda-python it is skipped with a warning. Export imports the runtime, never the reverse.
+
 Without a CUDA device or without ``tensorrt`` this raises ``BackendUnavailable``.
-The device count is read (cuda-python, else torch) BEFORE tensorrt is imported:
+The device count is read (from the driver, engine.core.hardware) BEFORE tensorrt is imported:
 its wheels can import on a GPU-less machine and then crash the process.
 """
 
@@ -35,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.contract import (
+from engine.core.contract import (
     INPUT_NAME,
     OUTPUT_RGB,
     OUTPUT_UV,
@@ -46,15 +51,15 @@ from engine.contract import (
     size_multiple,
     write_json_atomic,
 )
-from engine.errors import BackendUnavailable, ColorizerError
+from engine.backends.base import BackendError
+from engine.backends.trt import INSTALL_TRT as INSTALL_HINT
+from engine.backends.trt import TrtRunner
+from engine.core import files, hardware
+from engine.core.errors import ArtifactError, BackendUnavailable, ColorizerError
 from export.fp16 import ExportError, producers
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = (
-    "install TensorRT on a GPU server: pip install tensorrt --extra-index-url <NVIDIA Python index, per the TensorRT install guide> "
-    "(see README, 'GPU servers')"
-)
 PRECISIONS = ("fp16", "fp32")
 DEFAULT_BATCH = (1, 8, 16)
 DEFAULT_SIZE = (64, 512, 1024)
@@ -82,30 +87,9 @@ def profile_shapes(batch: tuple[int, int, int], size: tuple[int, int, int]) -> d
 # ----------------------------------------------------------------------------- environment
 
 
-def cuda_device_count() -> tuple[int, str]:
-    """(number of CUDA devices, how it was found). Never imports tensorrt."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        cudart = None
-    if cudart is not None:
-        err, count = cudart.cudaGetDeviceCount()
-        if err != cudart.cudaError_t.cudaSuccess:
-            return 0, f"cudaGetDeviceCount: {getattr(err, 'name', err)}"
-        return int(count), "cudaGetDeviceCount"
-    try:
-        import torch
-    except ImportError:
-        return 0, "neither cuda-python nor torch is installed to look for one"
-    try:
-        return (torch.cuda.device_count() if torch.cuda.is_available() else 0), "torch.cuda.device_count"
-    except RuntimeError as e:
-        return 0, f"torch.cuda: {e}"
-
-
 def require_gpu_stack() -> None:
     """Raise ``BackendUnavailable`` (one line, with the fix) unless a CUDA device and tensorrt are present."""
-    count, how = cuda_device_count()
+    count, how = hardware.cuda_devices()
     has_trt = importlib.util.find_spec("tensorrt") is not None
     missing = []
     if count == 0:
@@ -207,19 +191,12 @@ def build_engine(
         source, rewired = _tensorrt_onnx(source, Path(work))
         conversion = {**conversion, "tensorrt_rewrites": rewired}
         plan = _build(trt, source, profile, workspace_gb, Path(timing_cache) if timing_cache else None)
-    check = verify_engine(trt, plan, onnx_path, batch, size, multiple) if verify else {"skipped": "verify=False"}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    check = verify_engine(plan, onnx_path, batch, size, multiple) if verify else {"skipped": "verify=False"}
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(plan)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        files.write_bytes_atomic(out, plan)
     except OSError as e:
         raise ExportError(f"cannot write {out} ({e.strerror or e})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
     data = {
         "format": meta["format"],
         "artifact": {"file": out.name, "kind": PLAN_KIND},
@@ -353,7 +330,7 @@ def ceil_avgpool_for_tensorrt(model: Any) -> list[str]:
     ONNX parser maps it to ``IPoolingLayer.average_count_excludes_padding`` (False for 1)
     with ``PaddingMode.EXPLICIT_ROUND_UP`` for ceil mode: whether TensorRT then counts the
     overhang of the last window in the divisor is not documented, while excluding padding
-    is correct either way. Exports since the fourth session already carry it (the
+    is correct either way. Current exports already carry it (the
     exporter runs the same rewrite); older files get it here. Ceil-mode pools before
     opset 19 are left alone. Returns what changed.
     """
@@ -418,54 +395,14 @@ def _build(trt: Any, source: Path, profile: dict[str, list[int]], workspace_gb: 
 
 
 def _write_bytes(path: Path, blob: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
+        files.write_bytes_atomic(path, blob)
     except OSError as e:
         raise ExportError(f"cannot write the timing cache {path} ({e.strerror or e})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- run / verify
-
-
-def run_engine(trt: Any, engine: Any, gray: np.ndarray) -> dict[str, np.ndarray]:
-    """Run a deserialized engine on a uint8 (N,1,H,W) batch with torch CUDA buffers -> outputs by name."""
-    import torch
-
-    dtypes = {trt.DataType.UINT8: torch.uint8, trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
-    context = engine.create_execution_context()
-    if not context.set_input_shape(INPUT_NAME, tuple(gray.shape)):
-        raise ExportError(f"engine: input shape {tuple(gray.shape)} is outside its optimization profile")
-    device_in = torch.from_numpy(np.ascontiguousarray(gray)).cuda()
-    outputs: dict[str, Any] = {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            ok = context.set_tensor_address(name, device_in.data_ptr())
-        else:
-            shape = tuple(context.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=dtypes[engine.get_tensor_dtype(name)], device="cuda")
-            ok = context.set_tensor_address(name, outputs[name].data_ptr())
-        if not ok:
-            raise ExportError(f"engine: set_tensor_address({name!r}) failed")
-    stream = torch.cuda.Stream()
-    torch.cuda.current_stream().synchronize()  # the host-to-device copy of the input
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise ExportError("engine: execute_async_v3 failed")
-    stream.synchronize()
-    return {k: v.cpu().numpy() for k, v in outputs.items()}
-
-
-def _torch_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def verify_shapes(batch: tuple[int, int, int], size: tuple[int, int, int], multiple: int = 1) -> list[tuple[int, int, int, int]]:
@@ -480,28 +417,39 @@ def verify_shapes(batch: tuple[int, int, int], size: tuple[int, int, int], multi
     return [(batch[0], 1, size[0], size[0]), (batch[1], 1, h, size[1])]
 
 
-def verify_engine(trt: Any, plan: bytes, onnx_path: Path, batch: tuple[int, int, int], size: tuple[int, int, int],
+def verify_engine(plan: bytes, onnx_path: Path, batch: tuple[int, int, int], size: tuple[int, int, int],
                   multiple: int = 1) -> dict[str, Any]:
-    """The built engine vs ONNX Runtime on the source ONNX, within the FP16 tolerance."""
+    """The built engine, run by the engine's TensorRT runner, vs ONNX Runtime on the source ONNX (FP16 tolerance).
+
+    The plan runs on ``cuda:0`` through ``TrtRunner.from_plan`` (the backend ``colorize-dir --backend trt``
+    uses), so a plan that passes here has been run by the same code that serves it.
+    """
     from export import parity
 
-    if not _torch_cuda():
-        log.warning("engine not verified: torch with CUDA is needed to run it here (pip install a CUDA build of torch)")
-        return {"skipped": "torch without CUDA"}
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise ExportError("TensorRT could not deserialize the engine it just built")
-    session = parity.ort_session(onnx_path)
-    rng = np.random.default_rng(parity.PARITY_SEED)
-    uv_d, rgb_d, shapes = 0.0, 0, []
-    for shape in verify_shapes(batch, size, multiple):
-        gray = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        got = run_engine(trt, engine, gray)
-        ref_rgb, ref_uv = parity.ort_run(session, gray)
-        uv_d = max(uv_d, float(np.abs(got[OUTPUT_UV].astype(np.float32) - ref_uv).max()))
-        rgb_d = max(rgb_d, int(np.abs(got[OUTPUT_RGB].astype(np.int16) - ref_rgb.astype(np.int16)).max()))
-        shapes.append(list(shape))
+    runner = TrtRunner.from_plan(plan, device="cuda:0", size_multiple=multiple)
+    try:
+        runner.activate()
+    except BackendUnavailable as e:  # cuda-python missing: build-engine already checked the GPU and tensorrt
+        log.warning("engine not verified: %s", e)
+        return {"skipped": str(e)}
+    except ArtifactError as e:
+        raise ExportError("TensorRT could not deserialize the engine it just built") from e
+    except BackendError as e:
+        raise ExportError(f"TensorRT engine cannot run ({e}); nothing written") from e
+    with runner:
+        session = parity.ort_session(onnx_path)
+        rng = np.random.default_rng(parity.PARITY_SEED)
+        uv_d, rgb_d, shapes = 0.0, 0, []
+        for shape in verify_shapes(batch, size, multiple):
+            gray = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            try:
+                got = runner.infer(gray)
+            except BackendError as e:
+                raise ExportError(f"TensorRT engine failed on a batch {shape} ({e}); nothing written") from e
+            ref_rgb, ref_uv = parity.ort_run(session, gray)
+            uv_d = max(uv_d, float(np.abs(got[OUTPUT_UV].astype(np.float32) - ref_uv).max()))
+            rgb_d = max(rgb_d, int(np.abs(got[OUTPUT_RGB].astype(np.int16) - ref_rgb.astype(np.int16)).max()))
+            shapes.append(list(shape))
     measured = {"reference": "onnxruntime cpu on the source ONNX", "uv_max_abs": uv_d, "rgb_max_levels": rgb_d, "shapes": shapes}
     bad = parity.violations(measured, parity.TOLERANCES["fp16"])
     if bad:

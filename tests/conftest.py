@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.core import hardware
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TRAIN_PHOTOS = SHARED / "data" / "train"
@@ -15,18 +17,7 @@ SAMPLES = ROOT / "samples"
 TINY_MODEL = {"width": "seed", "width_mult": 0.125, "head": "regression", "head_options": {}}
 
 
-def _cuda_device_count() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
-    try:
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except RuntimeError:
-        return 0
-
-
-HAS_CUDA = _cuda_device_count() > 0
+HAS_CUDA = hardware.cuda_device_count() > 0  # from the driver: a stub tensorrt or CPU torch cannot fake it
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,8 +34,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A randomly initialised tiny model saved as a real checkpoint (fixed seed)."""
     import torch
 
-    from train.checkpoint import save_checkpoint
-    from train.model import ColorizerNet, ModelConfig
+    from engine.net.checkpoint import save_checkpoint
+    from engine.net.model import ColorizerNet, ModelConfig
 
     torch.manual_seed(0)
     config = ModelConfig.from_dict(TINY_MODEL)

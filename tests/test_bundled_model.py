@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from engine.contract import read_sidecar, sha256_file
+from engine.core.contract import read_sidecar, sha256_file
 from tests.conftest import ROOT
 
 MODELS = ROOT / "models"
@@ -35,7 +35,7 @@ def test_checkpoint_loads_and_reexports_to_the_bundled_outputs(tmp_path):
     import onnxruntime as ort
 
     from export.to_onnx import export_checkpoint
-    from train.checkpoint import load_model
+    from engine.net.checkpoint import load_model
 
     model, data = load_model(CHECKPOINT)
     bundled_meta = json.loads(ONNX.with_suffix(".json").read_text())

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
 from train.losses import build_loss
-from train.encoders import check_pretrained_installed
-from train.model import ModelConfig
+from engine.net.encoders import check_pretrained_installed
+from engine.net.model import ModelConfig
 
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).

@@ -45,13 +45,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from engine import color
-from engine.errors import ColorizerError
-from engine.evaluate import IMAGE_SUFFIXES as PHOTO_SUFFIXES
+from engine.core import color
+from engine.core.errors import ColorizerError
+from engine.core.files import PHOTO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = tuple(sorted(PHOTO_SUFFIXES))  # str.endswith wants a tuple
+IMAGE_SUFFIXES = PHOTO_SUFFIXES
 CACHE_VERSION = 1
 CROP_SCALE = 1.25  # cached short side = round(CROP_SCALE * image_size * zoom)
 
@@ -362,7 +362,7 @@ def center_crops(cache: ImageCache, size: int, limit: int | None = None) -> np.n
 def to_model_tensors(rgb_u8: np.ndarray, device: Any = "cpu", channels_last: bool = False) -> tuple[Any, Any]:
     """uint8 RGB ``(B, H, W, 3)`` -> model input Y ``(B, 1, H, W)`` and target UV ``(B, 2, H, W)``.
 
-    Y is quantised to uint8 first (``engine.color`` luma), exactly as the engine feeds
+    Y is quantised to uint8 first (``engine.core.color`` luma), exactly as the engine feeds
     a gray photo; UV is the float chroma of the colour photo.
     """
     import torch

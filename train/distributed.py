@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -12,8 +12,8 @@ Options (``--loss-option KEY=VALUE``):
     grid=0.05      bin size in U/V units
     sigma=0.025    soft-encoding Gaussian width (half a bin)
     k=5            nearest bins per target
-    lam=0.8        share of the uniform distribution mixed into the prior (the issue-#9
-                   comparison winner, README "Losses"; Zhang et al. used 0.5);
+    lam=0.8        share of the uniform distribution mixed into the prior (the loss
+                   comparison's winner, docs/training.md; Zhang et al. used 0.5);
                    1.0 = no rebalancing, 0.0 = full inverse frequency
     warmup=0       steps trained without rebalancing, then weights ramp in linearly
                    over the same number of steps
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine import color
-from train import chroma_bins
+from engine.core import color
+from engine.net import chroma_bins
 from train.losses import Loss, LossConfigError, register_loss
 
 

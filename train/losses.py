@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
 
 
 class LossConfigError(ColorizerError, ValueError):

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.errors import ColorizerError
+from engine.core import files
+from engine.core.errors import ColorizerError
 
 
 class OutputError(ColorizerError):
@@ -58,15 +59,15 @@ def lock(out: Path) -> int | None:
 
 
 def remove_stale_temps(out: Path) -> None:
-    """Delete ``.NAME.tmp-PID`` files a kill left behind during a save (call while holding the lock)."""
+    """Delete temp files a kill left behind during a save, whose process is gone (call while holding the lock)."""
     for stale in out.glob(".*.tmp-*"):
-        stale.unlink()
+        parsed = files.parse_temp_name(stale.name)
+        if parsed is not None and files.owner_gone(parsed[1]):
+            stale.unlink(missing_ok=True)
 
 
 def write_file_list(path: Path, paths: list[Path]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(f"{p.resolve()}\n" for p in paths), encoding="utf-8")
-    os.replace(tmp, path)
+    files.write_text_atomic(path, "".join(f"{p.resolve()}\n" for p in paths))
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
@@ -85,9 +86,7 @@ def trim_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    files.write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -40,15 +40,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
 from train import data as D
 from train import distributed as dist
 from train import rundir
-from train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from engine.net.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from train.config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig, TrainConfigError  # noqa: F401 - re-exported
 from train.ema import WeightEMA
 from train.losses import build_loss
-from train.model import ColorizerNet, ModelConfig, count_parameters
+from engine.net.model import ColorizerNet, ModelConfig, count_parameters
 from train.rundir import OutputError
 from train.validation import validate
 

@@ -1,9 +1,9 @@
-"""Validation during training: the engine's pixels, scored with ``engine.metrics``.
+"""Validation during training: the engine's pixels, scored with ``engine.core.metrics``.
 
 Each fixed centre crop (uint8 RGB) is grayed with the colour spec's luma, fed to
 the network as the engine would feed a gray photo (``gray_u8_to_y``), and the
 predicted chroma is composed with that same luma into uint8 RGB
-(``engine.color.compose_u8``). Reported means: PSNR against the crop, Hasler–
+(``engine.core.color.compose_u8``). Reported means: PSNR against the crop, Hasler–
 Süsstrunk colourfulness of the prediction and of the crop, their ratio, and the
 PSNR of the gray input itself (the baseline to beat).
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from engine import color, metrics
+from engine.core import color, metrics
 
 
 def _mean(values: list[float]) -> float:

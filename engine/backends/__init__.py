@@ -8,9 +8,8 @@
 .pt -> torch); an .onnx with a ``.plan`` beside it runs on TensorRT when a GPU
 and TensorRT are here. With no model, the bundled ``models/colorizer.*`` are
 tried in that order (plan with a GPU, onnx, pt); on a CPU the bundled ONNX is
-``colorizer-int8.onnx`` when it ships: 1.5-2.1x the FP32 model's images/s on
-this project's 2-core CPU, 1.3-1.5x end to end, quality within the validation
-split's noise (models/README.md).
+``colorizer-int8.onnx`` when it ships: faster than the FP32 model on a CPU, with
+quality within the validation split's noise (see docs/decisions/003-int8-default-on-cpu.md).
 
 Importing this package imports no backend library; each runner imports its
 own in ``activate()``.
@@ -23,13 +22,28 @@ import logging
 import os
 from pathlib import Path
 
-from engine.backends.base import BackendError, Runner, parse_device
-from engine.errors import ArtifactError, BackendUnavailable, ColorizerError
+from engine.backends.base import BackendError, Runner
+from engine.core import hardware
+from engine.core.hardware import parse_device
+from engine.core.errors import ArtifactError, BackendUnavailable, ColorizerError
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
-MODELS = ROOT / "models"
+MODELS_ENV = "COLORIZER_MODELS"
+
+
+def models_dir() -> Path:
+    """Where the bundled models are: ``$COLORIZER_MODELS``, else the checkout's ``models/``, else the
+    installed package's copy (``engine/models``, package data of the wheel)."""
+    env = os.environ.get(MODELS_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    checkout = here.parents[2] / "models"
+    return checkout if checkout.is_dir() else here.parents[1] / "models"
+
+
+MODELS = models_dir()
 # by backend, plus "ort-int8": the bundled ONNX on a CPU (see the module docstring)
 BUNDLED = {"ort": MODELS / "colorizer.onnx", "torch": MODELS / "colorizer.pt", "trt": MODELS / "colorizer.plan",
            "ort-int8": MODELS / "colorizer-int8.onnx"}
@@ -74,10 +88,9 @@ def _onnx_runs_on_cpu(device: str | None) -> bool:
     CUDA device or no GPU execution provider in this onnxruntime."""
     if device is not None:
         return parse_device(device)[0] == "cpu"
-    from engine.backends.base import cuda_device_count
     from engine.backends.ort import GPU_EPS, available_providers
 
-    return cuda_device_count() == 0 or not any(p in GPU_EPS for p in available_providers())
+    return hardware.cuda_device_count() == 0 or not any(p in GPU_EPS for p in available_providers())
 
 
 def bundled_onnx(device: str | None) -> Path:

@@ -10,16 +10,13 @@ Nothing here imports a heavy package; backends import theirs in ``activate()``.
 
 from __future__ import annotations
 
-import ctypes
-import os
-import re
 from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 
-from engine import contract
-from engine.errors import ColorizerError
+from engine.core import contract
+from engine.core.errors import ColorizerError
 
 
 class BackendError(ColorizerError):
@@ -31,13 +28,12 @@ class Runner(ABC):
 
     On a CPU, ``infer`` runs a large batch as consecutive calls of at most
     ``cpu_pixels_per_call`` pixels (at least one image): a CNN's activations for a
-    batch of 8 at 224 px (tens of MB per layer) spill out of the CPU caches, and on a
-    2-core Zen3 one image per call gave 15-55 % more images/s than 8 at 224 and 256 px,
-    for PyTorch and ONNX Runtime alike (two images per call: as good at 224 px, 25 %
-    slower at 256 px). Batches stay whole on a GPU. ``None`` disables it.
+    whole batch spill out of the CPU caches, so calls of about one image give more
+    images/s, for PyTorch and ONNX Runtime alike (see docs/decisions/008-pipeline-limits.md).
+    Batches stay whole on a GPU. ``None`` disables it.
 
     ``size_multiple``: H and W the artifact takes must be multiples of it (sidecar,
-    ``engine.contract.size_multiple``); ``infer`` pads other sizes at the bottom and
+    ``engine.core.contract.size_multiple``); ``infer`` pads other sizes at the bottom and
     right by repeating the edge, runs, and crops the outputs back.
     """
 
@@ -175,82 +171,3 @@ def _names(spec: Any) -> set[str] | None:
     if isinstance(spec, list):
         return {s.get("name") if isinstance(s, dict) else str(s) for s in spec}
     return None
-
-
-# ----------------------------------------------------------------------------- devices and cores
-
-
-def parse_device(device: str | None) -> tuple[str, int]:
-    """``None``/``"cpu"`` -> ("cpu", 0); ``"cuda"`` -> ("cuda", 0); ``"cuda:K"`` -> ("cuda", K)."""
-    if device is None or device == "" or device == "cpu":
-        return "cpu", 0
-    m = re.fullmatch(r"cuda(?::(\d+))?", str(device).strip())
-    if not m:
-        raise BackendError(f"--device: expected cpu, cuda or cuda:K, found {device!r}")
-    return "cuda", int(m.group(1) or 0)
-
-
-def cuda_device_count() -> int:
-    """CUDA devices visible through the driver (libcuda), 0 without a driver. Imports nothing heavy.
-
-    Used before importing TensorRT: its runtime can crash the process on a machine without a GPU.
-    """
-    for lib in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            cuda = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        try:
-            if cuda.cuInit(0) != 0:
-                return 0
-            n = ctypes.c_int(0)
-            if cuda.cuDeviceGetCount(ctypes.byref(n)) != 0:
-                return 0
-            return int(n.value)
-        except AttributeError:
-            return 0
-    return 0
-
-
-def allowed_cpus() -> int:
-    """Logical CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (affinity / cgroup-limited), at least 1."""
-    allowed = allowed_cpus()
-    physical = None
-    try:
-        import psutil  # optional (dev extra)
-
-        physical = psutil.cpu_count(logical=False)
-    except ImportError:
-        physical = _cores_from_cpuinfo()
-    logical = os.cpu_count() or allowed
-    if physical and logical > physical:  # SMT: count one thread per core among the allowed CPUs
-        allowed = max(1, allowed * physical // logical)
-    return max(1, min(allowed, physical or allowed))
-
-
-def _cores_from_cpuinfo() -> int | None:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            text = f.read()
-    except OSError:
-        return None
-    cores = set()
-    phys = core = None
-    for line in text.splitlines() + [""]:
-        if line.startswith("physical id"):
-            phys = line.split(":")[1].strip()
-        elif line.startswith("core id"):
-            core = line.split(":")[1].strip()
-        elif not line.strip():
-            if core is not None:
-                cores.add((phys, core))
-            phys = core = None
-    return len(cores) or None

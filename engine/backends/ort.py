@@ -6,21 +6,16 @@ offers (TensorRT EP, then CUDA EP, then CPU); ``device="cpu"`` forces the CPU;
 ``session.get_providers()`` says what really runs (``onnxruntime-gpu`` silently
 falls back to the CPU without a usable GPU), and that is what ``describe()`` reports.
 
-CPU settings (see the CPU performance notes): intra-op threads = physical cores,
-graph optimization ALL, sequential execution, ONNX Runtime's CPU memory arena on. With calls of
-about one image (``Runner.cpu_pixels_per_call``) the arena holds one call's activations and
-reuses them: without it every activation went through malloc, 512 px maps (33 MB) were mapped
-and faulted in on every call (model-only 2.81 -> 3.41 img/s FP32, 3.97 -> 5.47 INT8 with the
-arena) and glibc's heap kept up to ~600 MB more over a 500-photo 224 px run (peak RSS 794-813
-vs 229-231 MiB). The prototype's 4.45 GiB with the arena was whole batches of 8 at 512 px.
+CPU settings: intra-op threads = physical cores, graph optimization ALL, sequential execution,
+ONNX Runtime's CPU memory arena on. With calls of about one image (``Runner.cpu_pixels_per_call``)
+the arena holds one call's activations and reuses them: without it every activation went through
+malloc, large maps were faulted in on every call, and the heap grew over a long run.
 
 Streams (CPU): the calls of one batch run side by side on ``streams`` extra sessions of one
 thread each (default: one per inference thread), so the cores never meet at a barrier between
 operators; a batch of one call runs on the main session with all the threads. Idle ONNX
-Runtime threads sleep rather than spin (the pipeline's reader and writer threads need the
-cores), and waking them for every operator cost INT8 7-12 % (FP32 3-5 %) at 224 px; spinning
-won that back in model-only loops but takes the cores from decode and encode
-(notes/ort-streams.md).
+Runtime threads sleep rather than spin: the pipeline's reader and writer threads need the
+cores, and spinning wins only in model-only loops (docs/decisions).
 """
 
 from __future__ import annotations
@@ -33,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from engine import contract
-from engine.backends.base import BackendError, Runner, check_sidecar_io, parse_device, physical_cores
-from engine.errors import BackendUnavailable
+from engine.core import contract
+from engine.backends.base import BackendError, Runner, check_sidecar_io
+from engine.core.hardware import parse_device, physical_cores
+from engine.core.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 

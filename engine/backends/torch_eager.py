@@ -1,15 +1,15 @@
 """PyTorch eager backend: the baseline. Loads a training checkpoint (.pt) and runs the same graph as the export.
 
-Imports torch, ``train.checkpoint`` and ``export.graph`` only in ``activate()``,
+Imports torch, ``engine.net.checkpoint`` and ``engine.net.graph`` only in ``activate()``,
 so the rest of the engine stays importable and runnable without torch.
 
 A fair eager baseline: ``torch.inference_mode``, the same thread count as ONNX
 Runtime (physical cores) and, on the CPU, channels-last weights and activations
-(oneDNN's fast layout: 30-45 % more images/s than NCHW for this network on a
-2-core Zen3, at 224 and 512 px, batch 1 and 8). ``channels_last`` overrides the
-layout: ``None`` (default) is channels-last on the CPU and plain NCHW on CUDA,
-``False`` forces NCHW everywhere (how the prototype ran it; the benchmarks'
-``torch-nchw`` baseline), ``True`` forces channels-last on CUDA too.
+(oneDNN's fast layout: more images/s than NCHW for this network on a CPU).
+``channels_last`` overrides the layout: ``None`` (default) is channels-last on
+the CPU and plain NCHW on CUDA, ``False`` forces NCHW everywhere (how the
+prototype ran it; the benchmarks' ``torch-nchw`` baseline), ``True`` forces
+channels-last on CUDA too.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from engine import contract
-from engine.backends.base import BackendError, Runner, parse_device, physical_cores
-from engine.errors import BackendUnavailable
+from engine.core import contract
+from engine.backends.base import BackendError, Runner
+from engine.core.hardware import parse_device, physical_cores
+from engine.core.errors import BackendUnavailable
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
@@ -59,8 +60,8 @@ class TorchRunner(Runner):
             import torch
         except ImportError as e:
             raise BackendUnavailable("torch backend: torch is not installed; pip install torch") from e
-        from export.graph import ColorizeGraph
-        from train.checkpoint import load_model
+        from engine.net.graph import ColorizeGraph
+        from engine.net.checkpoint import load_model
 
         kind, index = parse_device(self.device)
         if kind == "cuda":

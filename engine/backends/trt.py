@@ -16,6 +16,10 @@ meanwhile (the CUDA and TensorRT calls release the GIL).
 
 Safety: a CUDA device is looked for through the driver *before* ``tensorrt``
 is imported (its runtime can crash a process that has no GPU).
+
+This is the project's only TensorRT execution path: ``build-engine`` verifies a
+freshly built plan with ``TrtRunner.from_plan`` (no file, no sidecar) before it
+writes it (``export.trt_build.verify_engine``).
 """
 
 from __future__ import annotations
@@ -28,17 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from engine import contract
-from engine.backends.base import BackendError, Runner, check_sidecar_io, cuda_device_count, parse_device
-from engine.errors import ArtifactError, BackendUnavailable
+from engine.core import contract
+from engine.backends.base import BackendError, Runner, check_sidecar_io
+from engine.core import hardware
+from engine.core.hardware import parse_device
+from engine.core.errors import ArtifactError, BackendUnavailable
 
 log = logging.getLogger(__name__)
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
-INSTALL_TRT = (
-    "install TensorRT from NVIDIA's package index on the GPU server "
-    "(pip install tensorrt --extra-index-url <NVIDIA Python index, per the TensorRT install guide>) and cuda-python (pip install cuda-python)"
-)
+INSTALL_TRT = "install TensorRT 10 or later and cuda-python on the GPU server: pip install tensorrt cuda-python (docs/gpu-servers.md)"
 
 
 def _cudart():
@@ -62,7 +65,7 @@ def _tensorrt():
 
 def trt_available() -> bool:
     """A CUDA device and an importable TensorRT (checked in that order)."""
-    if cuda_device_count() == 0:
+    if hardware.cuda_device_count() == 0:
         return False
     try:
         _cudart()
@@ -127,17 +130,32 @@ class TrtRunner(Runner):
         self._dtypes: dict[str, np.dtype] = {}
         self._gpu = ""
         self._index = 0
+        self._plan: bytes | None = None  # set by from_plan: run these bytes, read no file and no sidecar
+
+    @classmethod
+    def from_plan(cls, plan: bytes, *, device: str | None = None, size_multiple: int = 1,
+                  label: str = "the engine just built") -> TrtRunner:
+        """A runner (not yet active) on a serialized engine held in memory, with no file and no sidecar.
+
+        build-engine verifies a plan this way before writing it; ``label`` names it in messages,
+        ``size_multiple`` is the source ONNX's (sidecar ``size_multiple``).
+        """
+        runner = cls(label, device=device)
+        runner._plan = bytes(plan)
+        runner.size_multiple = size_multiple
+        return runner
 
     def _activate(self) -> None:
-        if self.model.suffix.lower() not in PLAN_SUFFIXES:
+        if self._plan is None and self.model.suffix.lower() not in PLAN_SUFFIXES:
             raise BackendError(f"trt backend: expected a TensorRT engine (.plan), found {self.model.name}")
         kind, index = parse_device(self.device)
         if kind != "cuda":
             raise BackendError(f"trt backend runs on a GPU: expected --device cuda[:K], found {self.device!r}")
-        self.meta = contract.read_sidecar(self.model)
-        check_sidecar_io(self.meta, self.model)
-        self.size_multiple = contract.size_multiple(self.meta, self.model)
-        n = cuda_device_count()
+        if self._plan is None:
+            self.meta = contract.read_sidecar(self.model)
+            check_sidecar_io(self.meta, self.model)
+            self.size_multiple = contract.size_multiple(self.meta, self.model)
+        n = hardware.cuda_device_count()
         if n == 0:
             raise BackendUnavailable(
                 "trt backend: no CUDA device here (the NVIDIA driver reports none); use --backend ort or torch"
@@ -150,7 +168,9 @@ class TrtRunner(Runner):
         _check(cudart, cudart.cudaSetDevice(index), f"cudaSetDevice({index})")
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        engine = self._runtime.deserialize_cuda_engine(self.model.read_bytes())
+        engine = self._runtime.deserialize_cuda_engine(self._plan if self._plan is not None else self.model.read_bytes())
+        if engine is None and self._plan is not None:
+            raise ArtifactError(f"{self.model}: TensorRT {trt.__version__} cannot deserialize this engine")
         if engine is None:
             gpu = self.meta.get("gpu")
             gpu = gpu.get("name", gpu) if isinstance(gpu, dict) else gpu

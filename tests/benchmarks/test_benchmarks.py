@@ -196,7 +196,7 @@ def test_exports_shipped_beside_the_checkpoint_are_used(tiny_checkpoint, tiny_on
     import shutil
 
     from benchmarks import common
-    from engine.contract import sidecar_path
+    from engine.core.contract import sidecar_path
 
     shutil.copy(tiny_checkpoint, tmp_path / "colorizer.pt")
     shutil.copy(tiny_onnx, tmp_path / "colorizer.onnx")
@@ -211,7 +211,7 @@ def test_exports_shipped_beside_the_checkpoint_are_used(tiny_checkpoint, tiny_on
 def test_tensorrt_engines_are_built_into_the_cache(tiny_onnx, tmp_path, monkeypatch):
     """Never beside the export (models/ stays as shipped); named by the export's sha256 and the profile."""
     from benchmarks import common
-    from engine.contract import read_sidecar
+    from engine.core.contract import read_sidecar
     from export import trt_build
 
     built = []

@@ -1,4 +1,4 @@
-"""benchmarks/readme.py: the README's generated tables (markers found, block replaced, rest untouched)."""
+"""benchmarks/readme.py: the generated tables of docs/performance.md (markers found, block replaced, rest untouched)."""
 
 from __future__ import annotations
 
@@ -94,16 +94,18 @@ def test_update_refuses_markers_in_the_wrong_order(tmp_path):
         readme.update(path, "throughput", "x\n")
 
 
-def test_plot_writes_both_readme_tables(tmp_path, capsys):
-    path = tmp_path / "README.md"
+@pytest.mark.parametrize("flag", ["--doc", "--readme"])  # --readme: the option's old name, still accepted
+def test_plot_writes_both_tables(tmp_path, capsys, flag):
+    path = tmp_path / "performance.md"
     path.write_text(TEXT)
     for name, data in (("t.json", THROUGHPUT), ("p.json", PIPELINE)):
         (tmp_path / name).write_text(json.dumps(data))
-        assert plot_script.main([str(tmp_path / name), "--readme", str(path)]) == 0
+        assert plot_script.main([str(tmp_path / name), flag, str(path)]) == 0
     text = path.read_text()
     assert readme.block(THROUGHPUT).rstrip() in text and readme.block(PIPELINE).rstrip() in text
-    assert "wrote" in capsys.readouterr().out
-    assert plot_script.main([str(tmp_path / "p.json"), "--readme", str(tmp_path / "missing.md")]) == 2
+    out = capsys.readouterr().out
+    assert f"wrote {path} (bench:throughput)" in out and "| onnxruntime |" not in out  # the table goes to the file only
+    assert plot_script.main([str(tmp_path / "p.json"), flag, str(tmp_path / "missing.md")]) == 2
     assert "missing.md: cannot read" in capsys.readouterr().err
 
 
@@ -113,11 +115,19 @@ def test_model_shown_as_recorded():
 
 
 @pytest.mark.parametrize("name", ["throughput", "throughput-hugepages", "pipeline"])
-def test_committed_readme_tables_are_the_committed_results(name):
+def test_committed_performance_tables_are_the_committed_results(name):
     """`make bench` rewrites both together; a hand edit of either shows here."""
     root = readme.Path(readme.__file__).resolve().parents[1]
     data = json.loads((root / "benchmarks" / "results" / f"{name}.json").read_text())
     start, end = readme._markers(name)
-    text = (root / "README.md").read_text()
+    text = (root / "docs" / "performance.md").read_text()
     assert text.count(start) == 1 and text.count(end) == 1
     assert text.split(start)[1].split(end)[0] == "\n" + readme.block(data)
+
+
+def test_makefile_writes_the_tables_into_docs_performance():
+    """The tables live in docs/performance.md; the README has none (it links there)."""
+    root = readme.Path(readme.__file__).resolve().parents[1]
+    plot_lines = [ln for ln in (root / "Makefile").read_text().splitlines() if "benchmarks/plot.py" in ln]
+    assert len(plot_lines) == 3 and all("--doc docs/performance.md" in ln for ln in plot_lines)
+    assert "<!-- bench:" not in (root / "README.md").read_text()

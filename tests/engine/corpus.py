@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from engine import color
+from engine.core import color
 
 
 def pattern(h: int, w: int, seed: int = 0, channels: int = 3) -> np.ndarray:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import color, images
+from engine.core import color
+from engine import images
 from engine.api import Colorizer, UsageError
 from engine.backends.base import Runner
 from engine.pipeline import Progress

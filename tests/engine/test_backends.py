@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import backends, contract
+from engine import backends
+from engine.core import contract, hardware
 from engine.backends import base, open_runner, resolve_model
 from engine.backends.base import BackendError
 from engine.backends.ort import OrtRunner
-from engine.errors import ArtifactError, BackendUnavailable
+from engine.core.errors import ArtifactError, BackendUnavailable
 from tests.engine.corpus import pattern
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,7 +146,7 @@ def test_resolve_by_suffix_and_mismatch(tiny_onnx, tiny_checkpoint, tmp_path):
         resolve_model(tmp_path / "missing.onnx")
     with pytest.raises(BackendError, match="--backend: expected one of"):
         resolve_model(tiny_onnx, "openvino")
-    with pytest.raises(BackendError, match="--device: expected cpu, cuda or cuda:K"):
+    with pytest.raises(hardware.DeviceError, match="device: expected cpu, cuda or cuda:K"):
         resolve_model(tiny_onnx, device="gpu0")
 
 
@@ -189,9 +190,9 @@ def test_bundled_int8_on_a_cpu_fp32_on_a_gpu(bundled_fp32_and_int8, monkeypatch)
     assert resolve_model(None, "ort", device="cuda") == fp32
     assert resolve_model(models / "colorizer.onnx", device="cpu") == fp32  # a model asked for is never swapped
     # no device asked for: the GPU only counts with a GPU provider to run on it
-    monkeypatch.setattr(base, "cuda_device_count", lambda: 0)
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 0)
     assert resolve_model(None) == int8
-    monkeypatch.setattr(base, "cuda_device_count", lambda: 1)
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: 1)
     monkeypatch.setattr("engine.backends.ort.available_providers", lambda: ["CPUExecutionProvider"])
     assert resolve_model(None) == int8
     monkeypatch.setattr("engine.backends.ort.available_providers",
@@ -213,13 +214,13 @@ def write_fake_plan(folder: Path) -> Path:
 
 
 def test_trt_without_gpu_is_unavailable_and_never_imports_tensorrt(tmp_path):
-    if base.cuda_device_count() > 0:
+    if hardware.cuda_device_count() > 0:
         pytest.skip("a CUDA device is present")
     plan = write_fake_plan(tmp_path)
     code = textwrap.dedent(f"""
         import sys
         from engine.backends import open_runner
-        from engine.errors import BackendUnavailable
+        from engine.core.errors import BackendUnavailable
         try:
             open_runner({str(plan)!r}, "trt")
         except BackendUnavailable as e:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import color
+from engine.core import color
 
 
 @pytest.fixture()
@@ -121,7 +121,7 @@ def test_uv_to_cbcr_matches_jpeg_own_conversion_of_compose_u8(rng):
     cbcr = color.uv_to_cbcr_u8(uv).astype(int)
     assert np.abs(cbcr - ycc[..., 1:]).max() <= 1
     assert np.abs(gray.astype(int) - ycc[..., 0]).max() <= 1  # JPEG's Y is the spec's luma
-    # The JFIF formula written out (ITU-T T.871), independent of the constants in engine/color.py.
+    # The JFIF formula written out (ITU-T T.871), independent of the constants in engine/core/color.py.
     r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
     cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
     cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b

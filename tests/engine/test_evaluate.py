@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from engine import color
-from engine.errors import ColorizerError
+from engine.core import color
+from engine.core.errors import ColorizerError
 from engine.evaluate import evaluate_folder, write_csv
 
 COLOURS = [(200, 100, 50), (30, 160, 220), (90, 90, 90)]

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import color, images
+from engine.core import color
+from engine import images
 from engine.images import ImageError
 from tests.engine.corpus import huge_png_header, pattern, write_kinds
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from engine import metrics
+from engine.core import metrics
 
 
 def test_psnr_identical_is_inf_and_known_value():

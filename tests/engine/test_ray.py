@@ -225,7 +225,7 @@ def test_stage_times_summed_over_workers(runs):
 
 def test_bad_model_is_a_usage_error_before_ray_starts(tmp_path):
     pytest.importorskip("ray", reason="Ray is not installed (the cluster extra): pip install -e '.[cluster]'")
-    from engine.errors import ArtifactError
+    from engine.core.errors import ArtifactError
     from engine.ray_io import RayColorizer
 
     (tmp_path / "m.onnx").write_bytes(b"not a model")

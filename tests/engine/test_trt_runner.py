@@ -1,8 +1,13 @@
-"""TrtRunner's host side without a GPU: cuda-python and the TensorRT context replaced by fakes.
+"""TrtRunner's host side without a GPU: cuda-python and the TensorRT runtime replaced by fakes.
 
 The fake CUDA stream defers every copy and kernel until ``cudaStreamSynchronize``, so
 reading a host buffer before synchronizing, a copy queued on the wrong side of the
-kernel, or a tensor address left unset shows up as wrong numbers.
+kernel, or a tensor address left unset shows up as wrong numbers. The fake ``tensorrt``
+module (``fake_tensorrt``) has only the names the runner calls: ``Logger``, ``Runtime``
+with ``deserialize_cuda_engine``, ``TensorIOMode``, ``nptype``, and an engine whose
+execution context takes ``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``.
+``install_fakes`` puts them behind the runner's ``activate()``; build-engine's verification
+tests (tests/export/test_trt.py) use them too.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from engine.backends import trt as trt_backend
 from engine.backends.base import BackendError
 from engine.backends.trt import TrtRunner
+from engine.core import hardware
+from engine.core.errors import ArtifactError
 
 
 class FakeCudart:
@@ -26,6 +34,7 @@ class FakeCudart:
         self.pending: list = []  # work queued on the stream
         self.devices: list[int] = []  # cudaSetDevice calls
         self.copies: list[tuple[str, int]] = []
+        self.streams = 0  # created and not yet destroyed
 
     def _alloc(self, nbytes: int) -> tuple[int, int]:
         block = ctypes.create_string_buffer(nbytes)
@@ -52,8 +61,17 @@ class FakeCudart:
         self.pending.clear()
         return (0,)
 
+    def cudaStreamCreate(self):
+        self.streams += 1
+        return 0, 7
+
     def cudaStreamDestroy(self, stream):
+        assert stream == 7
+        self.streams -= 1
         return (0,)
+
+    def cudaGetDeviceProperties(self, index):
+        return 0, SimpleNamespace(name=b"Fake GPU\x00\x00", major=9, minor=0)
 
     def cudaSetDevice(self, index):
         self.devices.append(index)
@@ -63,16 +81,28 @@ class FakeCudart:
         return 0, b"fake error"
 
 
-class FakeContext:
-    """Profile: batch 2..4, H and W 8..32. 'Inference': rgb = gray on 3 channels, uv = (gray/255, -gray/255)."""
+PROFILE = ((2, 1, 8, 8), (3, 1, 16, 16), (4, 1, 32, 32))
+DTYPES = {"gray": "uint8", "rgb": "uint8", "uv": "float16"}
 
-    def __init__(self, cudart: FakeCudart) -> None:
-        self.cudart, self.shape, self.addresses = cudart, None, {}
+
+def mirror(gray: np.ndarray) -> dict[str, np.ndarray]:
+    """The fake network: rgb = gray on 3 channels, uv = (gray/255, -gray/255)."""
+    return {"rgb": np.repeat(gray, 3, axis=1), "uv": np.concatenate([gray / 255, -gray / 255], axis=1)}
+
+
+class FakeContext:
+    """An execution context: shapes within ``profile``, tensors read and written at their bound addresses."""
+
+    def __init__(self, cudart: FakeCudart, profile=PROFILE, dtypes=DTYPES, kernel=mirror) -> None:
+        self.cudart, self.profile, self.dtypes, self.kernel = cudart, profile, dtypes, kernel
+        self.shape, self.addresses = None, {}
         self.batches: list[int] = []
+        self.shapes: list[tuple[int, ...]] = []
 
     def set_input_shape(self, name, shape):
         assert name == "gray"
-        if not 2 <= shape[0] <= 4:
+        lo, _, hi = self.profile
+        if len(shape) != 4 or not all(a <= d <= b for a, d, b in zip(lo, shape, hi)):
             return False
         self.shape = tuple(shape)
         return True
@@ -91,22 +121,92 @@ class FakeContext:
         assert isinstance(stream_handle, int) and stream_handle == 7
         shape, addresses = self.shape, dict(self.addresses)
         self.batches.append(shape[0])
-        self.cudart.pending.append(lambda: self._kernel(shape, addresses))
+        self.shapes.append(shape)
+        self.cudart.pending.append(lambda: self._run(shape, addresses))
         return True
 
-    @staticmethod
-    def _kernel(shape, addresses):
+    def _run(self, shape, addresses):
         n, _, h, w = shape
 
-        def array(name, dtype, c):
-            count = n * c * h * w * np.dtype(dtype).itemsize
-            raw = (ctypes.c_uint8 * count).from_address(addresses[name])
+        def array(name, c):
+            dtype = np.dtype(self.dtypes[name])
+            raw = (ctypes.c_uint8 * (n * c * h * w * dtype.itemsize)).from_address(addresses[name])
             return np.frombuffer(raw, dtype=dtype).reshape(n, c, h, w)
 
-        gray = array("gray", np.uint8, 1)
-        array("rgb", np.uint8, 3)[:] = gray
-        uv = array("uv", np.float16, 2)
-        uv[:, 0], uv[:, 1] = gray[:, 0] / 255, -gray[:, 0] / 255
+        out = self.kernel(array("gray", 1).copy())
+        array("rgb", 3)[:] = out["rgb"]
+        array("uv", 2)[:] = out["uv"]
+
+
+class FakeEngine:
+    """A deserialized engine: I/O tensors by name, one optimization profile, contexts as above."""
+
+    def __init__(self, cudart: FakeCudart, profile=PROFILE, dtypes=DTYPES, kernel=mirror) -> None:
+        self.cudart, self.profile, self.dtypes, self.kernel = cudart, profile, dtypes, kernel
+        self.names = ["gray", "rgb", "uv"]
+        self.contexts: list[FakeContext] = []
+
+    @property
+    def num_io_tensors(self):
+        return len(self.names)
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return "in" if name == "gray" else "out"
+
+    def get_tensor_dtype(self, name):
+        return self.dtypes[name]
+
+    def get_tensor_profile_shape(self, name, index):
+        assert name == "gray" and index == 0
+        return [list(s) for s in self.profile]
+
+    def create_execution_context(self):
+        self.contexts.append(FakeContext(self.cudart, self.profile, self.dtypes, self.kernel))
+        return self.contexts[-1]
+
+
+def fake_tensorrt(engine=None, version="10.7.0"):
+    """A stand-in ``tensorrt`` module with the names the runner uses; ``deserialized`` records the plans given."""
+    numpy_types = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
+    deserialized: list[bytes] = []
+
+    def nptype(t):
+        if t not in numpy_types:
+            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
+        return numpy_types[t]
+
+    class Logger:
+        WARNING = "warning"
+
+        def __init__(self, level):
+            assert level == "warning"
+
+    class Runtime:
+        def __init__(self, logger):
+            assert isinstance(logger, Logger)
+
+        def deserialize_cuda_engine(self, serialized_engine):
+            deserialized.append(bytes(serialized_engine))
+            return engine
+
+    return SimpleNamespace(__version__=version, Logger=Logger, Runtime=Runtime, nptype=nptype,
+                           TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out"), deserialized=deserialized)
+
+
+def install_fakes(monkeypatch, *, engine=True, devices=1, **engine_kwargs):
+    """The runner's cuda-python, tensorrt and driver device count replaced: returns (fake tensorrt, fake cudart).
+
+    ``engine=None``: the runtime cannot deserialize the plan.
+    """
+    cudart = FakeCudart()
+    trt = fake_tensorrt(FakeEngine(cudart, **engine_kwargs) if engine else None)
+    monkeypatch.setattr(hardware, "cuda_device_count", lambda: devices)
+    monkeypatch.setattr(trt_backend, "_cudart", lambda: cudart)
+    monkeypatch.setattr(trt_backend, "_tensorrt", lambda: trt)
+    return trt, cudart
 
 
 @pytest.fixture()
@@ -115,8 +215,8 @@ def runner(tmp_path):
     r = TrtRunner(tmp_path / "m.plan", device="cuda:1")
     r._cudart, r._stream, r._index = cudart, 7, 1
     r._context = FakeContext(cudart)
-    r._dtypes = {"gray": np.dtype(np.uint8), "rgb": np.dtype(np.uint8), "uv": np.dtype(np.float16)}
-    r._profile = ((2, 1, 8, 8), (3, 1, 16, 16), (4, 1, 32, 32))
+    r._dtypes = {k: np.dtype(v) for k, v in DTYPES.items()}
+    r._profile = PROFILE
     r.is_active = True
     yield r
     r.deactivate()
@@ -174,29 +274,57 @@ def test_refused_tensor_address_is_an_error(runner, monkeypatch):
 
 
 def _engine(dtypes):
-    modes = {"gray": "in", "rgb": "out", "uv": "out"}
-    return SimpleNamespace(
-        num_io_tensors=3, get_tensor_name=lambda i: ["gray", "rgb", "uv"][i], get_tensor_mode=modes.get,
-        get_tensor_dtype=dtypes.get, get_tensor_profile_shape=lambda name, i: [(1, 1, 8, 8), (4, 1, 16, 16), (8, 1, 32, 32)],
-    )
-
-
-def _fake_trt():
-    numpy_types = {"uint8": np.uint8, "float16": np.float16, "float32": np.float32}
-
-    def nptype(t):
-        if t not in numpy_types:
-            raise TypeError("Could not resolve TensorRT datatype to an equivalent numpy datatype.")
-        return numpy_types[t]
-
-    return SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out"), nptype=nptype)
+    return FakeEngine(FakeCudart(), profile=((1, 1, 8, 8), (4, 1, 16, 16), (8, 1, 32, 32)), dtypes=dtypes)
 
 
 def test_engine_io_checks(tmp_path):
     r = TrtRunner(tmp_path / "m.plan")
-    r._check_io(_fake_trt(), _engine({"gray": "uint8", "rgb": "uint8", "uv": "float32"}))
+    r._check_io(fake_tensorrt(), _engine({"gray": "uint8", "rgb": "uint8", "uv": "float32"}))
     assert r.max_batch == 8 and r._profile[0] == (1, 1, 8, 8)
     with pytest.raises(BackendError, match="engine I/O types: Could not resolve"):
-        r._check_io(_fake_trt(), _engine({"gray": "uint8", "rgb": "uint8", "uv": "bfloat16"}))
+        r._check_io(fake_tensorrt(), _engine({"gray": "uint8", "rgb": "uint8", "uv": "bfloat16"}))
     with pytest.raises(BackendError, match="tensor 'gray': expected uint8, found float32"):
-        r._check_io(_fake_trt(), _engine({"gray": "float32", "rgb": "uint8", "uv": "float32"}))
+        r._check_io(fake_tensorrt(), _engine({"gray": "float32", "rgb": "uint8", "uv": "float32"}))
+
+
+def test_in_memory_plan_runs_through_activate_infer_deactivate(monkeypatch, tmp_path):
+    """from_plan: no file, no sidecar; the plan's bytes are deserialized, every I/O tensor bound, outputs by name."""
+    trt, cudart = install_fakes(monkeypatch)
+    runner = TrtRunner.from_plan(b"serialized plan", device="cuda:0", size_multiple=8)
+    with runner:
+        assert trt.deserialized == [b"serialized plan"] and cudart.devices == [0] and cudart.streams == 1
+        assert runner.max_batch == 4 and runner.on_gpu
+        assert runner.describe() == "trt (TensorRT 10.7.0, cuda:0, Fake GPU) the engine just built"
+        gray = _gray(3, 13, 21)  # padded to multiples of 8 for the engine, outputs cropped back
+        out = runner.infer(gray)
+        (context,) = runner._engine.contexts
+        assert context.shapes == [(3, 1, 16, 24)]
+        assert set(context.addresses) == {"gray", "rgb", "uv"}
+        assert all(ptr in cudart.blocks for ptr in context.addresses.values())
+    _check(out, gray)
+    assert out["rgb"].shape == (3, 3, 13, 21) and out["uv"].shape == (3, 2, 13, 21)
+    assert cudart.blocks == {} and cudart.streams == 0  # buffers freed, stream destroyed
+    assert not list(tmp_path.iterdir())
+
+
+def test_in_memory_plan_that_does_not_deserialize(monkeypatch):
+    trt, _ = install_fakes(monkeypatch, engine=None)
+    with pytest.raises(ArtifactError, match=r"the engine just built: TensorRT 10\.7\.0 cannot deserialize this engine"):
+        TrtRunner.from_plan(b"garbage").activate()
+    assert trt.deserialized == [b"garbage"]
+
+
+def test_in_memory_plan_with_wrong_io_is_refused(monkeypatch):
+    install_fakes(monkeypatch, dtypes={"gray": "float32", "rgb": "uint8", "uv": "float32"})
+    with pytest.raises(BackendError, match="tensor 'gray': expected uint8, found float32"):
+        TrtRunner.from_plan(b"plan").activate()
+
+
+def test_in_memory_plan_still_needs_a_gpu(monkeypatch):
+    from engine.core.errors import BackendUnavailable
+
+    install_fakes(monkeypatch, devices=0)
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        TrtRunner.from_plan(b"plan").activate()
+    with pytest.raises(BackendError, match="runs on a GPU"):
+        TrtRunner.from_plan(b"plan", device="cpu").activate()

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from cli import main
 from tests.conftest import ROOT
-from train.checkpoint import load_checkpoint, save_checkpoint
+from engine.net.checkpoint import load_checkpoint, save_checkpoint
 
 
 def _run(args):

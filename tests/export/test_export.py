@@ -10,15 +10,15 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from engine import color
-from engine.contract import SIDECAR_FORMAT, read_sidecar, sha256_file, sidecar_path
+from engine.core import color
+from engine.core.contract import SIDECAR_FORMAT, read_sidecar, sha256_file, sidecar_path
 from export import parity
 from export.fp16 import ExportError, colour_nodes
-from export.graph import ColorizeGraph
+from engine.net.graph import ColorizeGraph
 from export.to_onnx import export_checkpoint
 from tests.conftest import TINY_MODEL
-from train.checkpoint import load_model, save_checkpoint
-from train.model import ColorizerNet, ModelConfig
+from engine.net.checkpoint import load_model, save_checkpoint
+from engine.net.model import ColorizerNet, ModelConfig
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_sidecar_contents(tiny_onnx, tiny_checkpoint):
 
 
 def test_sidecar_detects_a_changed_file(tiny_onnx, tmp_path):
-    from engine.errors import ArtifactError
+    from engine.core.errors import ArtifactError
 
     copy = tmp_path / "m.onnx"
     copy.write_bytes(tiny_onnx.read_bytes() + b"\0")

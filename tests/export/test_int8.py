@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import pytest
 
-from engine import color
-from engine.contract import read_sidecar
+from engine.core import color
+from engine.core.contract import read_sidecar
 from export import parity, quantize
 from export.fp16 import ExportError
 from export.to_onnx import DEFAULT_CALIB_DIR, export_checkpoint
-from train.checkpoint import load_checkpoint, save_checkpoint
+from engine.net.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +94,8 @@ def test_int8_dynamic_shapes(int8_onnx):
 
 def test_int8_quality_on_real_photo_vs_fp32(int8_onnx, soft_checkpoint):
     """Independent of the exporter's own numbers: a held-out sample photo, INT8 vs FP32 torch."""
-    from export.graph import ColorizeGraph
-    from train.checkpoint import load_model
+    from engine.net.graph import ColorizeGraph
+    from engine.net.checkpoint import load_model
 
     side = read_sidecar(int8_onnx)
     held = DEFAULT_CALIB_DIR / side["precision_info"]["calibration"]["held_out"][0]
@@ -182,9 +182,9 @@ def test_int8_classification_head_quantized_up_to_its_logits(tmp_path, temperatu
     """
     import torch
 
-    from export.graph import ColorizeGraph
-    from train.checkpoint import load_model
-    from train.model import ColorizerNet, ModelConfig
+    from engine.net.graph import ColorizeGraph
+    from engine.net.checkpoint import load_model
+    from engine.net.model import ColorizerNet, ModelConfig
 
     torch.manual_seed(2)
     centres = [[u, v] for u in (-0.2, 0.0, 0.2) for v in (-0.3, 0.0, 0.3)]

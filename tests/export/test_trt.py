@@ -12,16 +12,19 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine import color
-from engine.contract import read_sidecar, sha256_file, sidecar_path, write_json_atomic
-from engine.errors import BackendUnavailable
+from engine.core import color
+from engine.core.contract import read_sidecar, sha256_file, sidecar_path, write_json_atomic
+from engine.core import hardware
+from engine.core.errors import BackendUnavailable
+from engine.backends.trt import TrtRunner
 from export import parity, trt_build
 from export.fp16 import ExportError
 from tests.conftest import HAS_CUDA, ROOT
+from tests.engine.test_trt_runner import install_fakes
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
-# What build-engine itself sees (cuda-python first, then torch); a CPU-only torch on a GPU server gives HAS_CUDA False.
-HAS_DEVICE = trt_build.cuda_device_count()[0] > 0
+# What build-engine itself sees: the CUDA driver's device count (engine.core.hardware), never tensorrt.
+HAS_DEVICE = hardware.cuda_device_count() > 0
 
 
 @pytest.mark.skipif(HAS_DEVICE and HAS_TRT, reason="this machine has a GPU and TensorRT")
@@ -35,26 +38,27 @@ def test_build_engine_without_gpu_stack_exits_2(tiny_onnx, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: build-engine needs")
-    assert "pip install tensorrt" in lines[0] and "README" in lines[0]
+    assert "pip install tensorrt" in lines[0] and "(docs/gpu-servers.md)" in lines[0]
+    assert (ROOT / "docs" / "gpu-servers.md").is_file()  # the hint names a guide that exists
     assert ("CUDA device" in lines[0]) != HAS_DEVICE and ("tensorrt package" in lines[0]) != HAS_TRT
     assert list(tmp_path.iterdir()) == []
 
 
 def test_require_gpu_stack_messages(monkeypatch):
-    monkeypatch.setattr(trt_build, "cuda_device_count", lambda: (0, "cudaGetDeviceCount: cudaErrorNoDevice"))
+    monkeypatch.setattr(hardware, "cuda_devices", lambda: (0, "libcuda.so.1: cuInit returned CUDA error 100"))
     monkeypatch.setattr(trt_build.importlib.util, "find_spec", lambda name: object())
-    with pytest.raises(BackendUnavailable, match=r"a CUDA device \(found none; cudaGetDeviceCount"):
+    with pytest.raises(BackendUnavailable, match=r"a CUDA device \(found none; libcuda.so.1: cuInit"):
         trt_build.require_gpu_stack()
-    monkeypatch.setattr(trt_build, "cuda_device_count", lambda: (1, "cudaGetDeviceCount"))
+    monkeypatch.setattr(hardware, "cuda_devices", lambda: (1, "libcuda.so.1: cuDeviceGetCount"))
     monkeypatch.setattr(trt_build.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(BackendUnavailable, match="tensorrt package.*pip install tensorrt"):
         trt_build.require_gpu_stack()
 
 
 def test_device_count_never_crashes():
-    count, how = trt_build.cuda_device_count()
+    count, how = hardware.cuda_devices()
     assert count >= 0 and how
-    if HAS_CUDA:  # torch sees a GPU: so must cuda-python (the reverse holds only with a CUDA build of torch)
+    if HAS_CUDA:  # torch sees a GPU: so must the driver
         assert count > 0
 
 
@@ -114,11 +118,10 @@ def test_build_engine_refuses_sizes_off_the_onnx_multiple(tiny_onnx, tmp_path):
 
 
 def _run_plan(plan_path, gray):
-    trt = pytest.importorskip("tensorrt")
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan_path.read_bytes())
-    assert engine is not None
-    out = trt_build.run_engine(trt, engine, gray)
+    """The plan as the engine serves it: TrtRunner, which build-engine's verification also runs."""
+    pytest.importorskip("tensorrt")
+    with TrtRunner(plan_path, device="cuda:0") as runner:
+        out = runner.infer(gray)
     return out["rgb"], out["uv"]
 
 
@@ -181,7 +184,6 @@ def test_build_engine_cli_on_gpu(tiny_onnx, tmp_path):
 
 def _uint8_graph(extra_gray_user: str | None = None, rgb_from: str = "Cast"):
     """gray uint8 -> Shape (listed before the Cast) and Cast; rgb uint8 from a Cast, uv float: our exports' I/O."""
-    import onnx
     from onnx import TensorProto, helper
 
     nodes = [
@@ -397,6 +399,79 @@ def test_build_engine_flow_with_fake_tensorrt(tiny_onnx, tmp_path, monkeypatch):
     assert side["cache_key"]["tf32"] is False and side["source_onnx"]["tensorrt_rewrites"]
     assert read_sidecar(plan) == side
     assert trt_build.build_engine(tiny_onnx, plan, **kwargs) == side and len(parsed) == 1  # cached
+
+
+def _verify_build(tiny_onnx, tmp_path, monkeypatch, kernel=None, **fakes):
+    """build_engine with verify on: fake TensorRT builder; the runner's cuda-python and tensorrt faked (install_fakes).
+
+    The fake engine computes its outputs with ONNX Runtime on the source ONNX, then ``kernel`` (if any) alters them.
+    """
+    trt, _ = _fake_trt()
+    monkeypatch.setattr(trt_build, "require_gpu_stack", lambda: None)
+    monkeypatch.setattr(trt_build, "_import_tensorrt", lambda: trt)
+    monkeypatch.setattr(trt_build, "gpu_info", lambda device=0: {"name": "Fake GPU", "compute_capability": "9.0"})
+    session = parity.ort_session(tiny_onnx)
+
+    def network(gray):
+        rgb, uv = parity.ort_run(session, gray)
+        out = {"rgb": rgb, "uv": uv}
+        return kernel(out) if kernel else out
+
+    profile = ((1, 1, 16, 16), (2, 1, 32, 32), (4, 1, 64, 64))  # what build_engine asks for below
+    runtime, cudart = install_fakes(monkeypatch, profile=profile, kernel=network,
+                                    dtypes={"gray": "uint8", "rgb": "uint8", "uv": "float16"}, **fakes)
+    plan = tmp_path / "m.plan"
+
+    def build():
+        return trt_build.build_engine(tiny_onnx, plan, precision="fp32", batch=(1, 2, 4), size=(16, 32, 64))
+
+    return build, plan, runtime, cudart
+
+
+def test_build_engine_verifies_the_plan_with_the_trt_runner(tiny_onnx, tmp_path, monkeypatch):
+    """The plan the builder returned is deserialized and run by TrtRunner (cuda-python buffers, one stream)."""
+    build, plan, runtime, cudart = _verify_build(tiny_onnx, tmp_path, monkeypatch)
+    side = build()
+    assert runtime.deserialized == [b"serialized plan"] and plan.read_bytes() == b"serialized plan"
+    shapes = trt_build.verify_shapes((1, 2, 4), (16, 32, 64), read_sidecar(tiny_onnx)["inputs"][0]["size_multiple"])
+    assert side["parity"]["shapes"] == [list(s) for s in shapes] == [[1, 1, 16, 16], [2, 1, 24, 32]]
+    assert side["parity"]["reference"] == "onnxruntime cpu on the source ONNX"
+    assert side["parity"]["rgb_max_levels"] == 0
+    assert 0 < side["parity"]["uv_max_abs"] <= parity.TOLERANCES["fp16"]["uv_max_abs"]  # the engine's float16 uv
+    assert [k for k, _ in cudart.copies] == ["h2d", "d2h", "d2h"] * 2  # one upload, two downloads per shape
+    assert cudart.blocks == {} and cudart.streams == 0  # runner deactivated: buffers and stream released
+
+
+def test_build_engine_refuses_an_engine_that_disagrees_with_ort(tiny_onnx, tmp_path, monkeypatch):
+    def off_by_four(out):
+        return {"rgb": np.clip(out["rgb"].astype(int) + 4, 0, 255).astype(np.uint8), "uv": out["uv"]}
+
+    build, plan, _, cudart = _verify_build(tiny_onnx, tmp_path, monkeypatch, kernel=off_by_four)
+    with pytest.raises(ExportError, match=r"failed its parity check vs ONNX Runtime \(rgb_max_levels 4 > 3\); nothing written"):
+        build()
+    assert not plan.exists() and not sidecar_path(plan).exists()
+    assert cudart.blocks == {} and cudart.streams == 0
+
+
+def test_build_engine_refuses_a_plan_that_does_not_deserialize(tiny_onnx, tmp_path, monkeypatch):
+    build, plan, runtime, _ = _verify_build(tiny_onnx, tmp_path, monkeypatch, engine=None)
+    with pytest.raises(ExportError, match="TensorRT could not deserialize the engine it just built"):
+        build()
+    assert runtime.deserialized == [b"serialized plan"] and not plan.exists()
+
+
+def test_build_engine_without_cuda_python_writes_an_unverified_engine(tiny_onnx, tmp_path, monkeypatch, caplog):
+    """The runner needs cuda-python; without it the engine is written, its sidecar saying why it was not verified."""
+    from engine.backends import trt as trt_backend
+
+    real_cudart = trt_backend._cudart
+    build, plan, runtime, _ = _verify_build(tiny_onnx, tmp_path, monkeypatch)
+    monkeypatch.setattr(trt_backend, "_cudart", real_cudart)
+    monkeypatch.setitem(sys.modules, "cuda", None)  # no cuda-python, whatever is installed here
+    side = build()
+    assert plan.read_bytes() == b"serialized plan" and runtime.deserialized == []
+    assert side["parity"]["skipped"].startswith("trt backend: cuda-python is not installed")
+    assert "engine not verified: trt backend: cuda-python is not installed" in caplog.text
 
 
 def test_ceil_mode_average_pool_excludes_padding_with_the_same_result(tmp_path):

@@ -1,7 +1,7 @@
 import torch
 
-from train.checkpoint import load_checkpoint, load_model, release_checkpoint, save_checkpoint
-from train.model import ColorizerNet, ModelConfig
+from engine.net.checkpoint import load_checkpoint, load_model, release_checkpoint, save_checkpoint
+from engine.net.model import ColorizerNet, ModelConfig
 
 
 def test_release_drops_training_state_and_keeps_identical_outputs(tmp_path):
@@ -28,7 +28,7 @@ def test_release_drops_training_state_and_keeps_identical_outputs(tmp_path):
 def test_release_can_override_head_options(tmp_path):
     import numpy as np
 
-    from train.chroma_bins import bins_from_samples
+    from engine.net.chroma_bins import bins_from_samples
 
     centres, _ = bins_from_samples(np.random.default_rng(0).normal(0, 0.1, (5000, 2)))
     config = ModelConfig(width_mult=0.125, head="classification",

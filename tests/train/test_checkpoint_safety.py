@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from train.checkpoint import CheckpointError, load_checkpoint
+from engine.net.checkpoint import CheckpointError, load_checkpoint
 
 
 class _Payload:

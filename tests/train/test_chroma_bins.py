@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from train import chroma_bins as cb
+from engine.net import chroma_bins as cb
 
 
 @pytest.fixture()

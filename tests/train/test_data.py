@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import color
+from engine.core import color
 from train import data as D
 from tests.train.conftest import write_photos
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from train import distributed as dist
-from train.checkpoint import load_model
-from train.model import ColorizerNet, ModelConfig
+from engine.net.checkpoint import load_model
+from engine.net.model import ColorizerNet, ModelConfig
 from tests.conftest import ROOT, TINY_MODEL
 from tests.train.conftest import subprocess_env
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import SAMPLES
-from train import encoders as E
-from train.checkpoint import load_checkpoint, load_model, save_checkpoint
-from train.model import ColorizerNet, ModelConfig
+from engine.net import encoders as E
+from engine.net.checkpoint import load_checkpoint, load_model, save_checkpoint
+from engine.net.model import ColorizerNet, ModelConfig
 from train.trainer import train
 
 LITE = "efficientnet-lite0"

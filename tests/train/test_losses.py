@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
 from train import losses as L
-from train.model import ColorizerNet, ModelConfig
+from engine.net.model import ColorizerNet, ModelConfig
 from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")

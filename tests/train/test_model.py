@@ -2,17 +2,17 @@ import numpy as np
 import pytest
 import torch
 
-from engine.color import U_MAX, V_MAX
-from train import chroma_bins
-from train.encoders import VGG_DEPTHS as BLOCK_DEPTHS
-from train.model import WIDTH_PRESETS, ColorizerNet, ModelConfig, ModelConfigError, count_parameters
+from engine.core.color import U_MAX, V_MAX
+from engine.net import chroma_bins
+from engine.net.encoders import VGG_DEPTHS as BLOCK_DEPTHS
+from engine.net.model import WIDTH_PRESETS, ColorizerNet, ModelConfig, ModelConfigError, count_parameters
 from tests.conftest import TINY_MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def expected_parameters(widths, head="regression", bins=0):
-    """Parameter count from the architecture as documented in train/model.py.
+    """Parameter count from the architecture as documented in engine/net/model.py.
 
     Encoder: blocks of 3x3 conv (no bias) + BatchNorm (2 per channel), depths 2/2/3/3.
     Decoder, deepest first: 1x1 projection (with bias) to the shallower width, then a

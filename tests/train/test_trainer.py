@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import cli
 from train import losses as L
-from train.checkpoint import load_checkpoint, load_model
-from train.model import ModelConfig
+from engine.net.checkpoint import load_checkpoint, load_model
+from engine.net.model import ModelConfig
 from train.rundir import read_metrics
 from train.trainer import ResumeError, TrainingDiverged, lr_factor, train
 from tests.conftest import TINY_MODEL
@@ -259,7 +259,7 @@ def test_kill_9_during_training_then_resume(tmp_path, photos):
 
 
 def test_ema_is_validated_saved_resumed_exactly_and_released(tiny_cfg, tmp_path, caplog):
-    from train.checkpoint import release_checkpoint
+    from engine.net.checkpoint import release_checkpoint
 
     kw = dict(steps=8, ema=0.9)
     full = train(tiny_cfg(out=str(tmp_path / "full"), **kw))
@@ -284,7 +284,7 @@ def test_ema_is_validated_saved_resumed_exactly_and_released(tiny_cfg, tmp_path,
 
 
 def test_ema_resume_needs_the_same_decay_and_an_average(tiny_cfg, tmp_path):
-    from train.checkpoint import CheckpointError, release_checkpoint
+    from engine.net.checkpoint import CheckpointError, release_checkpoint
 
     train(tiny_cfg(stop_at_step=3))
     with pytest.raises(ResumeError, match=r"ema 0\.0 in the checkpoint, 0\.9 now"):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import ColorizerError
+from engine.core.errors import ColorizerError
 
 VGG_DEPTHS = (2, 2, 3, 3)
 

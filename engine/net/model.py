@@ -1,9 +1,9 @@
 """The colorization network: an encoder, a hypercolumn decoder, a chroma head.
 
 Input: Y, float32 ``(N, 1, H, W)`` in [0, 1] (colour spec luma), any H, W >= 1.
-Output: UV, float32 ``(N, 2, H, W)``, U in ±0.436, V in ±0.615 (``engine.color``).
+Output: UV, float32 ``(N, 2, H, W)``, U in ±0.436, V in ±0.615 (``engine.core.color``).
 
-Encoder (``train.encoders``, ``ModelConfig.encoder``): ``vgg`` (VGG blocks from scratch,
+Encoder (``engine.net.encoders``, ``ModelConfig.encoder``): ``vgg`` (VGG blocks from scratch,
 features at strides 1, 2, 4, 8) or ``efficientnet-lite0/1/2`` (ImageNet-pretrained trunk,
 strides 2 to 32). Decoder: from the deepest feature map upwards, features are projected by
 a 1x1 conv, upsampled bilinearly to the next scale's exact size, added to that scale's
@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.color import U_MAX, V_MAX
-from engine.errors import ColorizerError
-from train.encoders import ENCODERS, LITE_SPECS, EfficientNetLiteEncoder, VGGEncoder, conv_bn_relu
+from engine.core.color import U_MAX, V_MAX
+from engine.core.errors import ColorizerError
+from engine.net.encoders import ENCODERS, LITE_SPECS, EfficientNetLiteEncoder, VGGEncoder, conv_bn_relu
 
 WIDTH_PRESETS: dict[str, tuple[int, int, int, int]] = {
     "seed": (64, 128, 192, 256),
@@ -120,7 +120,7 @@ class ClassificationHead(nn.Module):
     """Logits over quantized chroma bins at 1/``stride`` resolution, decoded by annealed mean.
 
     Options (stored in ``ModelConfig.head_options``): ``centres`` (K x 2 bin centres in
-    U/V units, from ``train.chroma_bins``), ``temperature`` (annealed-mean T used by
+    U/V units, from ``engine.net.chroma_bins``), ``temperature`` (annealed-mean T used by
     ``forward`` and so by the exported graph), ``stride`` (logit resolution divisor).
     ``forward`` returns full-resolution UV, like the regression head, so the export
     and engine contract does not change.
@@ -129,7 +129,7 @@ class ClassificationHead(nn.Module):
     def __init__(self, cin: int, centres: list[list[float]], temperature: float = 0.2, stride: int = 4,
                  feature_stride: int = 1) -> None:
         super().__init__()
-        from train.chroma_bins import annealed_mean
+        from engine.net.chroma_bins import annealed_mean
 
         self._annealed_mean = annealed_mean
         c = torch.tensor(centres, dtype=torch.float32)

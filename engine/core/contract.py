@@ -24,7 +24,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ArtifactError
+from engine.core.errors import ArtifactError
+from engine.core.files import write_json_atomic  # noqa: F401 - the sidecar writer's one atomic write
 
 __all__ = ["ArtifactError"]
 
@@ -54,22 +55,6 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Write JSON to a temp file beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_sidecar(artifact: str | os.PathLike[str], *, verify_sha256: bool = True) -> dict[str, Any]:

@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
-from engine.errors import ColorizerError
-from train.model import ColorizerNet, ModelConfig, ModelConfigError
+from engine.core.errors import ColorizerError
+from engine.core.files import atomic_write
+from engine.net.model import ColorizerNet, ModelConfig, ModelConfigError
 
 CHECKPOINT_FORMAT = "colorizer-checkpoint/1"
 
@@ -37,32 +38,9 @@ class CheckpointError(ColorizerError):
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    path = Path(path)
     data = {"format": CHECKPOINT_FORMAT, **payload}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path, sync_dir=True) as f:
+        torch.save(data, f)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -75,6 +53,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         # class or function, so a crafted file cannot run code while it is read.
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # no class or function asked for: a corrupt or foreign file
+            raise CheckpointError(f"{path}: not a readable checkpoint ({_unpickler_reason(e)})") from e
         raise CheckpointError(f"{path}: refused: the checkpoint holds {_refused_global(e)}, not only tensors and "
                               "plain types (int, float, str, list, dict); loading it could run code") from e
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for corrupt files
@@ -87,6 +67,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         if key not in data:
             raise CheckpointError(f"{path}: checkpoint has no {key!r} entry")
     return data
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The unpickler's own reason (e.g. "Unsupported operand 168"), without torch's advice around it."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "WeightsUnpickler error" in ln and i + 1 < len(lines):
+            return f"UnpicklingError: {lines[i + 1]}"
+    return f"UnpicklingError: {lines[0] if lines else ''}"
 
 
 def _refused_global(e: Exception) -> str:

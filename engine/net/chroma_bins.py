@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.color import U_MAX, V_MAX
-from engine.errors import ColorizerError
+from engine.core.color import U_MAX, V_MAX
+from engine.core.errors import ColorizerError
 
 DEFAULT_GRID = 0.05
 

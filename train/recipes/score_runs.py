@@ -1,7 +1,7 @@
-"""Score the issue-#9 loss variants (runs of notes/loss-comparison.sh) on the validation split.
+"""Score training runs on a validation list: centre crops, several annealed-mean temperatures.
 
-    .venv/bin/python notes/loss-comparison.py --runs runs/cmp --val runs/cmp/huber/val_files.txt \\
-        --json notes/loss-comparison.json --grids docs/loss
+    python -m train.recipes.score_runs --runs runs --only RUN_A,RUN_B --val RUN/val_files.txt \\
+        --json runs/scores.json --grids runs/grids
 
 Every run's final checkpoint (``last.pt``, the same step for all) is scored through the
 engine's PyTorch backend (bit-for-bit the exported graph's maths) on the validation
@@ -28,11 +28,9 @@ from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.api import Colorizer  # noqa: E402
-from engine.evaluate import evaluate_folder  # noqa: E402
-from train.checkpoint import load_checkpoint, release_checkpoint  # noqa: E402
+from engine.api import Colorizer
+from engine.evaluate import evaluate_folder
+from engine.net.checkpoint import load_checkpoint, release_checkpoint
 
 RATIO_BAR = 0.85
 
@@ -73,13 +71,13 @@ def shrink_grid(png: Path, out: Path, scale: float = 0.5) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, default=Path("runs/cmp"))
+    p.add_argument("--runs", type=Path, required=True, help="folder holding one run folder per variant")
     p.add_argument("--only", default=None, help="comma-separated run names to score (default: every finished run)")
     p.add_argument("--extra", type=Path, action="append", default=[], help="more checkpoints (e.g. runs/cls/last.pt)")
     p.add_argument("--val", type=Path, required=True)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--temperatures", default="0.2,0.3,0.4,0.6,0.8,1.0")
-    p.add_argument("--json", type=Path, default=Path("notes/loss-comparison.json"))
+    p.add_argument("--json", type=Path, default=None, help="write the scores here")
     p.add_argument("--grids", type=Path, default=None)
     p.add_argument("--weights", default="auto", choices=["auto", "model", "ema"],
                    help="live weights, the --ema average, or auto (the average when a run has one)")
@@ -111,8 +109,9 @@ def main() -> int:
                   f"SSIM {r['ssim']:.3f} ratio {r['colourfulness_ratio']:.2f}", flush=True)
     winner = choose([dict(r["best"], variant=r["variant"]) for r in results])
     out = {"size": args.size, "val": str(args.val), "ratio_bar": RATIO_BAR, "results": results, "winner": winner}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
     print(f"winner: {winner['variant']} T={winner['temperature']} PSNR {winner['psnr']:.2f} "
           f"ratio {winner['colourfulness_ratio']:.2f}")
     return 0

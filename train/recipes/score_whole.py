@@ -1,6 +1,6 @@
-"""Score checkpoints on whole validation photos, as colorize-dir sees them (notes/zoom.md: --zoom 2 against the bundled recipe).
+"""Score checkpoints on whole validation photos, as colorize-dir sees them.
 
-    .venv/bin/python notes/whole-photos.py runs/cmp/huber/val_files.txt runs/long-l08/last.pt runs/zoom2-l08/last.pt \\
+    python -m train.recipes.score_whole RUN/val_files.txt RUN_A/last.pt RUN_B/last.pt \\
         --temperatures 0.6,0.8,1.0 --size 256
 
 Each photo is area-resized so its long side is 512 (a stand-in for the full-size photo), grayed with the
@@ -12,7 +12,6 @@ checkpoint is released at each annealed-mean temperature (an inference setting).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,11 +19,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine import color, metrics  # noqa: E402
-from engine.api import Colorizer  # noqa: E402
-from train.checkpoint import release_checkpoint  # noqa: E402
+from engine.core import color, metrics
+from engine.api import Colorizer
+from engine.net.checkpoint import release_checkpoint
 
 
 def photos(val_list: Path, long_side: int = 512) -> list[np.ndarray]:

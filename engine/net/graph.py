@@ -1,14 +1,14 @@
 """The exported graph: uint8 gray in, uint8 RGB and float UV out, colour math inside.
 
-``ColorizeGraph(model)`` wraps a ``train.model.ColorizerNet`` so that the ONNX
+``ColorizeGraph(model)`` wraps a ``engine.net.model.ColorizerNet`` so that the ONNX
 file (and the engine's PyTorch backend, which imports this module lazily) takes
-the contract's tensors directly (``engine.contract``):
+the contract's tensors directly (``engine.core.contract``):
 
     gray uint8 (N, 1, H, W)  ->  rgb uint8 (N, 3, H, W), uv float32 (N, 2, H, W)
 
 Pre-processing (uint8 -> Y float in [0, 1]) and post-processing (YUV -> RGB as a
 1x1 conv, clamp to [0, 1], floor(x * 255 + 0.5), cast to uint8) use the torch
-functions of ``engine.color``, so the graph and the numpy spec share constants.
+functions of ``engine.core.color``, so the graph and the numpy spec share constants.
 Kept import-light on purpose: torch and the colour spec only.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine import color
+from engine.core import color
 
 
 class ColorizeGraph(nn.Module):
