@@ -95,3 +95,14 @@ def _isolate_logging_levels():
     for name, lg in list(manager.loggerDict.items()):
         if isinstance(lg, logging.Logger):
             lg.setLevel(before.get(name, logging.NOTSET))
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models run faster (and steadier on a shared 2-core box) on one intra-op thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

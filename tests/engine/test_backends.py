@@ -13,14 +13,13 @@ import pytest
 from PIL import Image
 
 from engine import backends
-from engine.core import contract, hardware
 from engine.backends import base, open_runner, resolve_model
 from engine.backends.base import BackendError
 from engine.backends.ort import OrtRunner
+from engine.core import contract, hardware
 from engine.core.errors import ArtifactError, BackendUnavailable
+from tests.conftest import ROOT
 from tests.engine.corpus import pattern
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def gray_batch(n: int = 2, size: int = 64) -> np.ndarray:

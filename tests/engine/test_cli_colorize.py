@@ -7,15 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from engine import tree
+from tests.conftest import ROOT
 from tests.engine.corpus import huge_png_header, pattern, tree_digest, write_photos
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: object, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from engine.api import Colorizer
+from tests.conftest import ROOT
 from tests.engine.corpus import pattern, write_kinds, write_photos
 
-ROOT = Path(__file__).resolve().parents[2]
 SIZE = 64
 
 

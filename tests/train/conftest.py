@@ -35,17 +35,6 @@ def write_photos(folder: Path, n: int = 12, seed: int = 0, size: tuple[int, int]
     return folder
 
 
-@pytest.fixture()
-def one_thread():
-    """Tiny models run faster (and steadier on a shared 2-core box) on one intra-op thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def subprocess_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
