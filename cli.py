@@ -300,14 +300,18 @@ def _fmt(x: float) -> str:
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled: colorizer-int8.onnx on a CPU, colorizer.onnx on a GPU].")
 @click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:K.")
-@click.option("--size", type=int, default=256, show_default=True, help="Photos are centre-cropped to SIZE x SIZE.")
-@click.option("--model-size", type=int, default=None, help="Resolution the model runs at [--size].")
+@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
+              help="Photos are centre-cropped to SIZE x SIZE.")
+@click.option("--model-size", type=click.IntRange(16, 4096), default=None, help="Resolution the model runs at [--size].")
+@click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
+              help="Larger photos fail (one line) before any pixel is decoded.")
 @click.option("--saturation", type=float, default=1.0, show_default=True)
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the report as JSON.")
 @click.option("--csv", "csv_out", type=click.Path(path_type=Path), default=None, help="Per-image scores as CSV.")
 @click.option("--grid", type=click.Path(path_type=Path), default=None, help="PNG grid: input | output | truth.")
 def evaluate(data: Path, model: Path | None, backend: str, device: str | None, size: int, model_size: int | None,
-             saturation: float, json_out: Path | None, csv_out: Path | None, grid: Path | None) -> None:
+             saturation: float, max_pixels: int, json_out: Path | None, csv_out: Path | None,
+             grid: Path | None) -> None:
     """Measure PSNR, SSIM and colourfulness on colour photos against the gray baseline."""
     import json
 
@@ -317,7 +321,7 @@ def evaluate(data: Path, model: Path | None, backend: str, device: str | None, s
 
     with Colorizer(model, backend, size=model_size or size, device=device, saturation=saturation) as colorizer:
         click.echo(f"backend: {colorizer.describe()}")
-        report = evaluate_folder(colorizer.colorize, data, size=size, grid=grid)
+        report = evaluate_folder(colorizer.colorize, data, size=size, grid=grid, max_pixels=max_pixels)
     m, g = report.model, report.gray_baseline
     click.echo(f"{report.images} photos at {size}x{size}" + (f", {len(report.failed)} unreadable" if report.failed else ""))
     click.echo(f"{'':14}{'PSNR dB':>9}{'SSIM':>8}{'colourfulness':>15}{'ratio':>8}")
@@ -325,10 +329,13 @@ def evaluate(data: Path, model: Path | None, backend: str, device: str | None, s
                f"{m['colourfulness_ratio']:>8.3f}")
     click.echo(f"{'gray baseline':14}{_fmt(g['psnr']):>9}{_fmt(g['ssim']):>8}{0.0:>15.2f}{0.0:>8.3f}")
     click.echo(f"{'ground truth':14}{'':>9}{'':>8}{m['gt_colourfulness']:>15.2f}{1.0:>8.3f}")
-    if json_out is not None:
-        write_json_atomic(json_out, json.loads(json.dumps(report.to_dict(), default=str)))
-    if csv_out is not None:
-        write_csv(report, csv_out)
+    try:
+        if json_out is not None:
+            write_json_atomic(json_out, json.loads(json.dumps(report.to_dict(), default=str, allow_nan=False)))
+        if csv_out is not None:
+            write_csv(report, csv_out)
+    except OSError as e:
+        _fail(f"cannot write {e.filename or 'the report'} ({e.strerror or e})")
     if grid is not None:
         click.echo(f"grid: {grid}")
     sys.exit(1 if report.failed else 0)

@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.core import contract
+from engine.core.errors import OutputError
 from engine import images, pipeline, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
@@ -176,7 +177,10 @@ class Colorizer:
         if not 1 <= int(jpeg_quality) <= 100:
             raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
         fail_path = check_fail_list(src_p, fail_list)
-        dst_p.mkdir(parents=True, exist_ok=True)
+        try:
+            dst_p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"output folder {dst_p}: cannot create ({e.strerror or e})") from e
         readers, writers = self.io_threads
         settings = pipeline.Settings(
             size=self.size,

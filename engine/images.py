@@ -3,13 +3,13 @@
 Decoding uses Pillow for every format (JPEG, PNG, WebP, BMP, TIFF, GIF, PNM):
 it raises on truncated files instead of returning half-grey images, it reads
 the EXIF orientation of every format (``ImageOps.exif_transpose``), and it
-prints nothing on stderr. Gray JPEGs, the common input, take a shorter road:
+prints nothing on stderr. JPEGs, the common input, take a shorter road:
 Pillow reads the header and EXIF (lazily, no pixels), libjpeg-turbo through
-simplejpeg decodes the pixels straight into one array (strict: any warning
-sends the file back to Pillow, which then decides), faster than Pillow's own
-decode. Colour inputs are grayed with the colour spec's luma
-(``engine.core.color.rgb_u8_to_luma_u8``), exactly as the trainer grays photos.
-Gray inputs (8- or 16-bit) are used as they are.
+simplejpeg decodes the pixels straight into one array, faster than Pillow's own
+decode, and its warnings tell a truncated file (a failure: data missing, even
+when an end marker was appended) from a harmless oddity (a note). Colour inputs
+are grayed with the colour spec's luma (``engine.core.color.rgb_u8_to_luma_u8``),
+exactly as the trainer grays photos. Gray inputs (8- or 16-bit) are used as they are.
 
 JPEG outputs are encoded from Y, Cb, Cr planes with 4:2:0 chroma
 (``encode_jpeg_ycbcr``): no colour conversion and no chroma downsampling
@@ -21,28 +21,37 @@ composition), so the float temporaries stay a few MB whatever the photo size.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
+import re
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import cv2
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from engine.core import color, contract
 from engine.core import files
 from engine.core.errors import ColorizerError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # We check --max-pixels ourselves right after reading the header; Pillow's own
 # warning between its limit and twice its limit would only be noise.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+# A PNG's compressed chunks (ICC profile, text) may expand to this much; Pillow's 1 MB default fails
+# photos that carry a large ICC profile (printer and camera profiles pass 1 MB). Still bounded.
+PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, 16 << 20)
 
 STRIP_PIXELS = 1 << 16  # pixels per strip in the float stages: temporaries stay in cache (faster than 1 MP strips)
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -66,34 +75,65 @@ class Decoded:
     alpha: np.ndarray | None  # uint8 (H, W) or None
     exif: bytes | None  # EXIF to carry to the output (orientation tag removed), or None
     source: str  # "JPEG L", "PNG RGBA", ... for logs
+    warning: str | None = None  # a decoder warning on otherwise complete data (reported as a note)
 
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Decoded:
     """Decode a file to luma and alpha. Raises ``ImageError`` with a reason fit for ``path: reason``."""
-    path = Path(path)
+
+    def decode(im: Image.Image) -> Decoded:
+        fast = _decode_jpeg(im)
+        return fast if fast is not None else _decode(im)
+
+    return _read(Path(path), max_pixels, decode)
+
+
+def read_rgb(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a file to uint8 RGB ``(H, W, 3)``, EXIF orientation applied, under ``read_image``'s rules.
+
+    For scoring against colour ground truth (``engine.evaluate``): the same checks (a regular
+    file, the pixel limit before any pixel is decoded, one ``ImageError`` reason per problem).
+    """
+
+    def decode(im: Image.Image) -> np.ndarray:
+        im.load()
+        im = ImageOps.exif_transpose(im) or im
+        return np.asarray(im.convert("RGB"))
+
+    return _read(Path(path), max_pixels, decode)
+
+
+def _read(path: Path, max_pixels: int | None, decode: Callable[[Image.Image], _T]) -> _T:
+    """Open ``path`` with Pillow under the checks every reader shares, and ``decode`` it."""
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise ImageError(f"cannot read ({e.strerror or e})") from e
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"not a regular file ({files.file_kind(st.st_mode)})")
+    if st.st_size == 0:
         raise ImageError("empty file (0 bytes)")
     if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels  # never lower Pillow's own guard, only make room for ours
     try:
         with Image.open(path) as im:
             _check_size(im, max_pixels)
-            fast = _decode_gray_jpeg(im)
-            return fast if fast is not None else _decode(im)
+            return decode(im)
     except ImageError:
         raise
     except UnidentifiedImageError as e:
         raise ImageError("not an image (unrecognised content)") from e
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"too large ({e})") from e
+    except Image.DecompressionBombError as e:  # over twice Pillow's guard, before our own check could run
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size_text = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "over Pillow's limit"
+        limit = f"limit is {max_pixels / 1e6:g} MP (--max-pixels)" if max_pixels else "Pillow's decompression-bomb guard"
+        raise ImageError(f"too large: {size_text}, {limit}") from e
     except MemoryError as e:
         raise ImageError("too large to decode in the available memory") from e
     except OSError as e:
-        raise ImageError(f"cannot decode ({e.strerror or e})") from e
+        if e.errno is not None:  # the file system said no (permissions, I/O error), not the decoder
+            raise ImageError(f"cannot read ({e.strerror or e})") from e
+        raise ImageError(f"cannot decode ({e})") from e
     # Decoders of untrusted files raise many types (SyntaxError for broken PNG chunks,
     # struct.error, ValueError, EOFError...); any of them means "this file is broken".
     except Exception as e:  # noqa: BLE001
@@ -108,27 +148,59 @@ def _check_size(im: Image.Image, max_pixels: int | None) -> None:
         raise ImageError(f"empty image ({w}x{h})")
 
 
-def _decode_gray_jpeg(im: Image.Image) -> Decoded | None:
-    """An upright 8-bit gray JPEG decoded by libjpeg-turbo (simplejpeg), or None to let Pillow decode it.
+# libjpeg's warnings that mean image data is missing (a truncated file, with or without an end marker
+# appended): the decoder fills the rest with gray, so such a file is a failure, not a photo.
+_JPEG_DATA_MISSING = ("premature end",)
 
-    None for anything else: other formats and modes, an EXIF orientation to apply,
-    and any file libjpeg-turbo decodes with a warning (truncated, corrupt data):
-    Pillow then decodes it or raises with its own reason.
+# EXIF orientation -> the numpy view that makes the pixels upright (what ImageOps.exif_transpose does).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.T[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _decode_jpeg(im: Image.Image) -> Decoded | None:
+    """An 8-bit gray or RGB JPEG decoded by libjpeg-turbo (simplejpeg), or None to let Pillow decode it.
+
+    Gray JPEGs decode straight into the luma plane; RGB JPEGs decode to RGB and are grayed with
+    the colour spec's luma (the same pixels as Pillow's decode). The EXIF orientation is applied
+    to the luma plane. libjpeg's warnings decide what a damaged file is: image data missing
+    (``_JPEG_DATA_MISSING``) raises ``ImageError``; any other warning (extraneous bytes, an odd
+    marker) decodes anyway and is reported in ``Decoded.warning``. None for other modes (CMYK),
+    and for files libjpeg-turbo cannot decode at all: Pillow then decodes them or says why not.
     """
-    if im.format != "JPEG" or im.mode != "L":
+    if im.format != "JPEG" or im.mode not in ("L", "RGB"):
         return None
+    gray = im.mode == "L"
     exif = im.getexif()
-    if exif.get(0x0112, 1) != 1:
-        return None
+    orientation = exif.get(0x0112, 1)
     im.fp.seek(0)  # the file Pillow has open (Pillow's own load seeks to its data again if we fall back)
+    data = im.fp.read()
+    space = "GRAY" if gray else "RGB"
+    warning = None
     try:
-        luma = simplejpeg.decode_jpeg(im.fp.read(), colorspace="GRAY", strict=True)
-    except ValueError:
+        pixels = simplejpeg.decode_jpeg(data, colorspace=space, strict=True)
+    except ValueError as strict_error:
+        message = str(strict_error)
+        if any(m in message.lower() for m in _JPEG_DATA_MISSING):
+            raise ImageError(f"truncated JPEG: image data missing (libjpeg: {message})") from strict_error
+        warning = f"libjpeg: {message}"
+        try:
+            pixels = simplejpeg.decode_jpeg(data, colorspace=space, strict=False)
+        except ValueError:  # libjpeg-turbo will not get past it: Pillow's more lenient decode, with the warning
+            return dataclasses.replace(_decode(im), warning=warning)
+    if pixels.shape[:2] != (im.size[1], im.size[0]):
         return None
-    luma = luma.reshape(luma.shape[:2])
-    if luma.shape != (im.size[1], im.size[0]):
-        return None
-    return Decoded(luma=luma, alpha=None, exif=_exif_without_orientation(im), source="JPEG L")
+    luma = pixels.reshape(pixels.shape[:2]) if gray else luma_from_rgb(pixels)
+    if orientation in _ORIENT:
+        luma = np.ascontiguousarray(_ORIENT[orientation](luma))
+    return Decoded(luma=luma, alpha=None, exif=_exif_without_orientation(im), source=f"JPEG {im.mode}",
+                   warning=warning)
 
 
 def _decode(im: Image.Image) -> Decoded:

@@ -221,6 +221,8 @@ def _read_stage(sh: _Shared) -> None:
                 log.debug("%s: internal error while reading", task.src, exc_info=True)
                 sh.events.put(("failed", task, f"internal error while reading ({type(e).__name__}: {e})"))
                 continue
+            if decoded.warning is not None:
+                sh.events.put(("note", task, f"{task.src}: decoded with a warning ({decoded.warning})"))
             cost = decoded.luma.size * BYTES_PER_PIXEL
             sh.budget.acquire(cost, sh.stop)
             _put(sh.ready, _Item(task, decoded, x, crop, cost), sh.stop)

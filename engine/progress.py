@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from engine.core.errors import OutputError
+from engine.core.files import path_line, printable
 from engine.tree import UsageError
 
 MAX_FAILURES_KEPT = 10_000
@@ -101,9 +103,10 @@ class Tally:
         self.progress = progress
         self.log = log or _log
         self._notes: set[str] = set()
+        self._fail_path = fail_list
         try:
-            self._fail_file: IO[str] | None = (
-                open(fail_list, "w", encoding="utf-8") if fail_list is not None else None  # noqa: SIM115
+            self._fail_file: IO[bytes] | None = (
+                open(fail_list, "wb") if fail_list is not None else None  # noqa: SIM115
             )
         except OSError as e:
             raise UsageError(f"--fail-list {fail_list}: cannot write ({e.strerror or e})") from e
@@ -112,7 +115,7 @@ class Tally:
         """Log ``text`` once per run, however many files it applies to."""
         if text not in self._notes:
             self._notes.add(text)
-            self.log.info("%s", text)
+            self.log.info("%s", printable(text))
 
     def set_total(self, total: int) -> None:
         """The number of files in this run is known: report it (a ``"total"`` event)."""
@@ -128,12 +131,16 @@ class Tally:
             s.colorized += 1
         elif kind == "failed":
             s.failed += 1
-            self.log.warning("%s: %s", path, reason)
+            self.log.warning("%s", printable(f"{path}: {reason}"))
             if len(s.failures) < MAX_FAILURES_KEPT:
                 s.failures.append((path, reason))
             if self._fail_file is not None:
-                self._fail_file.write(f"{path}\n")
-                self._fail_file.flush()
+                try:
+                    self._fail_file.write(path_line(path) + b"\n")
+                    self._fail_file.flush()
+                except OSError as e:  # a full disk: the list would be silently incomplete, so the run stops
+                    raise OutputError(f"--fail-list {self._fail_path}: cannot write ({e.strerror or e}); "
+                                      f"stopping (the outputs written so far are complete)") from e
         self._report(kind, path)
 
     def _report(self, kind: str, path: str | None) -> None:
@@ -149,8 +156,11 @@ class Tally:
 
     def close(self) -> None:
         if self._fail_file is not None:
-            self._fail_file.close()
-            self._fail_file = None
+            f, self._fail_file = self._fail_file, None
+            try:
+                f.close()
+            except OSError as e:
+                raise OutputError(f"--fail-list {self._fail_path}: cannot write ({e.strerror or e})") from e
 
     def __enter__(self) -> "Tally":
         return self

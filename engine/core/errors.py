@@ -11,3 +11,7 @@ class ArtifactError(ColorizerError):
 
 class BackendUnavailable(ColorizerError):
     """A backend cannot run here (missing package, no GPU); the message says how to install it."""
+
+
+class OutputError(ColorizerError):
+    """The output folder or a run-level output (the fail list, the summary) cannot be written: the run stops."""

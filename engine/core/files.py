@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -37,9 +38,21 @@ SAME_FORMAT = {
 }
 TO_PNG = (".pgm", ".pbm", ".ppm", ".pnm", ".gif")
 INPUT_SUFFIXES = frozenset(SAME_FORMAT) | frozenset(TO_PNG)
+# --format choices (besides "same") -> the format written and the suffix a converted name gets.
+OUTPUT_FORMATS = {"jpg": ("JPEG", ".jpg"), "png": ("PNG", ".png"), "webp": ("WEBP", ".webp"), "tiff": ("TIFF", ".tif")}
 
 NAME_MAX = 255  # bytes in one path component on common file systems
 _TEMP_RE = re.compile(r"^\.(?P<key>.+)\.tmp-(?P<pid>\d+)(?:-[0-9a-f]+)?$")
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, for messages: "a regular file", "a directory", "a FIFO"..."""
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def is_photo(path: str | os.PathLike[str]) -> bool:
@@ -53,6 +66,74 @@ def list_photos(folder: str | os.PathLike[str]) -> list[Path]:
         dirnames.sort()
         found.extend(Path(dirpath, n) for n in filenames if is_photo(n))
     return sorted(found)
+
+
+# ----------------------------------------------------------------------------- paths in lists and messages
+
+_PLAIN_ESCAPES = {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord('"'): '\\"', ord("\\"): "\\\\"}
+
+
+def path_line(path: str | os.PathLike[str]) -> bytes:
+    """One line of a path list (``--fail-list``), without its newline: the path's own bytes, unambiguously.
+
+    A path is written as the file system's bytes (``os.fsencode``: names that are not UTF-8
+    come out as the bytes they are), unless it holds a newline or carriage return or starts
+    with a double quote: then it is written as ``"..."`` with C escapes (``\\n``, ``\\r``,
+    ``\\t``, ``\\"``, ``\\\\``, ``\\xHH`` for other control bytes), as git quotes unusual paths.
+    ``read_path_line`` reverses it.
+    """
+    raw = os.fsencode(path)
+    if b"\n" not in raw and b"\r" not in raw and not raw.startswith(b'"'):
+        return raw
+    out = bytearray(b'"')
+    for byte in raw:
+        if byte in _PLAIN_ESCAPES:
+            out += _PLAIN_ESCAPES[byte].encode()
+        elif byte < 0x20 or byte == 0x7F:
+            out += b"\\x%02x" % byte
+        else:
+            out.append(byte)
+    return bytes(out + b'"')
+
+
+def read_path_line(line: bytes) -> bytes:
+    """The path bytes of one ``path_line`` (its trailing newline, if any, removed first)."""
+    line = line.rstrip(b"\n")
+    if not (line.startswith(b'"') and line.endswith(b'"') and len(line) >= 2):
+        return line
+    body, out, i = line[1:-1], bytearray(), 0
+    simple = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord('"'): 34, ord("\\"): 92}
+    while i < len(body):
+        if body[i] != 92:
+            out.append(body[i])
+            i += 1
+        elif body[i + 1] in simple:
+            out.append(simple[body[i + 1]])
+            i += 2
+        else:  # \xHH
+            out.append(int(body[i + 2 : i + 4], 16))
+            i += 4
+    return bytes(out)
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one log line: control characters and undecodable name bytes as ``\\xHH``/``\\n``.
+
+    File names are bytes; one that is not UTF-8 reaches Python with surrogate escapes, and
+    one with a newline would split a ``path: reason`` line in two.
+    """
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code in _PLAIN_ESCAPES and ch not in "\"\\":
+            out.append(_PLAIN_ESCAPES[code])
+        elif code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 # ----------------------------------------------------------------------------- temp names

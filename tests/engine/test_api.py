@@ -177,7 +177,7 @@ def test_unreadable_folder_is_a_failure(colorizer, tmp_path, monkeypatch):
 
     def scan(folder):
         if folder.name == "d1":  # as for a folder without read permission (tests may run as root)
-            return [], [], "cannot list folder (Permission denied)"
+            return [], [], {}, "cannot list folder (Permission denied)"
         return real(folder)
 
     monkeypatch.setattr(tree, "_scan", scan)

@@ -60,7 +60,8 @@ def test_bad_files_are_reported_and_skipped(tmp_path):
     (folder / "broken.jpg").write_bytes(b"not an image")
     report = evaluate_folder(lambda g: np.repeat(g[..., None], 3, axis=-1), folder, size=16)
     assert report.images == 3
-    assert report.failed == [str(folder / "broken.jpg")]
+    assert [f["path"] for f in report.failed] == [str(folder / "broken.jpg")]
+    assert report.failed[0]["reason"].startswith("not an image")
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):

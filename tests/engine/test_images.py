@@ -8,7 +8,7 @@ import os
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from engine.core import color
 from engine import images
@@ -76,8 +76,38 @@ def test_truncated_jpeg_fails(tmp_path):
     Image.fromarray(pattern(200, 300, 0)).save(buf, "JPEG", quality=90)
     p = tmp_path / "cut.jpg"
     p.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    with pytest.raises(ImageError, match="cannot decode"):
+    with pytest.raises(ImageError, match="truncated JPEG: image data missing"):
         images.read_image(p)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_truncated_jpeg_with_an_end_marker_appended_fails(tmp_path, mode):
+    """libjpeg fills the missing rows with gray and Pillow accepts the file: still a failure."""
+    rgb = pattern(200, 300, 0)
+    img = Image.fromarray(rgb[..., 0]) if mode == "L" else Image.fromarray(rgb)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(data[: len(data) // 2] + b"\xff\xd9")
+    with Image.open(p) as im:
+        im.load()  # the fallback decoder alone would not notice
+    with pytest.raises(ImageError, match="truncated JPEG: image data missing"):
+        images.read_image(p)
+
+
+def test_jpeg_with_a_harmless_warning_decodes_with_a_note(tmp_path):
+    """Bytes after the end marker make libjpeg warn; the image itself is complete: decoded, with a warning."""
+    p = _gray_jpeg(tmp_path, shape=(64, 80))
+    clean = images.read_image(p)
+    assert clean.warning is None
+    data = p.read_bytes()
+    # garbage between two markers: libjpeg warns "Corrupt JPEG data: N extraneous bytes before marker"
+    sos = data.index(b"\xff\xda")
+    p.write_bytes(data[:sos] + b"\x00\x01\x02" + data[sos:])
+    odd = images.read_image(p)
+    assert odd.warning is not None and "extraneous bytes" in odd.warning
+    assert np.array_equal(odd.luma, clean.luma)
 
 
 def _gray_jpeg(tmp_path, name="g.jpg", shape=(123, 201), **save):
@@ -106,19 +136,29 @@ def test_gray_jpeg_fast_path_equals_pillow(tmp_path, monkeypatch):
     assert back.get(0x0132) == "2020:01:02 03:04:05" and fast.exif == slow.exif
 
 
-def test_gray_jpeg_with_orientation_goes_through_pillow(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_orientation_matches_pillow(tmp_path, mode, orientation):
+    """The fast path turns the pixels as ImageOps.exif_transpose does, for all eight EXIF orientations."""
     exif = Image.Exif()
-    exif[0x0112] = 6
-    p = _gray_jpeg(tmp_path, exif=exif.tobytes())
-    monkeypatch.setattr(images.simplejpeg, "decode_jpeg", lambda *a, **k: pytest.fail("orientation must use Pillow"))
-    assert images.read_image(p).luma.shape == (201, 123)
+    exif[0x0112] = orientation
+    rgb = pattern(37, 53, orientation)
+    p = tmp_path / "o.jpg"
+    (Image.fromarray(rgb[..., 1]) if mode == "L" else Image.fromarray(rgb)).save(p, "JPEG", quality=95,
+                                                                               exif=exif.tobytes())
+    with Image.open(p) as im:
+        upright = ImageOps.exif_transpose(im)
+        want = images.to_luma(np.asarray(upright))[0]
+    got = images.read_image(p)
+    assert got.source == f"JPEG {mode}"
+    assert np.array_equal(got.luma, want)
 
 
-def test_truncated_gray_jpeg_fails_with_pillows_reason(tmp_path):
+def test_truncated_gray_jpeg_fails(tmp_path):
     p = _gray_jpeg(tmp_path, shape=(200, 300))
     data = p.read_bytes()
     p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageError, match="cannot decode.*truncated"):
+    with pytest.raises(ImageError, match="truncated JPEG"):
         images.read_image(p)
 
 
