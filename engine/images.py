@@ -45,9 +45,20 @@ from engine.core.errors import ColorizerError
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-# We check --max-pixels ourselves right after reading the header; Pillow's own
-# warning between its limit and twice its limit would only be noise.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+def quiet_decoder_warnings() -> None:
+    """Install the warning filters decoding relies on (done at import; again after ``warnings.resetwarnings``).
+
+    We check ``max_pixels`` ourselves right after reading the header, so Pillow's warning between
+    its limit and twice its limit would only be noise. Pillow's plugins warn on damaged metadata
+    (a TIFF tag past the end of the file, corrupt EXIF): the file either decodes or fails with its
+    one-line reason, and a Python warning on stderr would break that line.
+    """
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
+quiet_decoder_warnings()
 
 # A PNG's compressed chunks (ICC profile, text) may expand to this much; Pillow's 1 MB default fails
 # photos that carry a large ICC profile (printer and camera profiles pass 1 MB). Still bounded.
@@ -125,8 +136,8 @@ def _read(path: Path, max_pixels: int | None, decode: Callable[[Image.Image], _T
         raise ImageError("not an image (unrecognised content)") from e
     except Image.DecompressionBombError as e:  # over twice Pillow's guard, before our own check could run
         found = re.search(r"\((\d+) pixels\)", str(e))
-        size_text = f"{int(found.group(1)) / 1e6:.1f} MP" if found else "over Pillow's limit"
-        limit = f"limit is {max_pixels / 1e6:g} MP (--max-pixels)" if max_pixels else "Pillow's decompression-bomb guard"
+        size_text = _pixels(int(found.group(1))) if found else "over Pillow's limit"
+        limit = f"limit is {_pixels(max_pixels)} (--max-pixels)" if max_pixels else "Pillow's decompression-bomb guard"
         raise ImageError(f"too large: {size_text}, {limit}") from e
     except MemoryError as e:
         raise ImageError("too large to decode in the available memory") from e
@@ -140,10 +151,15 @@ def _read(path: Path, max_pixels: int | None, decode: Callable[[Image.Image], _T
         raise ImageError(f"cannot decode ({type(e).__name__}: {e})") from e
 
 
+def _pixels(n: int) -> str:
+    """A pixel count for messages: ``12.0 MP``, or the exact count below 0.1 MP."""
+    return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n} pixels"
+
+
 def _check_size(im: Image.Image, max_pixels: int | None) -> None:
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
-        raise ImageError(f"too large: {w}x{h} = {w * h / 1e6:.1f} MP, limit is {max_pixels / 1e6:g} MP (--max-pixels)")
+        raise ImageError(f"too large: {w}x{h} = {_pixels(w * h)}, limit is {_pixels(max_pixels)} (--max-pixels)")
     if w < 1 or h < 1:
         raise ImageError(f"empty image ({w}x{h})")
 

@@ -12,6 +12,7 @@ prints) hands them the stream the bar draws on and the function that writes a li
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,9 @@ class Tally:
                     self._fail_file.write(path_line(path) + b"\n")
                     self._fail_file.flush()
                 except OSError as e:  # a full disk: the list would be silently incomplete, so the run stops
+                    f, self._fail_file = self._fail_file, None
+                    with contextlib.suppress(OSError):  # its buffer cannot be written either; said once
+                        f.close()
                     raise OutputError(f"--fail-list {self._fail_path}: cannot write ({e.strerror or e}); "
                                       f"stopping (the outputs written so far are complete)") from e
         self._report(kind, path)

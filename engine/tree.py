@@ -196,7 +196,7 @@ def plan_folder(names: list[str], out_format: str = "same") -> list[tuple[str, s
     """
     chosen: list[tuple[str, str, str, str | None]] = []
     owner: dict[str, str] = {}
-    wanted = [(n, *output_format(n, out_format)) for n in names if os.path.splitext(n)[1].lower() in INPUT_EXTS]
+    wanted = [(n, *output_format(n, out_format)) for n in sorted(names) if os.path.splitext(n)[1].lower() in INPUT_EXTS]
     for name, out, _ in wanted:
         if out == name:
             owner[name] = name
@@ -245,10 +245,7 @@ def walk(
             yield Task(rel=rel_dir or ".", src=folder, dst=dst or folder, fmt="", skip=False, error=error)
             continue
         stack.extend(f"{rel_dir}/{d}" if rel_dir else d for d in reversed(dirs))
-        plan = []
-        for name, out, fmt, why in plan_folder(files, out_format):
-            plan.append((name, out, fmt, why))
-        plan += [(name, "", "", why) for name, why in odd.items()]
+        plan = plan_folder(files, out_format) + [(name, "", "", why) for name, why in odd.items()]
         plan.sort()
         mine = []
         for name, out, fmt, why in plan:

@@ -97,7 +97,10 @@ def path_line(path: str | os.PathLike[str]) -> bytes:
 
 
 def read_path_line(line: bytes) -> bytes:
-    """The path bytes of one ``path_line`` (its trailing newline, if any, removed first)."""
+    """The path bytes of one ``path_line`` (its trailing newline, if any, removed first).
+
+    A line that is not a well-formed quoted path (a hand-written list) is taken literally.
+    """
     line = line.rstrip(b"\n")
     if not (line.startswith(b'"') and line.endswith(b'"') and len(line) >= 2):
         return line
@@ -107,12 +110,14 @@ def read_path_line(line: bytes) -> bytes:
         if body[i] != 92:
             out.append(body[i])
             i += 1
-        elif body[i + 1] in simple:
+        elif i + 1 < len(body) and body[i + 1] in simple:
             out.append(simple[body[i + 1]])
             i += 2
-        else:  # \xHH
+        elif body[i + 1 : i + 2] == b"x" and re.fullmatch(rb"[0-9a-fA-F]{2}", body[i + 2 : i + 4]):
             out.append(int(body[i + 2 : i + 4], 16))
             i += 4
+        else:
+            return line
     return bytes(out)
 
 

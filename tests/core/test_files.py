@@ -67,3 +67,42 @@ def test_old_style_temp_names_still_parse():
     assert files.parse_temp_name(".a.b.jpg.tmp-42") == ("a.b.jpg", 42)
     assert files.parse_temp_name(".a.jpg.tmp-42-0123abcd") == ("a.jpg", 42)
     assert files.parse_temp_name("a.jpg") is None and files.parse_temp_name(".a.jpg.tmp-x") is None
+
+
+@pytest.mark.parametrize("raw", [
+    b"plain/name.jpg",
+    b"caf\xe9/latin-1 name.jpg",  # not UTF-8: written as the bytes it is
+    b"two\nlines.jpg",
+    b"carriage\rreturn.png",
+    b'"quoted".jpg',
+    b"tab\tand \\ backslash\x01.jpg",
+])
+def test_path_line_round_trips_any_bytes(raw):
+    line = files.path_line(os.fsdecode(raw))
+    assert b"\n" not in line and b"\r" not in line  # one path per line, always
+    assert files.read_path_line(line + b"\n") == raw
+    if b"\n" not in raw and b"\r" not in raw and not raw.startswith(b'"'):
+        assert line == raw  # the common case stays the plain bytes
+
+
+@pytest.mark.parametrize("line", [b'"unterminated \\', b'"bad \\q escape"', b'"short \\x4"'])
+def test_malformed_quoted_lines_are_taken_literally(line):
+    assert files.read_path_line(line) == line
+
+
+def test_printable_escapes_what_would_break_a_log_line():
+    name = os.fsdecode(b"caf\xe9\nx.jpg")
+    text = files.printable(f"{name}: cannot decode")
+    assert text == "caf\\xe9\\nx.jpg: cannot decode"
+    assert files.printable("plain élan.jpg") == "plain élan.jpg"
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda p: os.mkfifo(p), "a FIFO"),
+    (lambda p: p.mkdir(), "a directory"),
+    (lambda p: p.write_bytes(b""), "a regular file"),
+])
+def test_file_kind(tmp_path, make, kind):
+    p = tmp_path / "x"
+    make(p)
+    assert files.file_kind(os.lstat(p).st_mode) == kind

@@ -140,3 +140,69 @@ def test_sigkill_then_resume(tiny_onnx, tmp_path):
     assert [p for p in dst.rglob("*") if tree.parse_temp_name(p.name)] == []
     assert all(p.stat().st_mtime_ns == t for p, t in first.items())  # first-run outputs skipped, not redone
     assert tree_digest(src) == before
+
+
+def _bytes_cli(*args: object, timeout: int = 120) -> subprocess.CompletedProcess:
+    """As ``cli`` but arguments may be bytes paths, output kept as bytes."""
+    return subprocess.run([sys.executable.encode(), b"cli.py", b"colorize-dir",
+                           *(a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args)],
+                          cwd=ROOT, capture_output=True, timeout=timeout)
+
+
+def test_any_file_name_bytes_reach_the_fail_list_and_the_outputs(tiny_onnx, tmp_path):
+    """Names that are not UTF-8 or hold a newline: colorized, or failed one line each, and listed unambiguously."""
+    from engine.core.files import read_path_line
+
+    src = os.fsencode(tmp_path / "in")
+    write_photos(tmp_path / "in", 1)
+    good = os.path.join(src, b"caf\xe9 ok.jpg")  # Latin-1, not UTF-8
+    Image.fromarray(pattern(40, 50, 0)).save(os.fsdecode(good))
+    bad = [os.path.join(src, b"caf\xe9 broken.jpg"), os.path.join(src, b"two\nlines.jpg")]
+    for p in bad:
+        with open(p, "wb") as f:
+            f.write(b"not a photo")
+    out, fails = os.fsencode(tmp_path / "out"), os.fsencode(tmp_path / "failed.txt")
+    r = _bytes_cli(src, out, b"--model", os.fsencode(tiny_onnx), b"--size", b"64", b"--fail-list", fails)
+    assert r.returncode == 1, r.stderr
+    assert b"Traceback" not in r.stderr
+    assert r.stdout.splitlines()[-1].startswith(b"2 colorized, 0 skipped, 2 failed")
+    assert os.path.isfile(os.path.join(out, b"caf\xe9 ok.jpg"))
+    with open(fails, "rb") as f:
+        listed = sorted(read_path_line(line) for line in f)
+    assert listed == sorted(bad)
+    errors = [ln for ln in r.stderr.splitlines() if b"not an image" in ln]
+    assert len(errors) == 2 and any(b"two\\nlines.jpg" in ln for ln in errors)  # one line each, escaped
+
+
+def test_output_path_that_is_a_folder_fails_exit_1(tiny_onnx, tmp_path):
+    write_photos(tmp_path / "in", 2)
+    (tmp_path / "out" / "img0000.jpg").mkdir(parents=True)
+    for _ in range(2):  # and the rerun does not call it done
+        r = cli(tmp_path / "in", tmp_path / "out", "--model", tiny_onnx, "--size", 64)
+        assert r.returncode == 1, r.stderr
+        assert f"output path {tmp_path / 'out' / 'img0000.jpg'} exists and is a directory" in r.stderr
+        assert "1 failed" in r.stdout.splitlines()[-1]
+
+
+def test_run_level_output_errors_are_one_error_line_exit_2(tiny_onnx, tmp_path):
+    write_photos(tmp_path / "in", 3)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)],
+                                                   capture_output=True).returncode == 0
+    try:
+        if mounted:  # an output folder that cannot be created on a read-only file system
+            r = cli(tmp_path / "in", ro / "out", "--model", tiny_onnx, "--size", 64)
+            assert r.returncode == 2, r.stderr
+            assert r.stderr.strip().splitlines() == [f"error: output folder {ro / 'out'}: cannot create "
+                                                     f"(Read-only file system)"], r.stderr
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)], check=True)
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"junk")  # a failure to list, on a full disk
+    r = cli(tmp_path / "in", tmp_path / "out", "--model", tiny_onnx, "--size", 64, "--fail-list", "/dev/full")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == ["error: --fail-list /dev/full: cannot write (No space left on device); "
+                      "stopping (the outputs written so far are complete)"], r.stderr

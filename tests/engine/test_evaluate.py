@@ -1,4 +1,8 @@
+import json
 import math
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -7,6 +11,8 @@ import pytest
 from engine.core import color
 from engine.core.errors import ColorizerError
 from engine.evaluate import evaluate_folder, write_csv
+from tests.conftest import ROOT
+from tests.engine.corpus import huge_png_header
 
 COLOURS = [(200, 100, 50), (30, 160, 220), (90, 90, 90)]
 
@@ -76,3 +82,58 @@ def test_list_file_selects_exactly_the_listed_photos(tmp_path):
     listing.write_text("photos/p2.png\n\n" + str(folder / "p0.png") + "\n")
     report = evaluate_folder(lambda g: np.repeat(g[..., None], 3, axis=-1), listing, size=16)
     assert [s.path for s in report.per_image] == [str(folder / "p2.png"), str(folder / "p0.png")]
+
+
+def _gray(g):
+    return np.repeat(g[..., None], 3, axis=-1)
+
+
+def test_list_file_entries_that_are_not_photos_fail_one_line_each_never_opened(tmp_path):
+    """A FIFO in a list would block a reader forever: it is reported from its file type, not opened."""
+    folder = _write_constant_photos(tmp_path / "photos")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "huge.png").write_bytes(huge_png_header(100_000, 100_000))
+    listing = tmp_path / "val.txt"
+    listing.write_text("photos/p0.png\n\nphotos/p1.png\r\npipe.png\nmissing.png\nphotos\nhuge.png\n"
+                       f"{folder / 'p2.png'}\n")
+    report = evaluate_folder(_gray, listing, size=16)
+    assert report.images == 3
+    reasons = {f["path"]: f["reason"] for f in report.failed}
+    assert reasons[str(tmp_path / "pipe.png")] == "not a regular file (a FIFO)"
+    assert reasons[str(tmp_path / "missing.png")].startswith("cannot read (")
+    assert reasons[str(tmp_path / "photos")] == "not a regular file (a directory)"
+    assert reasons[str(tmp_path / "huge.png")].startswith("too large: 10000.0 MP")
+
+
+def test_pixel_limit_applies_before_decoding(tmp_path):
+    folder = _write_constant_photos(tmp_path / "photos", size=64)
+    cv2.imwrite(str(folder / "small.png"), np.full((20, 30, 3), 128, np.uint8))
+    report = evaluate_folder(_gray, folder, size=16, max_pixels=64 * 64)
+    assert report.images == 1 and len(report.failed) == 3
+    assert all(f["reason"] == "too large: 72x64 = 4608 pixels, limit is 4096 pixels (--max-pixels)"
+               for f in report.failed)
+
+
+@pytest.mark.parametrize("size", [0, 15, 4097, 20000, 2.5, True])
+def test_size_out_of_range_is_refused(tmp_path, size):
+    folder = _write_constant_photos(tmp_path / "photos")
+    with pytest.raises(ColorizerError, match=r"size: expected an integer in 16\.\.4096"):
+        evaluate_folder(_gray, folder, size=size)
+
+
+def test_report_is_strict_json(tmp_path):
+    """A perfect score is an infinite PSNR: written as null, never as the non-JSON Infinity."""
+    folder = _write_constant_photos(tmp_path / "photos")
+    truth = iter([np.full((24, 24, 3), c, np.uint8) for c in COLOURS])
+    report = evaluate_folder(lambda g: next(truth), folder, size=24)
+    assert report.model["psnr"] == math.inf
+    text = json.dumps(report.to_dict(), allow_nan=False)
+    assert json.loads(text)["model"]["psnr"] is None
+
+
+def test_cli_evaluate_options_are_range_checked(tmp_path):
+    folder = _write_constant_photos(tmp_path / "photos")
+    for args in (["--size", "20000"], ["--model-size", "8"], ["--max-pixels", "0"]):
+        r = subprocess.run([sys.executable, "cli.py", "evaluate", "--data", str(folder), *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "Invalid value for" in r.stderr and args[0] in r.stderr, r.stderr

@@ -369,3 +369,45 @@ def test_jpeg_from_planes_is_deterministic_for_odd_sizes():
         junk = [np.full(1 << 16, fill, np.uint8) for _ in range(8)]  # recycle memory near the planes
         assert images.encode_jpeg_ycbcr(luma.copy(), cb.copy(), cr.copy()) == first
         del junk
+
+
+def test_over_twice_pillows_guard_is_our_message(tmp_path):
+    p = tmp_path / "huge.png"
+    p.write_bytes(huge_png_header(20_000, 15_000))  # 300 MP: Pillow itself refuses it at open
+    with pytest.raises(ImageError) as caught:
+        images.read_image(p, max_pixels=100_000_000)
+    assert str(caught.value) == "too large: 300.0 MP, limit is 100.0 MP (--max-pixels)"
+
+
+def test_png_with_a_large_icc_profile_reads(tmp_path):
+    """Printer and camera profiles pass Pillow's 1 MB limit on a PNG's compressed chunks."""
+    profile = np.random.default_rng(0).integers(0, 256, 3 << 20, dtype=np.uint8).tobytes()  # 3 MB, incompressible
+    p = tmp_path / "icc.png"
+    rgb = pattern(30, 40, 0)
+    Image.fromarray(rgb).save(p, icc_profile=profile)
+    got = images.read_image(p)
+    assert np.array_equal(got.luma, images.to_luma(rgb)[0])
+
+
+def test_a_file_the_system_will_not_read_says_cannot_read(tmp_path, monkeypatch):
+    import errno
+
+    p = tmp_path / "locked.jpg"
+    Image.fromarray(pattern(30, 40, 0)).save(p)
+
+    def refuse(*a, **k):  # as a file without read permission does (tests may run as root)
+        raise PermissionError(errno.EACCES, "Permission denied", str(p))
+
+    monkeypatch.setattr(images.Image, "open", refuse)
+    with pytest.raises(ImageError) as caught:
+        images.read_image(p)
+    assert str(caught.value) == "cannot read (Permission denied)"
+
+
+def test_special_files_are_refused_without_opening(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block until a writer comes
+    with pytest.raises(ImageError, match=r"^not a regular file \(a FIFO\)$"):
+        images.read_image(tmp_path / "pipe.jpg")
+    (tmp_path / "dir.jpg").mkdir()
+    with pytest.raises(ImageError, match=r"^not a regular file \(a directory\)$"):
+        images.read_rgb(tmp_path / "dir.jpg")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,81 @@ def test_temps_of_other_shards_are_left_alone(src, tmp_path):
 def test_temp_names():
     assert tree.parse_temp_name(tree.temp_name("a.b.jpg", 42)) == ("a.b.jpg", 42)
     assert tree.parse_temp_name("a.jpg") is None and tree.parse_temp_name(".a.jpg.tmp-x") is None
+
+
+def test_clashing_output_names_fail_naming_the_owner_and_a_rerun_agrees(tmp_path):
+    """photo.gif would become photo.png or photo.gif.png: both are inputs' own names, so it fails, once."""
+    src = tmp_path / "in"
+    for name in ["photo.gif", "photo.png", "photo.gif.png", "solo.gif", "pic.pgm", "pic.pgm.png"]:
+        touch(src / name)
+    first = [(t.rel, t.dst.name if t.error is None else None, t.error) for t in tree.walk(src, tmp_path / "out")]
+    by_rel = {rel: (out, err) for rel, out, err in first}
+    assert by_rel["photo.png"] == ("photo.png", None)
+    assert by_rel["photo.gif.png"] == ("photo.gif.png", None)
+    out, err = by_rel["photo.gif"]
+    assert out is None and "output name clash" in err and "photo.png" in err and "photo.gif.png" in err
+    assert by_rel["solo.gif"] == ("solo.png", None)
+    assert by_rel["pic.pgm"] == ("pic.png", None)  # pic.pgm.png is an input, pic.png is free
+    outs = [o for o, e in by_rel.values() if e is None]
+    assert len(outs) == len(set(outs))  # every output name is written by one input only
+    for rel, out, err in first:  # outputs of the first run present: the rerun plans the same names
+        if err is None:
+            touch(tmp_path / "out" / out)
+    again = [(t.rel, t.dst.name if t.error is None else None, t.error, t.skip) for t in tree.walk(src, tmp_path / "out")]
+    assert [a[:3] for a in again] == first
+    assert [a[0] for a in again if not a[3]] == ["photo.gif"]  # only the clash is not skipped: it fails again
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp", "tiff"])
+def test_plan_folder_names_are_unique_for_every_format(fmt):
+    names = ["a.jpg", "a.jpeg", "a.png", "a.webp", "a.tif", "a.tiff", "a.bmp", "a.gif", "a.jpg.png", "a.pgm"]
+    plan = tree.plan_folder(names, fmt)
+    assert sorted(p[0] for p in plan) == sorted(names)
+    outs = [p[1] for p in plan if p[3] is None]
+    assert len(outs) == len(set(outs))
+    assert all(p[1] == "" and "clash" in p[3] for p in plan if p[3] is not None)
+    assert sorted(plan) == sorted(tree.plan_folder(list(reversed(names)), fmt))  # order of listing does not matter
+
+
+def test_output_path_that_is_not_a_file_is_a_failure_not_a_skip(src, tmp_path):
+    out = tmp_path / "out"
+    (out / "b.jpg").mkdir(parents=True)
+    (out / "sub").mkdir()
+    os.symlink(tmp_path / "elsewhere.jpg", out / "sub" / "x.jpg")
+    tasks = {t.rel: t for t in tree.walk(src, out)}
+    for rel, kind in [("b.jpg", "a directory"), ("sub/x.jpg", "a symbolic link")]:
+        assert not tasks[rel].skip
+        assert tasks[rel].error == f"output path {out / rel} exists and is {kind}; remove it or choose another output folder"
+    assert not (tmp_path / "elsewhere.jpg").exists()
+    assert tasks["a.PNG"].error is None and not tasks["a.PNG"].skip
+
+
+def test_image_names_that_are_not_files_are_reported(tmp_path):
+    src = tmp_path / "in"
+    touch(src / "ok.jpg")
+    os.symlink(src / "missing.jpg", src / "dangling.jpg")
+    os.symlink(src / "loop.jpg", src / "loop.jpg")
+    os.mkfifo(src / "pipe.png")
+    os.symlink(src / "missing.txt", src / "notes.txt")  # no image name: not ours to report
+    tasks = {t.rel: t for t in tree.walk(src, tmp_path / "out")}
+    assert sorted(tasks) == ["dangling.jpg", "loop.jpg", "ok.jpg", "pipe.png"]
+    assert tasks["ok.jpg"].error is None
+    assert tasks["dangling.jpg"].error.startswith("not readable: a dangling symbolic link")
+    assert tasks["loop.jpg"].error.startswith("not readable: a symbolic link loop")
+    assert tasks["pipe.png"].error == "not a regular file (a FIFO)"
+    assert tree.count(src) == 4
+
+
+def test_output_reached_through_a_bind_mount_of_the_input_is_refused(tmp_path):
+    src, alias = tmp_path / "in", tmp_path / "alias"
+    (src / "sub").mkdir(parents=True)
+    alias.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(src), str(alias)], capture_output=True).returncode:
+        pytest.skip("needs permission to bind-mount (root)")
+    try:
+        with pytest.raises(UsageError, match="inside the input folder"):
+            tree.check_folders(src, alias / "sub" / "out")
+        with pytest.raises(UsageError, match="inside the output folder"):
+            tree.check_folders(alias / "sub", src)
+    finally:
+        subprocess.run(["umount", str(alias)], check=True)
