@@ -116,7 +116,7 @@ class Tally:
         """Log ``text`` once per run, however many files it applies to."""
         if text not in self._notes:
             self._notes.add(text)
-            self.log.info("%s", printable(text))
+            self.log.info("note: %s", printable(text))
 
     def set_total(self, total: int) -> None:
         """The number of files in this run is known: report it (a ``"total"`` event)."""

@@ -206,3 +206,17 @@ def test_run_level_output_errors_are_one_error_line_exit_2(tiny_onnx, tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert errors == ["error: --fail-list /dev/full: cannot write (No space left on device); "
                       "stopping (the outputs written so far are complete)"], r.stderr
+
+
+def test_decoder_warning_is_a_note_and_the_photo_is_colorized(tiny_onnx, tmp_path):
+    src = tmp_path / "in"
+    write_photos(src, 1)
+    data = (src / "img0000.jpg").read_bytes()
+    sos = data.index(b"\xff\xda")
+    (src / "odd.jpg").write_bytes(data[:sos] + b"\x00\x01\x02" + data[sos:])  # stray bytes before a marker
+    r = cli(src, tmp_path / "out", "--model", tiny_onnx, "--size", 64)
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stderr.splitlines() if "odd.jpg" in ln]
+    assert notes == [f"note: {src / 'odd.jpg'}: decoded with a warning (libjpeg: Corrupt JPEG data: "
+                     f"3 extraneous bytes before marker 0xda)"], r.stderr
+    assert (tmp_path / "out" / "odd.jpg").is_file()

@@ -43,7 +43,7 @@ def test_tally_counts_keeps_failures_and_writes_the_fail_list(tmp_path, caplog, 
     assert (seen[-1].path, seen[-1].done, seen[-1].failed) == ("f.jpg", 6, 3)
     assert all(b.elapsed >= a.elapsed for a, b in zip(seen, seen[1:]))
     msgs = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
-    assert msgs.count(("engine.test_tally", "INFO", "JPEG cannot hold alpha: alpha dropped")) == 1
+    assert msgs.count(("engine.test_tally", "INFO", "note: JPEG cannot hold alpha: alpha dropped")) == 1
     assert [m for _, lvl, m in msgs if lvl == "WARNING"] == [f"{n}: cannot decode" for n in ("c.jpg", "d.jpg", "e.jpg")]
 
 
