@@ -220,3 +220,46 @@ def test_decoder_warning_is_a_note_and_the_photo_is_colorized(tiny_onnx, tmp_pat
     assert notes == [f"note: {src / 'odd.jpg'}: decoded with a warning (libjpeg: Corrupt JPEG data: "
                      f"3 extraneous bytes before marker 0xda)"], r.stderr
     assert (tmp_path / "out" / "odd.jpg").is_file()
+
+
+def test_hostile_folder_every_input_written_or_named_and_the_rerun_agrees(tiny_onnx, tmp_path):
+    """Odd names, clashing names, special files, damaged files: each input ends written or named, twice."""
+    from engine.core.files import read_path_line
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_photos(src, 2)
+    photo = (src / "img0000.jpg").read_bytes()
+    raw_src = os.fsencode(src)
+    written = {b"img0000.jpg": b"img0000.jpg", b"d1/img0001.jpg": b"d1/img0001.jpg"}
+    for name in [b"caf\xe9.jpg", b"new\nline.jpg", b"-dash.jpg", b" space .jpg", b"photo.png", b"photo.gif.png"]:
+        with open(os.path.join(raw_src, name), "wb") as f:
+            f.write(photo)  # JPEG bytes under a .png name are still a photo
+        written[name] = name
+    Image.fromarray(pattern(30, 40, 0)).save(src / "photo.gif")  # both of its names taken: fails
+    (src / "cut.jpg").write_bytes(photo[: len(photo) // 2] + b"\xff\xd9")
+    os.mkfifo(src / "pipe.jpg")
+    os.symlink(src / "gone.jpg", src / "dangling.jpg")
+    (src / "img-dir.png").write_bytes(photo)
+    (out / "img-dir.png").mkdir(parents=True)  # its output path is a folder
+    failed = {b"photo.gif", b"cut.jpg", b"pipe.jpg", b"dangling.jpg", b"img-dir.png"}
+    fails = tmp_path / "failed.txt"
+    for run in range(2):
+        r = _bytes_cli(raw_src, os.fsencode(out), b"--model", os.fsencode(tiny_onnx), b"--size", b"64",
+                       b"--fail-list", os.fsencode(fails))
+        assert r.returncode == 1 and b"Traceback" not in r.stderr, r.stderr
+        with open(fails, "rb") as f:
+            listed = {os.path.relpath(read_path_line(line), raw_src) for line in f}
+        assert listed == failed
+        for name in failed:
+            shown = os.fsencode(files_printable(os.path.join(raw_src, name)))
+            assert sum(ln.startswith(shown + b": ") for ln in r.stderr.splitlines()) == 1, (name, r.stderr)
+        for name, target in written.items():
+            assert os.path.isfile(os.path.join(os.fsencode(out), target)), name
+        done = r.stdout.splitlines()[-1]
+        assert done.startswith(b"8 colorized, 0 skipped, 5 failed" if run == 0 else b"0 colorized, 8 skipped, 5 failed")
+
+
+def files_printable(path: bytes) -> str:
+    from engine.core.files import printable
+
+    return printable(os.fsdecode(path))

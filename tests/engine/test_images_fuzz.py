@@ -1,14 +1,20 @@
 """Damaged files through ``read_image``: every mutation decodes or fails with ``ImageError``, nothing else.
 
 Truncations, bit flips and header edits of small photos in every input format, generated from a
-fixed seed (so a failure reproduces). A decoder that raised anything else, returned an array of
-the wrong shape or type, or accepted a JPEG cut short would fail here.
+fixed seed (so a failure reproduces); each format runs in a child process with its address space
+capped and a time limit. A decoder that raised anything else, printed a warning, returned an array
+of the wrong shape or type, accepted a JPEG cut short, ran out of memory or hung would fail here.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import resource
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +22,13 @@ from PIL import Image
 
 from engine import images
 from engine.images import ImageError
+from tests.conftest import ROOT
 from tests.engine.corpus import pattern
 
 FORMATS = {"jpg": ("JPEG", "RGB"), "gray.jpg": ("JPEG", "L"), "png": ("PNG", "RGBA"), "webp": ("WEBP", "RGB"),
            "tif": ("TIFF", "RGB"), "bmp": ("BMP", "L"), "gif": ("GIF", "P")}
 CASES_PER_FORMAT = 250
+MEMORY_CAP = 3 << 29  # 1.5 GiB
 
 
 def _mutations(data: bytes, rng: np.random.Generator):
@@ -45,8 +53,8 @@ def _mutations(data: bytes, rng: np.random.Generator):
             yield "overwritten run", bytes(buf)
 
 
-@pytest.mark.parametrize("suffix", sorted(FORMATS))
-def test_damaged_files_decode_or_fail_cleanly(tmp_path, suffix):
+def fuzz(suffix: str, folder: Path) -> dict[str, int]:
+    """Every mutation of one format through ``read_image``; raises AssertionError on a wrong outcome."""
     fmt, mode = FORMATS[suffix]
     rgb = pattern(48, 64, 3)
     img = Image.fromarray(rgb).convert(mode) if mode != "RGBA" else Image.fromarray(
@@ -54,7 +62,7 @@ def test_damaged_files_decode_or_fail_cleanly(tmp_path, suffix):
     buf = io.BytesIO()
     img.save(buf, fmt)
     rng = np.random.default_rng(sum(map(ord, suffix)))
-    p = tmp_path / f"case.{suffix}"
+    p = folder / f"case.{suffix}"
     outcomes = {"decoded": 0, "failed": 0}
     for what, data in _mutations(buf.getvalue(), rng):
         p.write_bytes(data)
@@ -70,7 +78,23 @@ def test_damaged_files_decode_or_fail_cleanly(tmp_path, suffix):
         assert not [str(w.message) for w in said], what  # a warning would print a second line on stderr
         assert got.luma.dtype == np.uint8 and got.luma.ndim == 2 and got.luma.size > 0, what
         assert got.alpha is None or got.alpha.shape == got.luma.shape, what
-        if what == "truncated" and fmt == "JPEG":
-            pytest.fail(f"a JPEG cut to {len(data)} of {len(buf.getvalue())} bytes decoded")
+        assert not (what == "truncated" and fmt == "JPEG"), f"a JPEG cut to {len(data)} bytes decoded"
         outcomes["decoded"] += 1
+    return outcomes
+
+
+@pytest.mark.parametrize("suffix", sorted(FORMATS))
+def test_damaged_files_decode_or_fail_cleanly(tmp_path, suffix):
+    """In a child process under a memory cap (1.5 GiB of address space) and a time limit (a hang fails)."""
+    code = ("import json, sys; from pathlib import Path; from tests.engine.test_images_fuzz import fuzz; "
+            "print(json.dumps(fuzz(sys.argv[1], Path(sys.argv[2]))))")
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+    r = subprocess.run([sys.executable, "-c", code, suffix, str(tmp_path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, preexec_fn=cap)
+    assert r.returncode == 0, r.stderr[-3000:]
+    outcomes = json.loads(r.stdout)
+    assert outcomes["decoded"] + outcomes["failed"] == CASES_PER_FORMAT
     assert outcomes["failed"] > 0  # the mutations do damage: a fuzzer that never fails tests nothing
