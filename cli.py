@@ -147,13 +147,14 @@ def train(data, val, val_fraction, val_list, exclude, encoder, encoder_lr_mult, 
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 or newer).")
 @click.option("--temperature", type=float, default=None,
               help="Annealed-mean temperature baked into a classification head's graph.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file and its sidecar.")
 def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opset: int | None,
-           temperature: float | None) -> None:
+           temperature: float | None, force: bool) -> None:
     """Export a checkpoint to ONNX (uint8 gray in, uint8 RGB out), parity-checked."""
     from export.to_onnx import export_checkpoint
 
     side = export_checkpoint(checkpoint, out, precision=precision, opset=opset, calib_dir=calib,
-                             temperature=temperature)
+                             temperature=temperature, force=force)
     p = side["parity"]
     extra = f", INT8 PSNR vs FP32 {p['psnr_db']:.2f} dB" if "psnr_db" in p else ""
     click.echo(f"exported {out} ({precision}, opset {side['opset']}): uv max diff {p['uv_max_abs']:.3g}, "
@@ -172,7 +173,9 @@ def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opse
               help="Square H=W MIN:OPT:MAX of the profile (colorize-dir runs at --size, default 256).")
 @click.option("--workspace-gb", type=float, default=4.0, show_default=True)
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
-@click.option("--force", is_flag=True, help="Rebuild even if a matching engine exists.")
+@click.option("--force", is_flag=True,
+              help="Rebuild even if a matching engine exists; overwrite an --out that does not match "
+                   "(without it: reused, or an error).")
 def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, size: str, workspace_gb: float,
                  timing_cache: Path | None, force: bool) -> None:
     """Build an FP16 TensorRT engine from an exported ONNX file (GPU servers)."""

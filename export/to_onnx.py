@@ -9,6 +9,7 @@ checks it: ``onnx.checker`` (full), ONNX Runtime vs the PyTorch graph on fixed i
 (``export.parity``), and for INT8 the held-out PSNR gate. Only then is the file
 renamed to ``out`` and the sidecar written; on any failure nothing is left at
 ``out`` (an older file there stays untouched) and an ``ExportError`` says why.
+An existing ``out`` or sidecar is replaced only with ``force`` (checked before any work).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ def export_checkpoint(
     temperature: float | None = None,
     tolerance: dict[str, Any] | None = None,
     reduce_range: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` (.onnx) and write ``out``'s sidecar; returns the sidecar dict.
+
+    ``force``: replace an existing ``out`` and sidecar (otherwise ``ExportError`` before any work).
 
     ``tolerance`` overrides ``export.parity.TOLERANCES[precision]`` (tests use it to
     force a failure). ``temperature`` sets the annealed-mean temperature of a
@@ -60,7 +64,7 @@ def export_checkpoint(
         raise ExportError(f"precision: expected one of {list(PRECISIONS)}, found {precision!r}")
     opset = _check_opset(opset)
     out = Path(out)
-    tmp = _prepare_out(out)
+    tmp = _prepare_out(out, force)
     gate = dict(parity.TOLERANCES[precision] if tolerance is None else tolerance)
 
     calib_images: list[Path] = []
@@ -134,12 +138,18 @@ def _check_opset(opset: int | None) -> int | None:
     return int(opset)
 
 
-def _prepare_out(out: Path) -> Path:
-    """Check ``out`` can be written (creating its folder) and return the temp path beside it."""
+def _prepare_out(out: Path, force: bool = False) -> Path:
+    """Check ``out`` can be written (creating its folder; existing files only with ``force``) and return
+    the temp path beside it."""
     if out.suffix != ".onnx":
         raise ExportError(f"--out: expected a path ending in .onnx, found {out}")
     if out.is_dir():
         raise ExportError(f"--out: expected a file path, found the folder {out}")
+    if not force:
+        existing = [p for p in (out, sidecar_path(out)) if os.path.lexists(p)]
+        if existing:
+            raise ExportError(f"--out: {' and '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''}; "
+                              f"pass --force to overwrite")
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.onnx")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
