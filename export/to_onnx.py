@@ -6,9 +6,10 @@ Runtime's layouts (every precision: fixed-factor resizes and the head's pool;
 FP32: the annealed mean made channels-last too; ``export.rewrites``), converts
 it to the requested precision, writes it to a temp file beside ``out`` and
 checks it: ``onnx.checker`` (full), ONNX Runtime vs the PyTorch graph on fixed inputs
-(``export.parity``), and for INT8 the held-out PSNR gate. Only then is the file
-renamed to ``out`` and the sidecar written; on any failure nothing is left at
-``out`` (an older file there stays untouched) and an ``ExportError`` says why.
+(``export.parity``), and for INT8 the held-out PSNR gate. Only then is the graph
+written to ``out`` (atomically, the sidecar's content stamped into its metadata) and
+the sidecar beside it; on any failure nothing is left at ``out`` (an older file there
+stays untouched) and an ``ExportError`` says why.
 An existing ``out`` or sidecar is replaced only with ``force`` (checked before any work).
 """
 
@@ -301,15 +302,21 @@ def _check_io(model: Any) -> None:
 
 
 def _publish(tmp: Path, out: Path, **fields: Any) -> dict[str, Any]:
-    """Rename the checked file into place, then write its sidecar (removing the file if that fails)."""
+    """Write the checked graph to ``out`` with its contract stamped in (``export.sidecar.stamp_contract``),
+    then its sidecar (removing the model if that fails)."""
     import onnx
 
-    from export.sidecar import onnx_sidecar, write_sidecar
+    from engine.core import files
+    from export.sidecar import onnx_sidecar, stamped_bytes, write_sidecar
 
-    opset = next((o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), None)
-    os.replace(tmp, out)
+    model = onnx.load(str(tmp), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    blob, data = stamped_bytes(model, onnx_sidecar(out, opset=opset, sha256="", **fields))
     try:
-        data = onnx_sidecar(out, opset=opset, **fields)
+        files.write_bytes_atomic(out, blob)
+    except OSError as e:
+        raise ExportError(f"cannot write {out} ({e.strerror or e})") from e
+    try:
         write_sidecar(out, data)
     except OSError as e:
         out.unlink(missing_ok=True)

@@ -46,6 +46,7 @@ from engine.core.contract import (
     OUTPUT_RGB,
     OUTPUT_UV,
     SIZE_MULTIPLE,
+    read_contract,
     read_sidecar,
     sha256_file,
     sidecar_path,
@@ -161,7 +162,7 @@ def build_engine(
         raise ExportError(f"--precision: expected one of {list(PRECISIONS)}, found {precision!r}")
     if not workspace_gb > 0:
         raise ExportError(f"--workspace-gb: expected > 0, found {workspace_gb}")
-    meta = read_sidecar(onnx_path)  # ArtifactError if missing or changed since export
+    meta = read_contract(onnx_path)  # sidecar or stamped contract; ArtifactError if missing or changed since export
     src_precision = meta.get("precision")
     if src_precision not in ("fp32", "fp16") or (precision == "fp32" and src_precision != "fp32"):
         raise ExportError(

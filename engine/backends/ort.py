@@ -100,7 +100,7 @@ class OrtRunner(Runner):
         ort = _ort()
         if self.model.suffix.lower() != ".onnx":
             raise BackendError(f"ort backend: expected an .onnx model, found {self.model.name}")
-        self.meta = contract.read_sidecar(self.model)
+        self.meta = contract.read_contract(self.model)  # the sidecar, else the contract stamped in the file
         check_sidecar_io(self.meta, self.model)
         self.size_multiple = contract.size_multiple(self.meta, self.model)
         kind, index = parse_device(self.device)
