@@ -162,7 +162,9 @@ def test_engine_cache_reuse_and_force(tiny_onnx, tmp_path):
     assert again["sha256"] == first["sha256"] and plan.stat().st_mtime_ns == stamp
     trt_build.build_engine(tiny_onnx, plan, force=True, **kwargs)
     assert plan.stat().st_mtime_ns != stamp
-    other = trt_build.build_engine(tiny_onnx, plan, **{**kwargs, "size": (16, 48, 64)})
+    with pytest.raises(ExportError, match="does not match this build; pass --force"):  # another profile: no silent overwrite
+        trt_build.build_engine(tiny_onnx, plan, **{**kwargs, "size": (16, 48, 64)})
+    other = trt_build.build_engine(tiny_onnx, plan, force=True, **{**kwargs, "size": (16, 48, 64)})
     assert other["cache_key"]["profile"] != first["cache_key"]["profile"]
 
 
