@@ -237,7 +237,8 @@ class OrtRunner(Runner):
         """``choose_providers`` for this runner; the TensorRT EP's cache folder is made here."""
         cache: Path | None = None
         profile = None
-        gpus = hardware.cuda_device_count() if any(p in GPU_EPS for p in available) else 0  # no GPU EP: CPU
+        forced_cpu = self.device is not None and parse_device(self.device)[0] == "cpu"
+        gpus = 0 if forced_cpu or not any(p in GPU_EPS for p in available) else hardware.cuda_device_count()
         if gpus and self.use_tensorrt_ep and TRT_EP in available:
             cache = trt_cache_dir(self.model)
             try:
