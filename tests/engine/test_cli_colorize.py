@@ -263,3 +263,33 @@ def files_printable(path: bytes) -> str:
     from engine.core.files import printable
 
     return printable(os.fsdecode(path))
+
+
+def test_log_lines_and_summary_json_without_a_terminal(tiny_onnx, tmp_path):
+    import json
+    import re
+
+    src = tmp_path / "in"
+    write_photos(src, 4)
+    (src / "text.jpg").write_text("this is text\n")
+    summary = tmp_path / "run.json"
+    r = cli(src, tmp_path / "out", "--model", tiny_onnx, "--size", 64, "--log-every", "0.001",
+            "--summary-json", summary)
+    assert r.returncode == 1, r.stderr
+    line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \d+/(\d+|\?) done, \d+ failed, "
+                      r"\d+\.\d\d img/s now, \d+\.\d\d img/s mean, ETA (\d+:\d\d:\d\d|\?)$")
+    progress_lines = [ln for ln in r.stderr.splitlines() if line.match(ln)]
+    assert progress_lines, r.stderr  # stderr is a pipe here: lines, not a bar
+    data = json.loads(summary.read_text(encoding="utf-8"))
+    assert {k: data[k] for k in ("done", "total", "colorized", "skipped", "failed", "exit_code")} == \
+        {"done": 5, "total": 5, "colorized": 4, "skipped": 0, "failed": 1, "exit_code": 1}
+    assert [f["path"] for f in data["failures"]] == [str(src / "text.jpg")] and data["failures"][0]["reason"]
+    assert data["seconds"] > 0 and data["utc"].endswith("Z") and data["eta_s"] == 0.0
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "nan", "inf", "soon"])
+def test_bad_log_every_is_a_usage_error(tmp_path, bad):
+    (tmp_path / "in").mkdir()
+    r = cli(tmp_path / "in", tmp_path / "out", "--log-every", bad)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"error: --log-every: expected a number of seconds > 0, found {bad!r}", r.stderr

@@ -135,3 +135,23 @@ def test_export_real_process_exit_code(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'none.pt'}: checkpoint not found"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("existing", ["m.onnx", "m.json"])
+def test_export_never_overwrites_without_force(tiny_checkpoint, tmp_path, existing):
+    (tmp_path / existing).write_bytes(b"keep me")
+    code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx")])
+    assert code == 2
+    _assert_one_error_line(err, str(tmp_path / existing), "already exists", "--force")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing] and (tmp_path / existing).read_bytes() == b"keep me"
+
+
+def test_export_force_overwrites(tiny_checkpoint, tmp_path):
+    from engine.core.contract import read_sidecar
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    (tmp_path / "m.json").write_text("{}")
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert read_sidecar(out)["precision"] == "fp32"
