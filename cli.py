@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from engine.core.errors import ColorizerError
+from engine.tree import FORMAT_CHOICES
 
 ROOT = Path(__file__).resolve().parent
 
@@ -212,6 +213,9 @@ def _log_progress_line(line: str) -> None:
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
 @click.option("--saturation", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
               help="Scale the predicted chroma (1.0 = model output).")
+@click.option("-f", "--format", "out_format", type=click.Choice(FORMAT_CHOICES), default="same", show_default=True,
+              help="Output format: same (each input's own; formats without colour as PNG) or one for every output "
+                   "(a.jpg -> a.png with png).")
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="Quality of JPEG (and WebP) outputs.")
 @click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
@@ -234,7 +238,7 @@ def _log_progress_line(line: str) -> None:
 @click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
               help="--ray: CPUs reserved per actor (default: 1).")
 def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
-                 padding: str, batch_size: int, saturation: float, jpeg_quality: int, max_pixels: int, overwrite: bool,
+                 padding: str, batch_size: int, saturation: float, out_format: str, jpeg_quality: int, max_pixels: int, overwrite: bool,
                  shard: str | None, fail_list: Path | None, threads: int | None,
                  io_threads: tuple[int, int] | None, use_ray: bool, ray_address: str | None,
                  num_workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float | None) -> None:
@@ -276,7 +280,8 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
         # A tqdm bar when stderr is a terminal, else a progress line logged every 10 s.
         with reporter_for(sys.stderr, _log_progress_line) as progress:
             summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
-                                             jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress)
+                                             jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress,
+                                             out_format=out_format)
     if summary.done == 0:
         from engine.tree import INPUT_EXTS
 

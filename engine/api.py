@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,6 +46,14 @@ def check_fail_list(src: Path, fail_list: str | os.PathLike[str] | None) -> Path
     if not fail_path.parent.is_dir():
         raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
     return fail_path
+
+
+def check_options(jpeg_quality: int, out_format: str) -> None:
+    """The output options every run shares: ``jpeg_quality`` 1..100, ``out_format`` one of ``tree.FORMAT_CHOICES``."""
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
+    if out_format not in tree.FORMAT_CHOICES:
+        raise UsageError(f"format: expected one of {', '.join(tree.FORMAT_CHOICES)}, found {out_format!r}")
 
 
 class Colorizer:
@@ -163,19 +172,24 @@ class Colorizer:
         jpeg_quality: int = 95,
         fail_list: str | os.PathLike[str] | None = None,
         progress: Callable[[Progress], None] | None = None,
+        out_format: str = "same",
+        stop: threading.Event | None = None,
     ) -> RunSummary:
         """Colorize every image under ``src`` into the mirrored tree ``dst``.
 
         Existing outputs are skipped unless ``overwrite`` (so re-running resumes);
         ``shard`` ("I/N" or ``Shard``) takes a stable 1/N of the files; ``fail_list``
-        receives the failed input paths, one per line. Raises ``UsageError`` for
-        bad folders or options; per-file problems are counted in the summary.
+        receives the failed input paths, one per line. ``out_format``: "same" (each
+        input's own format) or "jpg", "png", "webp", "tiff": every output in that format,
+        named by ``tree.plan_folder`` (``a.jpg`` -> ``a.png``). ``stop``: an event that,
+        once set, winds the run down (no new photo started, the photos being written
+        finished) and returns the summary so far with ``stopped`` set. Raises
+        ``UsageError`` for bad folders or options; per-file problems are counted in the summary.
         """
         src_p, dst_p = tree.check_folders(src, dst)
         if isinstance(shard, str):
             shard = Shard.parse(shard)
-        if not 1 <= int(jpeg_quality) <= 100:
-            raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
+        check_options(jpeg_quality, out_format)
         fail_path = check_fail_list(src_p, fail_list)
         try:
             dst_p.mkdir(parents=True, exist_ok=True)
@@ -195,5 +209,6 @@ class Colorizer:
         )
         log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
         return pipeline.run(
-            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path, progress=progress
+            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path,
+            progress=progress, out_format=out_format, stop=stop,
         )

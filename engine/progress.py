@@ -56,6 +56,7 @@ class RunSummary:
     backend: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first MAX_FAILURES_KEPT
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # engine.stages.StageTimes.as_dict()
+    stopped: bool = False  # the caller asked the run to stop before every file was done
 
     @property
     def done(self) -> int:
