@@ -16,13 +16,13 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 
 from engine.core import contract
 from engine.core.errors import OutputError
-from engine import images, pipeline, tree
+from engine import images, pipeline, single, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
 from engine.pipeline import Progress, RunSummary
@@ -195,8 +195,17 @@ class Colorizer:
             dst_p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"output folder {dst_p}: cannot create ({e.strerror or e})") from e
+        settings = self._settings(jpeg_quality)
         readers, writers = self.io_threads
-        settings = pipeline.Settings(
+        log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
+        return pipeline.run(
+            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path,
+            progress=progress, out_format=out_format, stop=stop,
+        )
+
+    def _settings(self, jpeg_quality: int) -> pipeline.Settings:
+        readers, writers = self.io_threads
+        return pipeline.Settings(
             size=self.size,
             batch_size=self.batch_size,
             saturation=self.saturation,
@@ -207,8 +216,39 @@ class Colorizer:
             io_nice=self.io_nice,
             multiple=self._multiple,
         )
-        log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
-        return pipeline.run(
-            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path,
-            progress=progress, out_format=out_format, stop=stop,
+
+    # ------------------------------------------------------------------ one file
+    def colorize_file(
+        self,
+        src: str | os.PathLike[str] | BinaryIO,
+        dst: str | os.PathLike[str] | BinaryIO,
+        *,
+        out_format: str = "same",
+        overwrite: bool = False,
+        jpeg_quality: int = 95,
+        fail_list: str | os.PathLike[str] | None = None,
+        stop: threading.Event | None = None,
+    ) -> RunSummary:
+        """Colorize one photo: ``src`` an image file or a binary stream (stdin), ``dst`` a folder (the output
+        goes into it under its planned name), an output file path (its suffix names the format unless
+        ``out_format`` does), or a binary stream (stdout: the encoded file, nothing else).
+
+        The rules are ``engine.single``'s. Returns the same ``RunSummary`` as ``colorize_dir`` (one
+        photo colorized, skipped or failed; ``stopped`` when ``stop`` was set before it was done).
+        Raises ``UsageError`` for an input that is not a file, an output it cannot plan, bad options.
+        """
+        src_p = None if hasattr(src, "read") else Path(src).expanduser()  # type: ignore[arg-type]
+        dst_p = None if hasattr(dst, "write") else Path(dst).expanduser()  # type: ignore[arg-type]
+        check_options(jpeg_quality, out_format)
+        plan = single.plan_file(src_p, dst_p, out_format, overwrite=overwrite)
+        fail_path = None
+        if fail_list is not None:
+            fail_path = Path(fail_list).expanduser()
+            if src_p is not None and fail_path.exists() and os.path.samefile(fail_path, src_p):
+                raise UsageError(f"--fail-list {fail_path} is the input file; the input is never written")
+            if not fail_path.parent.is_dir():
+                raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
+        return single.run_file(
+            self.runner, plan, self._settings(jpeg_quality), fail_list=fail_path, stop=stop, log=log,
+            stdin=src if src_p is None else None, stdout=dst if dst_p is None else None,  # type: ignore[arg-type]
         )
