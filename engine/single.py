@@ -82,7 +82,8 @@ def plan_file(src: Path | None, dst: Path | None, out_format: str = "same", *, o
         name, fmt = (planned[0][1], planned[0][2]) if planned else tree.output_format(src.name, out_format)
         plan = FilePlan(src, dst / name, fmt)
     else:
-        plan = FilePlan(src, dst, *_file_format(dst, out_format))
+        fmt, notes = _file_format(dst, out_format)
+        plan = FilePlan(src, dst, fmt, notes=notes)
     if src is not None and plan.dst.exists() and os.path.samefile(src, plan.dst):
         raise UsageError(f"output {plan.dst} is the input file; the input is never written, choose another path")
     try:

@@ -409,3 +409,46 @@ def test_out_format_is_checked(colorizer, tmp_path):
     with pytest.raises(UsageError, match="format: expected one of same, jpg, png, webp, tiff, found 'gif'"):
         colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", out_format="gif")
     assert not (tmp_path / "out").exists()
+
+
+def test_stop_event_winds_a_folder_run_down(colorizer, tmp_path):
+    """Set from the progress callback after two photos: no new photo starts, the summary says stopped."""
+    import threading
+
+    from engine import tree
+
+    write_photos(tmp_path / "in", 30)
+    stop = threading.Event()
+
+    def progress(p: Progress) -> None:
+        if p.colorized >= 2:
+            stop.set()
+
+    s = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", stop=stop, progress=progress)
+    outs = list((tmp_path / "out").rglob("*.jpg"))
+    assert s.stopped and 2 <= s.colorized == len(outs) < 30 and s.failed == 0
+    assert [p for p in (tmp_path / "out").rglob("*") if tree.parse_temp_name(p.name)] == []
+    rest = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")
+    assert not rest.stopped and (rest.colorized, rest.skipped) == (30 - len(outs), len(outs))
+
+
+def test_colorize_file_streams_and_paths(colorizer, tmp_path):
+    import threading
+
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(pattern(30, 40, 1)).save(src, quality=95, exif=_exif("StreamCam"))
+    out = io.BytesIO()
+    s = colorizer.colorize_file(io.BytesIO(src.read_bytes()), out, out_format="webp")
+    assert (s.colorized, s.failed) == (1, 0)
+    with Image.open(io.BytesIO(out.getvalue())) as im:
+        assert im.format == "WEBP" and im.size == (40, 30) and im.getexif().get(0x010F) == "StreamCam"
+    s = colorizer.colorize_file(src, tmp_path / "o.png")
+    assert s.colorized == 1 and Image.open(tmp_path / "o.png").getexif().get(0x010F) == "StreamCam"
+    assert colorizer.colorize_file(src, tmp_path / "o.png").skipped == 1
+    assert colorizer.colorize_file(src, tmp_path / "o.png", overwrite=True).colorized == 1
+    stop = threading.Event()
+    stop.set()
+    s = colorizer.colorize_file(src, tmp_path / "never.png", stop=stop)
+    assert s.stopped and s.done == 0 and not (tmp_path / "never.png").exists()
+    with pytest.raises(UsageError, match="cannot write .gif"):
+        colorizer.colorize_file(src, tmp_path / "o.gif")
