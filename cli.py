@@ -223,8 +223,16 @@ class _StopSignals:
         self.event = threading.Event()
         self.signum: int | None = None
         self._running = False
+        self._before: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignals":
         for sig in STOP_CODES:
-            signal.signal(sig, self._handle)
+            self._before[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # the handlers before (an in-process caller keeps its own)
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
 
     def running(self) -> None:
         self._running = True
@@ -327,13 +335,19 @@ def colorize(src: str, dst: str, **options) -> None:
     _colorize("colorize", src, dst, **options)
 
 
-def _colorize(command: str, src_arg: str, dst_arg: str, *, model: Path | None, backend: str, device: str | None,
-              size: int, padding: str, batch_size: int, saturation: float, out_format: str, jpeg_quality: int,
-              max_pixels: int, overwrite: bool, shard: str | None, fail_list: Path | None, threads: int | None,
-              io_threads: tuple[int, int] | None, use_ray: bool, ray_address: str | None, num_workers: int | None,
-              gpus_per_worker: float | None, cpus_per_worker: float | None) -> None:
+def _colorize(command: str, src_arg: str, dst_arg: str, **options) -> None:
+    """colorize and colorize-dir, with SIGTERM and SIGINT as stop requests (``_StopSignals``)."""
+    with _StopSignals() as signals:  # first: a signal during start-up ends the command cleanly
+        _colorize_run(signals, command, src_arg, dst_arg, **options)
+
+
+def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: str, *, model: Path | None,
+                  backend: str, device: str | None, size: int, padding: str, batch_size: int, saturation: float,
+                  out_format: str, jpeg_quality: int, max_pixels: int, overwrite: bool, shard: str | None,
+                  fail_list: Path | None, threads: int | None, io_threads: tuple[int, int] | None, use_ray: bool,
+                  ray_address: str | None, num_workers: int | None, gpus_per_worker: float | None,
+                  cpus_per_worker: float | None) -> None:
     """colorize and colorize-dir: a folder run, or one photo (file, stdin, stdout)."""
-    signals = _StopSignals()  # first: a signal during start-up ends the command cleanly
     from engine.api import Colorizer, Shard
     from engine.progress import reporter_for
     from engine.tree import check_folders
@@ -360,6 +374,8 @@ def _colorize(command: str, src_arg: str, dst_arg: str, *, model: Path | None, b
                        if value]
         if folder_only:
             _fail(f"{', '.join(folder_only)}: only when SRC is a folder")
+        if to_stdout and sys.stdout is None:
+            _fail("output -: stdout is closed")
         if to_stdout and sys.stdout.isatty():
             _fail("output -: stdout is a terminal; redirect it to a file (> out.png) or a pipe")
         if command == "colorize-dir" or dst_arg.endswith(("/", os.sep)):  # DST is a folder: make it
