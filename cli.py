@@ -6,6 +6,7 @@ input errors (one line on stderr, no traceback).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -404,6 +405,8 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
         padded = f", {colorizer.padding} padding" if not use_ray else ""
         click.echo(f"backend: {colorizer.describe()}{padded}" + (f", shard {shard_obj}" if shard_obj else ""),
                    err=to_stdout)
+        # stdin is read whole while a signal still ends the command at once (a read would not notice a request)
+        source = io.BytesIO(sys.stdin.buffer.read()) if from_stdin else src
         signals.running()  # from here a signal is a stop request the run checks
         if folder_run:
             # A tqdm bar when stderr is a terminal, else a progress line logged every 10 s.
@@ -412,7 +415,7 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
                                                  jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress,
                                                  out_format=out_format, stop=signals.event)
         else:
-            summary = colorizer.colorize_file(sys.stdin.buffer if from_stdin else src,
+            summary = colorizer.colorize_file(source,
                                               sys.stdout.buffer if to_stdout else dst, out_format=out_format,
                                               overwrite=overwrite, jpeg_quality=jpeg_quality, fail_list=fail_list,
                                               stop=signals.event)

@@ -116,3 +116,20 @@ def test_sigterm_during_start_up_exits_143_before_anything_is_written(tiny_onnx,
     assert err.strip() == "stopped by SIGTERM during start-up: nothing written"
     assert out == "" and not dst.exists()
 
+
+
+def test_sigterm_while_waiting_for_stdin(tiny_onnx, tmp_path):
+    """colorize - FILE reads stdin whole before the run: a signal while it waits ends the command at once."""
+    out = tmp_path / "colour.png"
+    proc = subprocess.Popen([sys.executable, "cli.py", "colorize", "-", str(out), "--model", str(tiny_onnx),
+                             "--size", "32"], cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().startswith("backend: ")  # the model is loaded; stdin is read next
+        proc.send_signal(signal.SIGTERM)
+        stdout, err = proc.communicate(timeout=60)  # closes stdin only after the signal
+    finally:
+        proc.kill() if proc.poll() is None else None
+    assert proc.returncode == 143, err
+    assert err.strip() == "stopped by SIGTERM during start-up: nothing written" and stdout == ""
+    assert list(tmp_path.iterdir()) == []
