@@ -288,8 +288,21 @@ def _infer_stage(runner: Runner, sh: _Shared, drain: Callable[[], None]) -> None
             crops = infer_chroma(runner, [it.model_input for it in batch], [it.crop for it in batch])
             sh.times.lap("infer", t, photos=len(batch))
             for it, chroma in zip(batch, crops):
-                _put(sh.to_write, (it, chroma), sh.stop)
+                _hand_to_writers(sh, (it, chroma), drain)
             batch = []
+            drain()
+
+
+def _hand_to_writers(sh: _Shared, job: tuple, drain: Callable[[], None]) -> None:
+    """Queue ``job`` for the writers; while the queue is full, report events and watch for a stop."""
+    while True:
+        sh.check_halt()
+        if sh.stop.is_set():
+            raise _Stop
+        try:
+            sh.to_write.put(job, timeout=0.1)
+            return
+        except queue.Full:
             drain()
 
 
