@@ -1,7 +1,8 @@
 """Command line: parse, call the library, print, exit. Nothing else lives here.
 
-Exit codes: 0 success; 1 some files failed (colorize-dir, evaluate); 2 usage or
-input errors (one line on stderr, no traceback).
+Exit codes: 0 success; 1 some files failed (colorize, colorize-dir, evaluate); 2 usage or
+input errors (one line on stderr, no traceback); 130 / 143 stopped by SIGINT / SIGTERM
+(colorize, colorize-dir: the outputs written are complete).
 """
 
 from __future__ import annotations
@@ -415,10 +416,9 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
                                                  jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress,
                                                  out_format=out_format, stop=signals.event)
         else:
-            summary = colorizer.colorize_file(source,
-                                              sys.stdout.buffer if to_stdout else dst, out_format=out_format,
-                                              overwrite=overwrite, jpeg_quality=jpeg_quality, fail_list=fail_list,
-                                              stop=signals.event)
+            summary = colorizer.colorize_file(source, sys.stdout.buffer if to_stdout else dst,
+                                              out_format=out_format, overwrite=overwrite, jpeg_quality=jpeg_quality,
+                                              fail_list=fail_list, stop=signals.event)
     if folder_run and summary.done == 0 and not summary.stopped:
         from engine.tree import INPUT_EXTS
 

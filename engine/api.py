@@ -5,6 +5,7 @@
     with Colorizer("models/colorizer.onnx") as c:       # or backend="trt" / "torch", device="cuda:0"
         rgb = c.colorize(gray)                           # uint8 (H, W) or (H, W, 3) -> uint8 (H, W, 3)
         summary = c.colorize_dir("gray/", "out/")        # RunSummary: colorized, skipped, failed, ...
+        c.colorize_file("photo.jpg", "colour.png")       # one photo: a file, a folder, or binary streams
 
 The library never prints: per-file problems are logged (logger ``engine``) as
 ``path: reason`` and counted; progress goes to an optional callback.

@@ -22,6 +22,7 @@ is never written (an output path that is the input is refused).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -130,7 +131,7 @@ def run_file(
     stdout: IO[bytes] | None = None,
     fail_list: Path | None = None,
     stop: threading.Event | None = None,
-    log=None,
+    log: logging.Logger | None = None,
 ) -> RunSummary:
     """Colorize one photo as ``plan`` says; the summary counts it as colorized, skipped or failed.
 
