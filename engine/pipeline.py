@@ -426,6 +426,8 @@ def run(
                     t.join(timeout=0.1)
                     drain()
             drain()
+            if sh.fatal:  # a full disk on the way down still says so
+                raise RunStopped(sh.fatal[0]) from None
         except _Stop:
             drain()
             raise RunStopped(sh.fatal[0] if sh.fatal else "stopped") from None
