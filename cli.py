@@ -1,18 +1,24 @@
 """Command line: parse, call the library, print, exit. Nothing else lives here.
 
-Exit codes: 0 success; 1 some files failed (colorize-dir, evaluate); 2 usage or
-input errors (one line on stderr, no traceback).
+Exit codes: 0 success; 1 some files failed (colorize, colorize-dir, evaluate); 2 usage or
+input errors (one line on stderr, no traceback); 130 / 143 stopped by SIGINT / SIGTERM
+(colorize, colorize-dir: the outputs written are complete).
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
 from engine.core.errors import ColorizerError
+from engine.tree import FORMAT_CHOICES
 
 ROOT = Path(__file__).resolve().parent
 
@@ -49,6 +55,9 @@ class _Group(click.Group):
             if extra is None:
                 raise
             _fail(f"{ctx.invoked_subcommand or 'this command'} needs {e.name}, which is not installed: {extra}")
+        except _Interrupted as e:  # colorize, colorize-dir: a signal during start-up
+            click.echo(f"stopped by {_signal_name(e.signum)} during start-up: nothing written", err=True)
+            sys.exit(STOP_CODES[e.signum])
         except KeyboardInterrupt:
             _fail("interrupted", 130)
 
@@ -191,66 +200,166 @@ def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, 
 # ----------------------------------------------------------------------------- engine
 # (owned by the engine: engine/)
 
+STOP_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + the signal's number, as a shell reports it
+
+
+class _Interrupted(BaseException):
+    """SIGTERM or SIGINT during start-up, before a run can take it as a stop request: leave at once.
+
+    A BaseException, as KeyboardInterrupt: no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT for colorize and colorize-dir: a stop request, never a kill in the middle of a write.
+
+    Made first thing in the command. Until ``running()`` (start-up: imports, checks, loading the
+    model) a signal raises ``_Interrupted`` at once: nothing has been written yet. From then on it
+    only sets ``event``, which the run checks between its stages (``engine.pipeline``: no new photo
+    starts, the photos being written are finished, temp files never stay); the command then prints
+    the summary and exits with 128 + the signal's number.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._running = False
+        self._before: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        for sig in STOP_CODES:
+            self._before[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:  # the handlers before (an in-process caller keeps its own)
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+
+    def running(self) -> None:
+        self._running = True
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.event.set()
+        if not self._running:
+            raise _Interrupted(signum)
+
+
+def _signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
 
 def _log_progress_line(line: str) -> None:
     """colorize-dir's progress line without a terminal: a log record (stderr), as the library's own lines."""
     logging.getLogger("cli").info("%s", line)
 
 
+_RUN_OPTIONS = [
+    click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: the bundled "
+                      "models/colorizer-int8.onnx on a CPU, models/colorizer.onnx on a GPU (.pt for torch)."),
+    click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True,
+                 help="auto: trt with a .plan and a GPU, else ort with its best provider, else torch."),
+    click.option("--device", default=None, metavar="cpu|cuda:K", help="Device (default: the best available)."),
+    click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
+                 help="Model input size: the long side is fitted to it (see --padding)."),
+    click.option("--padding", type=click.Choice(["auto", "square", "tight"]), default="auto", show_default=True,
+                 help="square: pad inputs to SIZE x SIZE (one shape, whole batches); tight: only to the model's "
+                      "size multiple (8 for the bundled model: a 16:9 photo at 224 runs at 224x128, 1.75x less "
+                      "work); auto: tight on a CPU, square on a GPU."),
+    click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True),
+    click.option("--saturation", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
+                 help="Scale the predicted chroma (1.0 = model output)."),
+    click.option("-f", "--format", "out_format", type=click.Choice(FORMAT_CHOICES), default="same",
+                 show_default=True,
+                 help="Output format: same (each input's own; formats without colour as PNG) or one for every "
+                      "output (a.jpg -> a.png with png)."),
+    click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
+                 help="Quality of JPEG (and WebP) outputs."),
+    click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
+                 help="Larger images fail (reported) instead of being decoded."),
+    click.option("--overwrite", is_flag=True,
+                 help="Redo outputs that exist (default: skip them, so re-running resumes)."),
+    click.option("--shard", default=None, metavar="I/N", help="Take a stable 1/N of the files (0 <= I < N)."),
+    click.option("--fail-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Write the failed input paths to this file, one per line."),
+    click.option("--log-every", type=str, default="10", show_default=True, metavar="SECONDS",
+                 help="Without a terminal on stderr: a progress line (UTC time, done/total, failed, current and "
+                      "mean img/s, ETA) every SECONDS."),
+    click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="At the end (also after SIGTERM/SIGINT), write the counts, seconds, exit code and failures "
+                      "(path, reason) as JSON."),
+    click.option("--threads", type=click.IntRange(1), default=None,
+                 help="CPU inference threads (default: physical cores)."),
+    click.option("--io-threads", type=(click.IntRange(1), click.IntRange(1)), default=None,
+                 metavar="READERS WRITERS", help="Decode and encode threads (default: from the CPU count and the device)."),
+    click.option("--ray", "use_ray", is_flag=True,
+                 help="Run on Ray (pip install -e '.[cluster]'): decode/write in Ray tasks, the model in an actor pool."),
+    click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
+                 help="--ray: join this cluster (default: start a local Ray instance)."),
+    click.option("--num-workers", type=click.IntRange(1), default=None,
+                 help="--ray: model actors (default: one per GPU, else half the cluster's CPUs)."),
+    click.option("--gpus-per-worker", type=click.FloatRange(0), default=None,
+                 help="--ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0)."),
+    click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
+                 help="--ray: CPUs reserved per actor (default: 1)."),
+]
+
+
+def _run_options(command):
+    """The options of colorize and colorize-dir: one definition for both."""
+    for option in reversed(_RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
 @main.command("colorize-dir")
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: the bundled models/colorizer-int8.onnx "
-                   "on a CPU, models/colorizer.onnx on a GPU (.pt for torch).")
-@click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True,
-              help="auto: trt with a .plan and a GPU, else ort with its best provider, else torch.")
-@click.option("--device", default=None, metavar="cpu|cuda:K", help="Device (default: the best available).")
-@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
-              help="Model input size: the long side is fitted to it (see --padding).")
-@click.option("--padding", type=click.Choice(["auto", "square", "tight"]), default="auto", show_default=True,
-              help="square: pad inputs to SIZE x SIZE (one shape, whole batches); tight: only to the model's size "
-                   "multiple (8 for the bundled model: a 16:9 photo at 224 runs at 224x128, 1.75x less work); "
-                   "auto: tight on a CPU, square on a GPU.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
-@click.option("--saturation", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
-              help="Scale the predicted chroma (1.0 = model output).")
-@click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
-              help="Quality of JPEG (and WebP) outputs.")
-@click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
-              help="Larger images fail (reported) instead of being decoded.")
-@click.option("--overwrite", is_flag=True, help="Redo outputs that exist (default: skip them, so re-running resumes).")
-@click.option("--shard", default=None, metavar="I/N", help="Take a stable 1/N of the files (0 <= I < N).")
-@click.option("--fail-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the failed input paths to this file, one per line.")
-@click.option("--log-every", type=str, default="10", show_default=True, metavar="SECONDS",
-              help="Without a terminal on stderr: a progress line (UTC time, done/total, failed, current and "
-                   "mean img/s, ETA) every SECONDS.")
-@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="At the end, write the counts, seconds, exit code and failures (path, reason) as JSON.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
-@click.option("--io-threads", type=(click.IntRange(1), click.IntRange(1)), default=None, metavar="READERS WRITERS",
-              help="Decode and encode threads (default: from the CPU count and the device).")
-@click.option("--ray", "use_ray", is_flag=True,
-              help="Run on Ray (pip install -e '.[cluster]'): decode/write in Ray tasks, the model in an actor pool.")
-@click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
-              help="--ray: join this cluster (default: start a local Ray instance).")
-@click.option("--num-workers", type=click.IntRange(1), default=None,
-              help="--ray: model actors (default: one per GPU, else half the cluster's CPUs).")
-@click.option("--gpus-per-worker", type=click.FloatRange(0), default=None,
-              help="--ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0).")
-@click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
-              help="--ray: CPUs reserved per actor (default: 1).")
-def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
-                 padding: str, batch_size: int, saturation: float, jpeg_quality: int, max_pixels: int, overwrite: bool,
-                 shard: str | None, fail_list: Path | None, log_every: str, summary_json: Path | None,
-                 threads: int | None,
-                 io_threads: tuple[int, int] | None, use_ray: bool, ray_address: str | None,
-                 num_workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float | None) -> None:
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@_run_options
+def colorize_dir(src: str, dst: str, **options) -> None:
     """Colorize every image under SRC into DST (mirrored tree, same names; existing outputs skipped).
 
-    Exit codes: 0 all done, 1 some files failed (listed on stderr), 2 usage error.
+    SRC may also be one image file: its output goes into the folder DST.
+    Exit codes: 0 all done, 1 some files failed (listed on stderr), 2 usage error, 130/143 stopped by
+    SIGINT/SIGTERM (the outputs written are complete; run again to finish).
     """
+    _colorize("colorize-dir", src, dst, **options)
+
+
+@main.command("colorize")
+@click.argument("src", type=click.Path(allow_dash=True))
+@click.argument("dst", type=click.Path(allow_dash=True))
+@_run_options
+def colorize(src: str, dst: str, **options) -> None:
+    """Colorize SRC into DST. SRC: an image file, a folder (as colorize-dir) or - (stdin).
+
+    DST: a folder (the output goes into it, same name), else the output file (format from its suffix,
+    or --format), or - (stdout: only the image bytes; every message goes to stderr).
+    Exit codes as colorize-dir.
+    """
+    _colorize("colorize", src, dst, **options)
+
+
+def _colorize(command: str, src_arg: str, dst_arg: str, **options) -> None:
+    """colorize and colorize-dir, with SIGTERM and SIGINT as stop requests (``_StopSignals``)."""
+    with _StopSignals() as signals:  # first: a signal during start-up ends the command cleanly
+        _colorize_run(signals, command, src_arg, dst_arg, **options)
+
+
+def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: str, *, model: Path | None,
+                  backend: str, device: str | None, size: int, padding: str, batch_size: int, saturation: float,
+                  out_format: str, jpeg_quality: int, max_pixels: int, overwrite: bool, shard: str | None,
+                  fail_list: Path | None, log_every: str, summary_json: Path | None, threads: int | None,
+                  io_threads: tuple[int, int] | None, use_ray: bool,
+                  ray_address: str | None, num_workers: int | None, gpus_per_worker: float | None,
+                  cpus_per_worker: float | None) -> None:
+    """colorize and colorize-dir: a folder run, or one photo (file, stdin, stdout)."""
     from engine.api import Colorizer, Shard
     from engine.progress import check_interval, reporter_for, write_summary_json
     from engine.tree import check_folders
@@ -258,6 +367,10 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
     every = check_interval(log_every)
     if summary_json is not None and summary_json.is_dir():
         _fail(f"--summary-json: expected a file path, found the folder {summary_json}")
+    from_stdin, to_stdout = src_arg == "-", dst_arg == "-"
+    src, dst = Path(src_arg).expanduser(), Path(dst_arg).expanduser()
+    # colorize-dir with a SRC that does not exist: the folder run's own message
+    folder_run = not from_stdin and (src.is_dir() or (command == "colorize-dir" and not src.exists()))
     shard_obj = Shard.parse(shard) if shard else None
     ray_options = {"--ray-address": ray_address, "--num-workers": num_workers, "--gpus-per-worker": gpus_per_worker,
                    "--cpus-per-worker": cpus_per_worker}
@@ -267,7 +380,27 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
         _fail("--device and --io-threads: not with --ray (each Ray worker takes its GPU, Ray tasks decode and write)")
     if use_ray and padding == "tight":
         _fail("--padding tight: not with --ray (Ray batches are square: --padding square or auto)")
-    check_folders(src, dst)  # fail fast, before loading a model
+    if folder_run:
+        if to_stdout:
+            _fail(f"output -: the input {src} is a folder, which gives many files; give an output folder")
+        check_folders(src, dst)  # fail fast, before loading a model
+    else:
+        folder_only = [name for name, value in (("--shard", shard), ("--io-threads", io_threads), ("--ray", use_ray))
+                       if value]
+        if folder_only:
+            _fail(f"{', '.join(folder_only)}: only when SRC is a folder")
+        if to_stdout and sys.stdout is None:
+            _fail("output -: stdout is closed")
+        if to_stdout and sys.stdout.isatty():
+            _fail("output -: stdout is a terminal; redirect it to a file (> out.png) or a pipe")
+        if command == "colorize-dir" or dst_arg.endswith(("/", os.sep)):  # DST is a folder: make it
+            if dst.exists() and not dst.is_dir():
+                _fail(f"output folder: expected a directory, found a file: {dst}")
+            if not from_stdin and src.exists():
+                dst.mkdir(parents=True, exist_ok=True)
+        from engine.single import plan_file
+
+        plan_file(None if from_stdin else src, None if to_stdout else dst, out_format, overwrite=overwrite)
     if use_ray:
         from engine.ray_io import RayColorizer  # imports Ray itself only when constructed
 
@@ -284,21 +417,35 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
                              max_pixels=max_pixels, threads=threads, io_threads=io_threads, padding=padding)
     with make() as colorizer:
         padded = f", {colorizer.padding} padding" if not use_ray else ""
-        click.echo(f"backend: {colorizer.describe()}{padded}" + (f", shard {shard_obj}" if shard_obj else ""))
-        # A tqdm bar when stderr is a terminal, else a progress line logged every --log-every seconds.
-        with reporter_for(sys.stderr, _log_progress_line, every) as progress:
-            summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
-                                             jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress)
-    if summary.done == 0:
+        click.echo(f"backend: {colorizer.describe()}{padded}" + (f", shard {shard_obj}" if shard_obj else ""),
+                   err=to_stdout)
+        # stdin is read whole while a signal still ends the command at once (a read would not notice a request)
+        source = io.BytesIO(sys.stdin.buffer.read()) if from_stdin else src
+        signals.running()  # from here a signal is a stop request the run checks
+        if folder_run:
+            # A tqdm bar when stderr is a terminal, else a progress line logged every --log-every seconds.
+            with reporter_for(sys.stderr, _log_progress_line, every) as progress:
+                summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
+                                                 jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress,
+                                                 out_format=out_format, stop=signals.event)
+        else:
+            summary = colorizer.colorize_file(source, sys.stdout.buffer if to_stdout else dst,
+                                              out_format=out_format, overwrite=overwrite, jpeg_quality=jpeg_quality,
+                                              fail_list=fail_list, stop=signals.event)
+    if folder_run and summary.done == 0 and not summary.stopped:
         from engine.tree import INPUT_EXTS
 
         where = f" for shard {shard_obj}" if shard_obj else ""
         click.echo(f"note: no images ({', '.join(sorted(INPUT_EXTS))}; hidden names ignored) found under "
                    f"{src}{where}: nothing to do", err=True)
-    click.echo(summary.line())
+    if signals.signum is not None:
+        click.echo(f"stopped by {_signal_name(signals.signum)}: no new photo started, the outputs written are "
+                   f"complete; run the same command again to finish", err=True)
+    click.echo(summary.line(), err=to_stdout)
+    code = STOP_CODES[signals.signum] if signals.signum is not None else summary.exit_code
     if summary_json is not None:
-        write_summary_json(summary_json, summary)
-    sys.exit(summary.exit_code)
+        write_summary_json(summary_json, summary, exit_code=code)
+    sys.exit(code)
 
 
 # ----------------------------------------------------------------------------- evaluate / demo

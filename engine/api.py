@@ -5,6 +5,7 @@
     with Colorizer("models/colorizer.onnx") as c:       # or backend="trt" / "torch", device="cuda:0"
         rgb = c.colorize(gray)                           # uint8 (H, W) or (H, W, 3) -> uint8 (H, W, 3)
         summary = c.colorize_dir("gray/", "out/")        # RunSummary: colorized, skipped, failed, ...
+        c.colorize_file("photo.jpg", "colour.png")       # one photo: a file, a folder, or binary streams
 
 The library never prints: per-file problems are logged (logger ``engine``) as
 ``path: reason`` and counted; progress goes to an optional callback.
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 
 from engine.core import contract
 from engine.core.errors import OutputError
-from engine import images, pipeline, tree
+from engine import images, pipeline, single, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
 from engine.pipeline import Progress, RunSummary
@@ -45,6 +47,14 @@ def check_fail_list(src: Path, fail_list: str | os.PathLike[str] | None) -> Path
     if not fail_path.parent.is_dir():
         raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
     return fail_path
+
+
+def check_options(jpeg_quality: int, out_format: str) -> None:
+    """The output options every run shares: ``jpeg_quality`` 1..100, ``out_format`` one of ``tree.FORMAT_CHOICES``."""
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
+    if out_format not in tree.FORMAT_CHOICES:
+        raise UsageError(f"format: expected one of {', '.join(tree.FORMAT_CHOICES)}, found {out_format!r}")
 
 
 class Colorizer:
@@ -163,26 +173,40 @@ class Colorizer:
         jpeg_quality: int = 95,
         fail_list: str | os.PathLike[str] | None = None,
         progress: Callable[[Progress], None] | None = None,
+        out_format: str = "same",
+        stop: threading.Event | None = None,
     ) -> RunSummary:
         """Colorize every image under ``src`` into the mirrored tree ``dst``.
 
         Existing outputs are skipped unless ``overwrite`` (so re-running resumes);
         ``shard`` ("I/N" or ``Shard``) takes a stable 1/N of the files; ``fail_list``
-        receives the failed input paths, one per line. Raises ``UsageError`` for
-        bad folders or options; per-file problems are counted in the summary.
+        receives the failed input paths, one per line. ``out_format``: "same" (each
+        input's own format) or "jpg", "png", "webp", "tiff": every output in that format,
+        named by ``tree.plan_folder`` (``a.jpg`` -> ``a.png``). ``stop``: an event that,
+        once set, winds the run down (no new photo started, the photos being written
+        finished) and returns the summary so far with ``stopped`` set. Raises
+        ``UsageError`` for bad folders or options; per-file problems are counted in the summary.
         """
         src_p, dst_p = tree.check_folders(src, dst)
         if isinstance(shard, str):
             shard = Shard.parse(shard)
-        if not 1 <= int(jpeg_quality) <= 100:
-            raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
+        check_options(jpeg_quality, out_format)
         fail_path = check_fail_list(src_p, fail_list)
         try:
             dst_p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(f"output folder {dst_p}: cannot create ({e.strerror or e})") from e
+        settings = self._settings(jpeg_quality)
         readers, writers = self.io_threads
-        settings = pipeline.Settings(
+        log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
+        return pipeline.run(
+            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path,
+            progress=progress, out_format=out_format, stop=stop,
+        )
+
+    def _settings(self, jpeg_quality: int) -> pipeline.Settings:
+        readers, writers = self.io_threads
+        return pipeline.Settings(
             size=self.size,
             batch_size=self.batch_size,
             saturation=self.saturation,
@@ -193,7 +217,39 @@ class Colorizer:
             io_nice=self.io_nice,
             multiple=self._multiple,
         )
-        log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
-        return pipeline.run(
-            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path, progress=progress
+
+    # ------------------------------------------------------------------ one file
+    def colorize_file(
+        self,
+        src: str | os.PathLike[str] | BinaryIO,
+        dst: str | os.PathLike[str] | BinaryIO,
+        *,
+        out_format: str = "same",
+        overwrite: bool = False,
+        jpeg_quality: int = 95,
+        fail_list: str | os.PathLike[str] | None = None,
+        stop: threading.Event | None = None,
+    ) -> RunSummary:
+        """Colorize one photo: ``src`` an image file or a binary stream (stdin), ``dst`` a folder (the output
+        goes into it under its planned name), an output file path (its suffix names the format unless
+        ``out_format`` does), or a binary stream (stdout: the encoded file, nothing else).
+
+        The rules are ``engine.single``'s. Returns the same ``RunSummary`` as ``colorize_dir`` (one
+        photo colorized, skipped or failed; ``stopped`` when ``stop`` was set before it was done).
+        Raises ``UsageError`` for an input that is not a file, an output it cannot plan, bad options.
+        """
+        src_p = None if hasattr(src, "read") else Path(src).expanduser()  # type: ignore[arg-type]
+        dst_p = None if hasattr(dst, "write") else Path(dst).expanduser()  # type: ignore[arg-type]
+        check_options(jpeg_quality, out_format)
+        plan = single.plan_file(src_p, dst_p, out_format, overwrite=overwrite)
+        fail_path = None
+        if fail_list is not None:
+            fail_path = Path(fail_list).expanduser()
+            if src_p is not None and fail_path.exists() and os.path.samefile(fail_path, src_p):
+                raise UsageError(f"--fail-list {fail_path} is the input file; the input is never written")
+            if not fail_path.parent.is_dir():
+                raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
+        return single.run_file(
+            self.runner, plan, self._settings(jpeg_quality), fail_list=fail_path, stop=stop, log=log,
+            stdin=src if src_p is None else None, stdout=dst if dst_p is None else None,  # type: ignore[arg-type]
         )

@@ -29,6 +29,7 @@ import re
 import stat
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -91,12 +92,19 @@ class Decoded:
 
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Decoded:
     """Decode a file to luma and alpha. Raises ``ImageError`` with a reason fit for ``path: reason``."""
+    return _read(Path(path), max_pixels, _decode_luma)
 
-    def decode(im: Image.Image) -> Decoded:
-        fast = _decode_jpeg(im)
-        return fast if fast is not None else _decode(im)
 
-    return _read(Path(path), max_pixels, decode)
+def decode_image(data: bytes, *, max_pixels: int | None = None) -> Decoded:
+    """``read_image`` for a photo held in memory (read from a pipe): the same checks and reasons."""
+    if not data:
+        raise ImageError("empty input (0 bytes)")
+    return _open(io.BytesIO(data), max_pixels, _decode_luma)
+
+
+def _decode_luma(im: Image.Image) -> Decoded:
+    fast = _decode_jpeg(im)
+    return fast if fast is not None else _decode(im)
 
 
 def read_rgb(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> np.ndarray:
@@ -124,10 +132,15 @@ def _read(path: Path, max_pixels: int | None, decode: Callable[[Image.Image], _T
         raise ImageError(f"not a regular file ({files.file_kind(st.st_mode)})")
     if st.st_size == 0:
         raise ImageError("empty file (0 bytes)")
+    return _open(path, max_pixels, decode)
+
+
+def _open(source: Path | io.BytesIO, max_pixels: int | None, decode: Callable[[Image.Image], _T]) -> _T:
+    """Open ``source`` (a checked path, or bytes in memory) with Pillow and ``decode`` it; one ``ImageError`` reason."""
     if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
         Image.MAX_IMAGE_PIXELS = max_pixels  # never lower Pillow's own guard, only make room for ours
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             _check_size(im, max_pixels)
             return decode(im)
     except ImageError:
@@ -504,6 +517,19 @@ def _with_exif(jpeg: bytes, exif: bytes | None) -> bytes:
     return jpeg[:pos] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg[pos:]
 
 
+def _png_with_exif(png: bytes, exif: bytes | None) -> bytes:
+    """``png`` with an ``eXIf`` chunk (the EXIF's TIFF data) right after its IHDR chunk (PNG 1.5 places it
+    before the image data); unchanged without EXIF or when the data does not fit a chunk."""
+    if not exif:
+        return png
+    tiff = exif[6:] if exif.startswith(b"Exif\x00\x00") else exif
+    if not tiff or len(tiff) >= 1 << 31 or png[12:16] != b"IHDR":
+        return png
+    end = 8 + 12 + struct.unpack(">I", png[8:12])[0]  # signature, then IHDR: length, type, data, CRC
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
+    return png[:end] + chunk + png[end:]
+
+
 def _vertical_linear(src: np.ndarray, r0: int, r1: int, out_h: int) -> np.ndarray:
     """Rows ``r0:r1`` of a bilinear resize of ``src`` (h, W, C) to ``out_h`` rows (half-pixel centres)."""
     h = src.shape[0]
@@ -529,7 +555,7 @@ def encode(image: np.ndarray, fmt: str, *, quality: int = 95, exif: bytes | None
         ok, data = cv2.imencode(".png" if fmt == "PNG" else ".bmp", cv2.cvtColor(image, code))
         if not ok:
             raise ImageError(f"cannot encode {fmt} ({image.shape})")
-        return data.tobytes()
+        return _png_with_exif(data.tobytes(), exif) if fmt == "PNG" else data.tobytes()
     if fmt == "WEBP":
         return _pil_save(image, "WEBP", exif, quality=int(quality), method=2)
     if fmt == "TIFF":

@@ -18,6 +18,12 @@ whatever the size of the folder. The inference thread never decodes or
 encodes: on a GPU it only waits for the device while readers and writers keep
 the CPU cores busy. Per-file problems become events (``path: reason``), never
 exceptions; only a failing backend, a full or read-only output disk (or Ctrl-C) stops the run.
+
+Stopping on request (``run(stop=EVENT)``; ``cli.py`` sets the event on SIGTERM or SIGINT):
+inference checks the event between batches and the run takes the shutdown path that a
+full disk takes: no new photo is read, inferred or written, the writers finish the photo
+in hand (each output is written whole, or not at all) and the summary comes back with
+``stopped`` set.
 """
 
 from __future__ import annotations
@@ -52,6 +58,10 @@ _DONE = object()
 
 class RunStopped(ColorizerError):
     """The run stopped early: the output disk is full, over quota or read-only, or the walk broke."""
+
+
+class _Halt(Exception):
+    """The caller asked the run to stop (``run(stop=...)``): wind down and return the summary so far."""
 
 
 @dataclass
@@ -138,6 +148,7 @@ class _Shared:
     """
 
     s: Settings
+    halt: threading.Event | None = None  # the caller's stop request (checked by the inference thread)
     stop: threading.Event = field(default_factory=threading.Event)
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     fatal: list[str] = field(default_factory=list)
@@ -154,6 +165,11 @@ class _Shared:
         self.to_write = queue.Queue(maxsize=max(2 * s.writers, s.batch_size))
         self.budget = _Budget(s.inflight_bytes)
 
+    def check_halt(self) -> None:
+        """Raise ``_Halt`` when the caller asked the run to stop."""
+        if self.halt is not None and self.halt.is_set():
+            raise _Halt
+
     def send_done(self, q: queue.Queue, n: int) -> None:
         """Tell ``n`` consumers of ``q`` that no more items come (gives up quietly when stopping)."""
         for _ in range(n):
@@ -166,14 +182,15 @@ class _Shared:
 # ----------------------------------------------------------------------------- stages (one function per thread)
 
 
-def _walk_stage(sh: _Shared, src: Path, dst: Path, shard: tree.Shard | None, overwrite: bool) -> None:
+def _walk_stage(sh: _Shared, src: Path, dst: Path, shard: tree.Shard | None, overwrite: bool,
+                out_format: str = "same") -> None:
     """Walker thread: list the tree; skips and unreadable entries become events, the rest go to the readers.
 
     Notes once per input extension that is written as PNG. A walk that breaks stops the run.
     """
     png_exts: set[str] = set()
     try:
-        for task in tree.walk(src, dst, shard=shard, overwrite=overwrite):
+        for task in tree.walk(src, dst, shard=shard, overwrite=overwrite, out_format=out_format):
             if task.error is not None:
                 sh.events.put(("failed", task, task.error))
                 continue
@@ -181,7 +198,7 @@ def _walk_stage(sh: _Shared, src: Path, dst: Path, shard: tree.Shard | None, ove
                 sh.events.put(("skipped", task, None))
                 continue
             ext = task.src.suffix.lower()
-            if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
+            if out_format == "same" and task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
                 png_exts.add(ext)
                 note = f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})"
                 sh.events.put(("note", task, note))
@@ -241,12 +258,13 @@ def _infer_stage(runner: Runner, sh: _Shared, drain: Callable[[], None]) -> None
     A batch goes when ``batch_ready`` says so, when the readers are done, or when the memory
     budget is exhausted (it cannot grow until writers free memory). ``drain`` runs whenever
     this thread would otherwise wait, so progress keeps flowing. Raises ``Stopping`` when a
-    writer stopped the run.
+    writer stopped the run, ``_Halt`` when the caller asked it to stop (checked before each batch).
     """
     s, ready, budget = sh.s, sh.ready, sh.budget
     readers_left = s.readers
     batch: list[_Item] = []
     while readers_left or batch:
+        sh.check_halt()
         item = None
         if readers_left:
             try:
@@ -265,12 +283,26 @@ def _infer_stage(runner: Runner, sh: _Shared, drain: Callable[[], None]) -> None
         per_call = (runner.images_per_call(*batch[0].model_input.shape) if batch else None) or s.batch_size
         full = batch_ready(len(batch), batch_size=s.batch_size, per_call=per_call, more_ready=not ready.empty())
         if batch and (full or not readers_left or starved):
+            sh.check_halt()  # a stop request may have come while the batch filled: no new work
             t = sh.times.now()
             crops = infer_chroma(runner, [it.model_input for it in batch], [it.crop for it in batch])
             sh.times.lap("infer", t, photos=len(batch))
             for it, chroma in zip(batch, crops):
-                _put(sh.to_write, (it, chroma), sh.stop)
+                _hand_to_writers(sh, (it, chroma), drain)
             batch = []
+            drain()
+
+
+def _hand_to_writers(sh: _Shared, job: tuple, drain: Callable[[], None]) -> None:
+    """Queue ``job`` for the writers; while the queue is full, report events and watch for a stop."""
+    while True:
+        sh.check_halt()
+        if sh.stop.is_set():
+            raise _Stop
+        try:
+            sh.to_write.put(job, timeout=0.1)
+            return
+        except queue.Full:
             drain()
 
 
@@ -302,7 +334,7 @@ def _write_one(sh: _Shared, item: _Item, uv: np.ndarray) -> tuple | None:
     task, d, s = item.task, item.decoded, sh.s
     try:
         if task.fmt == "JPEG" and d.alpha is not None:
-            sh.events.put(("note", task, "JPEG cannot hold alpha: alpha dropped"))
+            sh.events.put(("note", task, alpha_note(task.src)))
         write_photo(task, d, uv, saturation=s.saturation, jpeg_quality=s.jpeg_quality, times=sh.times)
     except (images.WriteError, OSError) as e:
         if getattr(e, "errno", None) in FATAL_ERRNOS:
@@ -316,6 +348,11 @@ def _write_one(sh: _Shared, item: _Item, uv: np.ndarray) -> tuple | None:
         log.debug("%s: internal error while writing", task.src, exc_info=True)
         return ("failed", task, f"internal error while writing ({type(e).__name__}: {e})")
     return ("colorized", task, None)
+
+
+def alpha_note(path: Path | str) -> str:
+    """The note for an input with alpha written as JPEG (the one output format without alpha)."""
+    return f"{path}: alpha dropped (JPEG cannot hold it)"
 
 
 class _Events:
@@ -351,18 +388,24 @@ def run(
     shard: tree.Shard | None = None,
     fail_list: Path | None = None,
     progress: Callable[[Progress], None] | None = None,
+    out_format: str = "same",
+    stop: threading.Event | None = None,
 ) -> RunSummary:
     """Colorize every image under ``src`` into ``dst``; folders already checked by the caller.
 
     Starts the walker, counter, reader and writer threads, runs inference in this thread and
-    reports their events here. Raises ``RunStopped`` (full or read-only disk, broken walk);
-    any other exception (a failing backend, Ctrl-C) stops the threads and propagates.
+    reports their events here. ``out_format``: ``tree.FORMAT_CHOICES`` (names planned by
+    ``tree.plan_folder``). ``stop``: once set, the run winds down (see the module docstring)
+    and returns its summary with ``stopped`` set. Raises ``RunStopped`` (full or read-only
+    disk, broken walk); any other exception (a failing backend, Ctrl-C) stops the threads and
+    propagates.
     """
-    sh = _Shared(settings)
+    sh = _Shared(settings, halt=stop)
+    stopped = False
     with Tally(runner.describe(), fail_list=fail_list, progress=progress, log=log) as tally:
         drain = _Events(sh.events, tally)
-        threads = [threading.Thread(target=_walk_stage, args=(sh, src, dst, shard, overwrite), name="walker",
-                                    daemon=True)]
+        threads = [threading.Thread(target=_walk_stage, args=(sh, src, dst, shard, overwrite, out_format),
+                                    name="walker", daemon=True)]
         threads += [threading.Thread(target=_read_stage, args=(sh,), name=f"reader-{i}", daemon=True)
                     for i in range(settings.readers)]
         writers = [threading.Thread(target=_write_stage, args=(sh,), name=f"writer-{i}", daemon=True)
@@ -375,6 +418,16 @@ def run(
             _finish_writers(sh, writers, drain)
             if sh.fatal:
                 raise RunStopped(sh.fatal[0])
+        except _Halt:
+            stopped = True
+            sh.stop.set()  # the shutdown path: readers and the walker leave, writers drop what is queued
+            for t in writers:  # each finishes the photo in hand: its output is complete, its event counted
+                while t.is_alive():
+                    t.join(timeout=0.1)
+                    drain()
+            drain()
+            if sh.fatal:  # a full disk on the way down still says so
+                raise RunStopped(sh.fatal[0]) from None
         except _Stop:
             drain()
             raise RunStopped(sh.fatal[0] if sh.fatal else "stopped") from None
@@ -384,15 +437,20 @@ def run(
                 t.join(timeout=5)
     summary = tally.finish()
     summary.stages = sh.times.as_dict()
+    summary.stopped = stopped
     return summary
 
 
 def _finish_writers(sh: _Shared, writers: list[threading.Thread], drain: Callable[[], None]) -> None:
-    """After the last batch: tell the writers to finish, and report their events until they have."""
+    """After the last batch: tell the writers to finish, and report their events until they have.
+
+    Raises ``_Halt`` when the caller asks the run to stop meanwhile (the writers then drop what is queued).
+    """
     for _ in writers:
         _put(sh.to_write, _DONE, sh.stop)
     for t in writers:
         while t.is_alive():
             t.join(timeout=0.1)
             drain()
+            sh.check_halt()
     drain()

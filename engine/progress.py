@@ -62,6 +62,7 @@ class RunSummary:
     backend: str = ""
     failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), the first MAX_FAILURES_KEPT
     stages: dict[str, dict[str, float]] = field(default_factory=dict)  # engine.stages.StageTimes.as_dict()
+    stopped: bool = False  # the caller asked the run to stop before every file was done
 
     @property
     def done(self) -> int:
@@ -298,7 +299,7 @@ class LineReporter:
         self.close()
 
 
-def summary_record(summary: RunSummary, *, total: int | None = None,
+def summary_record(summary: RunSummary, *, total: int | None = None, exit_code: int | None = None,
                    now: Callable[[], _dt.datetime] = utc_now) -> dict[str, Any]:
     """``--summary-json``: the progress line's fields at the end, the counts, the time, the exit code and the
     failures (path shown with ``printable``: undecodable name bytes as ``\\xHH``, never a crash)."""
@@ -311,7 +312,8 @@ def summary_record(summary: RunSummary, *, total: int | None = None,
         "colorized": s.colorized,
         "skipped": s.skipped,
         "seconds": round(seconds, 3),
-        "exit_code": s.exit_code,
+        "exit_code": s.exit_code if exit_code is None else exit_code,
+        "stopped": s.stopped,
         "backend": printable(s.backend),
         "failures": [{"path": printable(str(path)), "reason": printable(str(reason))} for path, reason in s.failures],
         "failures_listed": len(s.failures),
@@ -319,11 +321,11 @@ def summary_record(summary: RunSummary, *, total: int | None = None,
 
 
 def write_summary_json(path: str | Path, summary: RunSummary, *, total: int | None = None,
-                       now: Callable[[], _dt.datetime] = utc_now) -> dict[str, Any]:
+                       exit_code: int | None = None, now: Callable[[], _dt.datetime] = utc_now) -> dict[str, Any]:
     """Write ``summary_record`` as strict JSON (no NaN/Infinity) atomically; ``OutputError`` when it cannot."""
     import json
 
-    record = summary_record(summary, total=total, now=now)
+    record = summary_record(summary, total=total, exit_code=exit_code, now=now)
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
     try:
         write_text_atomic(path, text)

@@ -23,15 +23,16 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from engine import images, stages, tree
-from engine.api import DEFAULT_MAX_PIXELS, check_fail_list
+from engine.api import DEFAULT_MAX_PIXELS, check_fail_list, check_options
 from engine.core.errors import ColorizerError
-from engine.pipeline import FATAL_ERRNOS, RunStopped
+from engine.pipeline import FATAL_ERRNOS, RunStopped, alpha_note
 from engine.progress import Progress, RunSummary, Tally
 from engine.ray_data import (
     ALPHA, BACKEND, CRASH_ENV, CROP_H, CROP_W, DEFAULT_MAX_WORKER_DEATHS, EMPTY, ERROR, KEY, LUMA, UV, X,
@@ -83,7 +84,7 @@ def _write_one(batch: dict[str, np.ndarray], i: int, saturation: float, quality:
     """(status, reason, note) after ``stages.write_photo`` (compose, encode, temp file + rename) of row ``i``."""
     src, dst, fmt = Path(str(batch[KEY][i])), Path(str(batch["dst"][i])), str(batch["fmt"][i])
     alpha = batch[ALPHA][i]
-    note = "JPEG cannot hold alpha: alpha dropped" if fmt == "JPEG" and alpha.size else ""
+    note = alpha_note(str(batch["path"][i])) if fmt == "JPEG" and alpha.size else ""
     task = tree.Task(rel=str(batch["path"][i]), src=src, dst=dst, fmt=fmt, skip=False)
     decoded = images.Decoded(luma=batch[LUMA][i], alpha=alpha if alpha.size else None,
                              exif=bytes(batch["exif"][i]) or None, source="")
@@ -209,32 +210,36 @@ class RayColorizer:
         jpeg_quality: int = 95,
         fail_list: str | os.PathLike[str] | None = None,
         progress: Callable[[Progress], None] | None = None,
+        out_format: str = "same",
+        stop: threading.Event | None = None,
     ) -> RunSummary:
-        """As ``Colorizer.colorize_dir``: mirrored tree, skip-existing, shards, ``fail_list``, ``RunSummary``."""
+        """As ``Colorizer.colorize_dir``: mirrored tree, skip-existing, shards, ``fail_list``, ``out_format``,
+        ``RunSummary``. ``stop``: once set, no more results are taken and the workers are shut down with
+        Ray (a photo a worker was writing leaves at most a temp file, removed by the next run)."""
         src_p, dst_p = tree.check_folders(src, dst)
         if isinstance(shard, str):
             shard = Shard.parse(shard)
-        if not 1 <= int(jpeg_quality) <= 100:
-            raise UsageError(f"jpeg_quality: expected 1..100, found {jpeg_quality!r}")
+        check_options(jpeg_quality, out_format)
         fail_path = check_fail_list(src_p, fail_list)
         dst_p.mkdir(parents=True, exist_ok=True)
         with Tally(self.describe(), fail_list=fail_path, progress=progress, log=log) as tally:
-            _Run(self, tally).go(src_p, dst_p, shard, overwrite, int(jpeg_quality))
+            _Run(self, tally, stop).go(src_p, dst_p, shard, overwrite, int(jpeg_quality), out_format)
         return tally.finish()
 
 
 class _Run:
     """One ``colorize_dir`` call: the listing and the dataset, their events folded by the shared ``Tally``."""
 
-    def __init__(self, rc: RayColorizer, tally: Tally):
-        self.rc, self.tally, self.summary = rc, tally, tally.summary
+    def __init__(self, rc: RayColorizer, tally: Tally, stop: threading.Event | None = None):
+        self.rc, self.tally, self.summary, self.stop = rc, tally, tally.summary, stop
 
-    def go(self, src: Path, dst: Path, shard: Shard | None, overwrite: bool, quality: int) -> None:
+    def go(self, src: Path, dst: Path, shard: Shard | None, overwrite: bool, quality: int,
+           out_format: str = "same") -> None:
         src_abs, dst_abs = src.absolute(), dst.absolute()
         items: list[dict[str, str]] = []  # the files to do (freed once handed to Ray)
         png_exts: set[str] = set()
         total = 0
-        for task in tree.walk(src_abs, dst_abs, shard=shard, overwrite=overwrite):
+        for task in tree.walk(src_abs, dst_abs, shard=shard, overwrite=overwrite, out_format=out_format):
             total += 1
             shown = str(src / Path(task.src).relative_to(src_abs))  # the path as the user gave it, as the local run
             if task.error is not None:
@@ -243,7 +248,7 @@ class _Run:
                 self.tally.event("skipped", shown)
             else:
                 ext = task.src.suffix.lower()
-                if task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
+                if out_format == "same" and task.fmt == "PNG" and ext != ".png" and ext not in png_exts:
                     png_exts.add(ext)
                     self.tally.note(f"{ext} inputs are written as PNG, which holds full colour (e.g. {task.dst.name})")
                 items.append({KEY: str(task.src), "dst": str(task.dst), "fmt": task.fmt, "path": shown})
@@ -272,6 +277,9 @@ class _Run:
         backends: set[str] = set()
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                if self.stop is not None and self.stop.is_set():
+                    self.summary.stopped = True
+                    break
                 for path, status, reason, note, name in zip(batch["path"], batch["status"], batch["reason"],
                                                             batch["note"], batch[BACKEND]):
                     if status == "fatal":

@@ -2,7 +2,8 @@
 
     read_photo:   decode (luma, alpha, EXIF)  ->  resize (fit + pad: square, or to the size multiple)
     infer_chroma: one model call per input shape in a batch, chroma cropped to each photo
-    write_photo:  compose (full-resolution chroma)  ->  encode  ->  write (temp file, fsync, rename)
+    encode_photo: compose (full-resolution chroma)  ->  encode (the output file's bytes)
+    write_photo:  encode_photo  ->  write (temp file, fsync, rename)
 
 JPEG outputs are encoded straight from planes: Y is the photo's own luma, Cb/Cr
 are the model's chroma mapped to JPEG levels at model resolution and upscaled
@@ -94,19 +95,27 @@ def infer_chroma(runner: Runner, inputs: Sequence[np.ndarray], crops: Sequence[t
     return out  # type: ignore[return-value]
 
 
-def write_photo(task: tree.Task, decoded: images.Decoded, uv: np.ndarray, *, saturation: float,
-                jpeg_quality: int, times: StageTimes) -> None:
-    """Compose, encode and atomically write one output; raises ``ImageError``/``WriteError``/``OSError``."""
+def encode_photo(fmt: str, decoded: images.Decoded, uv: np.ndarray, *, saturation: float, jpeg_quality: int,
+                 times: StageTimes) -> bytes:
+    """Compose and encode one output in ``fmt`` (JPEG, PNG, WEBP, BMP, TIFF): the file's bytes."""
     t = times.now()
-    if task.fmt == "JPEG":  # JPEG holds no alpha: the pipeline notes that it is dropped
+    if fmt == "JPEG":  # JPEG holds no alpha: the caller notes that it is dropped
         cb, cr = images.compose_jpeg_chroma(decoded.luma.shape, uv, saturation=saturation)
         t = times.lap("compose", t)
         data = images.encode_jpeg_ycbcr(decoded.luma, cb, cr, quality=jpeg_quality, exif=decoded.exif)
     else:
         out = images.compose(decoded.luma, uv, saturation=saturation, alpha=decoded.alpha)
         t = times.lap("compose", t)
-        data = images.encode(out, task.fmt, quality=jpeg_quality, exif=decoded.exif)
-    t = times.lap("encode", t)
+        data = images.encode(out, fmt, quality=jpeg_quality, exif=decoded.exif)
+    times.lap("encode", t)
+    return data
+
+
+def write_photo(task: tree.Task, decoded: images.Decoded, uv: np.ndarray, *, saturation: float,
+                jpeg_quality: int, times: StageTimes) -> None:
+    """Compose, encode and atomically write one output; raises ``ImageError``/``WriteError``/``OSError``."""
+    data = encode_photo(task.fmt, decoded, uv, saturation=saturation, jpeg_quality=jpeg_quality, times=times)
+    t = times.now()
     task.dst.parent.mkdir(parents=True, exist_ok=True)
     images.write_atomic(task.dst, data)
     times.lap("write", t)

@@ -356,3 +356,99 @@ def test_batch_ready(n, queued, per_call, go):
     from engine import pipeline
 
     assert pipeline.batch_ready(n, batch_size=8, per_call=per_call, more_ready=queued) is go
+
+
+def _exif(tag_text: str) -> bytes:
+    exif = Image.Exif()
+    exif[0x010F] = tag_text  # Make
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("out_format,fmt,suffix", [("png", "PNG", ".png"), ("jpg", "JPEG", ".jpg"),
+                                                   ("webp", "WEBP", ".webp"), ("tiff", "TIFF", ".tif")])
+def test_out_format_writes_every_output_in_it(colorizer, tmp_path, caplog, out_format, fmt, suffix):
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    rgb = pattern(30, 40, 1)
+    Image.fromarray(rgb).save(src / "photo.jpg", quality=95, exif=_exif("TestCam"))
+    Image.fromarray(np.dstack([rgb, np.full((30, 40), 7, np.uint8)])).save(src / "alpha.png")
+    Image.fromarray(rgb[..., 0]).save(src / "gray.pgm")
+    with caplog.at_level("INFO", logger="engine"):
+        s = colorizer.colorize_dir(src, dst, out_format=out_format)
+    assert (s.colorized, s.failed) == (3, 0), s.failures
+    outs = sorted(p.name for p in dst.iterdir())
+    assert outs == sorted(f"{n}{suffix}" for n in ("alpha", "gray", "photo"))
+    for p in dst.iterdir():
+        with Image.open(p) as im:
+            assert im.format == fmt and im.size == (40, 30), p
+    with Image.open(dst / f"alpha{suffix}") as im:
+        assert ("A" in im.mode) is (fmt != "JPEG")
+    notes = [r.getMessage() for r in caplog.records if "alpha dropped" in r.getMessage()]
+    assert notes == ([f"note: {src / 'alpha.png'}: alpha dropped (JPEG cannot hold it)"] if fmt == "JPEG" else [])
+    with Image.open(dst / f"photo{suffix}") as im:
+        make = im.getexif().get(0x010F)
+    assert make == (None if fmt == "TIFF" else "TestCam")  # EXIF kept where the writer can hold it
+    again = colorizer.colorize_dir(src, dst, out_format=out_format)
+    assert (again.colorized, again.skipped) == (0, 3)  # resume keys on the planned names
+    same = colorizer.colorize_dir(src, dst)  # "same" plans photo.jpg, alpha.png, gray.png
+    assert (same.colorized, same.skipped) == {"PNG": (1, 2), "JPEG": (2, 1)}.get(fmt, (3, 0))
+
+
+def test_out_format_clash_fails_the_input_that_gets_no_name(colorizer, tmp_path):
+    src = tmp_path / "in"
+    for name in ("a.jpg", "a.png", "a.jpg.png"):
+        write_photos(src, 1)[0].rename(src / name)
+    s = colorizer.colorize_dir(src, tmp_path / "out", out_format="png")
+    assert (s.colorized, s.failed) == (2, 1)
+    assert s.failures[0][0] == str(src / "a.jpg") and "output name clash" in s.failures[0][1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.jpg.png", "a.png"]
+
+
+def test_out_format_is_checked(colorizer, tmp_path):
+    (tmp_path / "in").mkdir()
+    with pytest.raises(UsageError, match="format: expected one of same, jpg, png, webp, tiff, found 'gif'"):
+        colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", out_format="gif")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stop_event_winds_a_folder_run_down(colorizer, tmp_path):
+    """Set from the progress callback after two photos: no new photo starts, the summary says stopped."""
+    import threading
+
+    from engine import tree
+
+    write_photos(tmp_path / "in", 30)
+    stop = threading.Event()
+
+    def progress(p: Progress) -> None:
+        if p.colorized >= 2:
+            stop.set()
+
+    s = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out", stop=stop, progress=progress)
+    outs = list((tmp_path / "out").rglob("*.jpg"))
+    assert s.stopped and 2 <= s.colorized == len(outs) < 30 and s.failed == 0
+    assert [p for p in (tmp_path / "out").rglob("*") if tree.parse_temp_name(p.name)] == []
+    rest = colorizer.colorize_dir(tmp_path / "in", tmp_path / "out")
+    assert not rest.stopped and (rest.colorized, rest.skipped) == (30 - len(outs), len(outs))
+
+
+def test_colorize_file_streams_and_paths(colorizer, tmp_path):
+    import threading
+
+    src = tmp_path / "photo.jpg"
+    Image.fromarray(pattern(30, 40, 1)).save(src, quality=95, exif=_exif("StreamCam"))
+    out = io.BytesIO()
+    s = colorizer.colorize_file(io.BytesIO(src.read_bytes()), out, out_format="webp")
+    assert (s.colorized, s.failed) == (1, 0)
+    with Image.open(io.BytesIO(out.getvalue())) as im:
+        assert im.format == "WEBP" and im.size == (40, 30) and im.getexif().get(0x010F) == "StreamCam"
+    s = colorizer.colorize_file(src, tmp_path / "o.png")
+    assert s.colorized == 1 and Image.open(tmp_path / "o.png").getexif().get(0x010F) == "StreamCam"
+    assert colorizer.colorize_file(src, tmp_path / "o.png").skipped == 1
+    assert colorizer.colorize_file(src, tmp_path / "o.png", overwrite=True).colorized == 1
+    stop = threading.Event()
+    stop.set()
+    s = colorizer.colorize_file(src, tmp_path / "never.png", stop=stop)
+    assert s.stopped and s.done == 0 and not (tmp_path / "never.png").exists()
+    with pytest.raises(UsageError, match="cannot write .gif"):
+        colorizer.colorize_file(src, tmp_path / "o.gif")

@@ -140,7 +140,7 @@ def test_summary_json_is_strict_and_survives_undecodable_names(tmp_path):
     assert json.loads(text) == record
     assert record == {
         "utc": "2026-01-31T12:00:05Z", "done": 6, "total": 6, "failed": 2, "current_img_per_s": 1.5,
-        "mean_img_per_s": 1.5, "eta_s": 0.0, "colorized": 3, "skipped": 1, "seconds": 2.0, "exit_code": 1,
+        "mean_img_per_s": 1.5, "eta_s": 0.0, "colorized": 3, "skipped": 1, "seconds": 2.0, "exit_code": 1, "stopped": False,
         "backend": "ort (CPU)", "failures_listed": 2,
         "failures": [{"path": "in/caf\\xe9\\n.jpg", "reason": "cannot read"},
                      {"path": "in/b.png", "reason": "too large: 120 MP"}],

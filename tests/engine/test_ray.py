@@ -241,3 +241,20 @@ def test_worker_start_failure_is_one_line():
                      '  File "x.py", line 1\nengine.errors.BackendUnavailable: trt: TensorRT is not installed here\n')
 
     assert _ray_error_message(ActorDied("x")) == "a Ray worker failed: trt: TensorRT is not installed here"
+
+
+def test_out_format_on_ray(ray_local, tiny_onnx, tmp_path):
+    """--format on the Ray path: the local run's planned names and formats, skip keyed on them."""
+    from engine.ray_io import RayColorizer
+
+    src = tmp_path / "in"
+    write_photos(src, 3)
+    Image.fromarray(np.dstack([pattern(20, 30, 1), np.full((20, 30), 9, np.uint8)])).save(src / "alpha.png")
+    with RayColorizer(tiny_onnx, size=SIZE, batch_size=4, num_workers=1, cpus_per_worker=0.5) as rc:
+        s = rc.colorize_dir(src, tmp_path / "out", out_format="jpg")
+        again = rc.colorize_dir(src, tmp_path / "out", out_format="jpg")
+    assert (s.colorized, s.failed) == (4, 0) and (again.colorized, again.skipped) == (0, 4)
+    outs = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*"))
+    assert outs == ["alpha.jpg", "d1/img0001.jpg", "img0000.jpg", "img0002.jpg"]
+    with Image.open(tmp_path / "out" / "alpha.jpg") as im:
+        assert im.format == "JPEG" and im.mode == "RGB"

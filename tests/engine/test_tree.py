@@ -205,3 +205,36 @@ def test_output_reached_through_a_bind_mount_of_the_input_is_refused(tmp_path):
             tree.check_folders(alias / "sub", src)
     finally:
         subprocess.run(["umount", str(alias)], check=True)
+
+
+def test_plan_folder_converts_names_to_the_format():
+    names = ["a.jpg", "b.png", "c.jpeg", "d.pgm", "notes.txt"]
+    assert tree.plan_folder(names, "png") == [
+        ("a.jpg", "a.png", "PNG", None), ("b.png", "b.png", "PNG", None), ("c.jpeg", "c.png", "PNG", None),
+        ("d.pgm", "d.png", "PNG", None)]
+    assert [p[1:3] for p in tree.plan_folder(names, "jpg")] == [
+        ("a.jpg", "JPEG"), ("b.jpg", "JPEG"), ("c.jpeg", "JPEG"), ("d.jpg", "JPEG")]
+    assert [p[1] for p in tree.plan_folder(["a.tif", "b.bmp"], "tiff")] == ["a.tif", "b.tif"]
+    assert [p[1] for p in tree.plan_folder(["a.bmp"], "webp")] == ["a.webp"]
+    with pytest.raises(UsageError, match="format: expected one of same, jpg, png, webp, tiff, found 'gif'"):
+        tree.plan_folder(["a.jpg"], "gif")
+
+
+def test_plan_folder_clash_fails_the_input_and_names_the_owners():
+    plan = {p[0]: p for p in tree.plan_folder(["a.jpg", "a.png", "a.jpg.png", "b.jpg", "b.webp"], "png")}
+    assert plan["a.png"][1:] == ("a.png", "PNG", None) and plan["a.jpg.png"][1:] == ("a.jpg.png", "PNG", None)
+    name, out, fmt, why = plan["a.jpg"]
+    assert out == "" and "a.png and a.jpg.png are both taken (by a.png and a.jpg.png)" in why
+    assert plan["b.jpg"][1] == "b.png" and plan["b.webp"][1] == "b.webp.png"  # sorted order: b.jpg first
+
+
+def test_walk_with_a_format_skips_by_the_planned_names(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for rel in ["a.jpg", "sub/b.webp", "sub/c.png"]:
+        touch(src / rel)
+    touch(out / "a.png")  # done by an earlier --format png run
+    touch(out / "sub" / "b.webp")  # an output of a --format same run: not this run's
+    tasks = {t.rel: t for t in tree.walk(src, out, out_format="png")}
+    assert {r: (t.dst.relative_to(out).as_posix(), t.fmt, t.skip) for r, t in tasks.items()} == {
+        "a.jpg": ("a.png", "PNG", True), "sub/b.webp": ("sub/b.png", "PNG", False),
+        "sub/c.png": ("sub/c.png", "PNG", False)}
