@@ -33,7 +33,7 @@ def _setup_logging(verbose: bool) -> None:
 # optional packages -> how to get them (a plain install runs colorize-dir, evaluate and demo on ONNX Runtime)
 _TRAIN = "pip install '.[train]' (on a CPU machine first pip install torch==2.13.0, the CPU wheel)"
 _EXTRAS = {"torch": _TRAIN, "onnx": _TRAIN, "onnxscript": _TRAIN, "onnxconverter_common": _TRAIN,
-           "ray": "pip install '.[cluster]'", "tensorrt": "pip install '.[gpu]' on a GPU server (docs/gpu-servers.md)"}
+           "ray": "pip install '.[cluster]'", "av": "pip install '.[video]'", "tensorrt": "pip install '.[gpu]' on a GPU server (docs/gpu-servers.md)"}
 
 
 class _Group(click.Group):
@@ -194,24 +194,36 @@ def _log_progress_line(line: str) -> None:
     logging.getLogger("cli").info("%s", line)
 
 
+# Options of the commands that run a model over files (colorize-dir, colorize-video): one definition each.
+_RUN_OPTIONS = (
+    click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                 help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: the bundled "
+                      "models/colorizer-int8.onnx on a CPU, models/colorizer.onnx on a GPU (.pt for torch)."),
+    click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True,
+                 help="auto: trt with a .plan and a GPU, else ort with its best provider, else torch."),
+    click.option("--device", default=None, metavar="cpu|cuda:K", help="Device (default: the best available)."),
+    click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
+                 help="Model input size: the long side is fitted to it (see --padding)."),
+    click.option("--padding", type=click.Choice(["auto", "square", "tight"]), default="auto", show_default=True,
+                 help="square: pad inputs to SIZE x SIZE (one shape, whole batches); tight: only to the model's "
+                      "size multiple (8 for the bundled model: a 16:9 photo at 224 runs at 224x128, 1.75x less "
+                      "work); auto: tight on a CPU, square on a GPU."),
+    click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True),
+    click.option("--saturation", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
+                 help="Scale the predicted chroma (1.0 = model output)."),
+)
+
+
+def _run_options(command):
+    for option in reversed(_RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
 @main.command("colorize-dir")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: the bundled models/colorizer-int8.onnx "
-                   "on a CPU, models/colorizer.onnx on a GPU (.pt for torch).")
-@click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True,
-              help="auto: trt with a .plan and a GPU, else ort with its best provider, else torch.")
-@click.option("--device", default=None, metavar="cpu|cuda:K", help="Device (default: the best available).")
-@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
-              help="Model input size: the long side is fitted to it (see --padding).")
-@click.option("--padding", type=click.Choice(["auto", "square", "tight"]), default="auto", show_default=True,
-              help="square: pad inputs to SIZE x SIZE (one shape, whole batches); tight: only to the model's size "
-                   "multiple (8 for the bundled model: a 16:9 photo at 224 runs at 224x128, 1.75x less work); "
-                   "auto: tight on a CPU, square on a GPU.")
-@click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True)
-@click.option("--saturation", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
-              help="Scale the predicted chroma (1.0 = model output).")
+@_run_options
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="Quality of JPEG (and WebP) outputs.")
 @click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
@@ -285,6 +297,51 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
                    f"{src}{where}: nothing to do", err=True)
     click.echo(summary.line())
     sys.exit(summary.exit_code)
+
+
+@main.command("colorize-video")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@_run_options
+@click.option("--temporal", type=click.FloatRange(0.0, 0.95), default=0.7, show_default=True, metavar="STRENGTH",
+              help="Smooth the colour across frames: the weight of the past on still pixels, reset at scene cuts "
+                   "(0: every frame on its own).")
+@click.option("--crf", type=click.IntRange(0, 51), default=17, show_default=True,
+              help="Encoder quality (H.264; VP9 for .webm): lower is better and larger.")
+@click.option("--overwrite", is_flag=True, help="Redo the output if it exists (default: skip it).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
+def colorize_video(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
+                   padding: str, batch_size: int, saturation: float, temporal: float, crf: int, overwrite: bool,
+                   threads: int | None) -> None:
+    """Colorize the video SRC into DST (.mp4 .mov .mkv .avi: H.264; .webm: VP9), audio copied.
+
+    Exit codes: 0 done (or skipped), 1 the video cannot be read or written (one 'path: reason' line),
+    2 usage error.
+    """
+    import time
+
+    from engine.api import Colorizer
+    from engine.video import VideoError, check_paths
+
+    check_paths(src, dst)  # fail fast, before loading a model
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int | None, elapsed: float) -> None:
+        if time.monotonic() - last[0] >= 10.0:
+            last[0] = time.monotonic()
+            rate = done / elapsed if elapsed > 0 else 0.0
+            _log_progress_line(f"{done}/{total if total is not None else '?'} frames, {rate:.2f} frames/s")
+
+    with Colorizer(model, backend, size=size, batch_size=batch_size, device=device, saturation=saturation,
+                   threads=threads, padding=padding) as colorizer:
+        click.echo(f"backend: {colorizer.describe()}, {colorizer.padding} padding")
+        try:
+            summary = colorizer.colorize_video(src, dst, temporal=temporal, crf=crf, overwrite=overwrite,
+                                               progress=progress)
+        except VideoError as e:
+            click.echo(str(e), err=True)
+            sys.exit(1)
+    click.echo(summary.line())
 
 
 # ----------------------------------------------------------------------------- evaluate / demo

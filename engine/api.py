@@ -5,6 +5,7 @@
     with Colorizer("models/colorizer.onnx") as c:       # or backend="trt" / "torch", device="cuda:0"
         rgb = c.colorize(gray)                           # uint8 (H, W) or (H, W, 3) -> uint8 (H, W, 3)
         summary = c.colorize_dir("gray/", "out/")        # RunSummary: colorized, skipped, failed, ...
+        film = c.colorize_video("film.mp4", "out.mp4")   # VideoSummary: frames, scene cuts (needs av)
 
 The library never prints: per-file problems are logged (logger ``engine``) as
 ``path: reason`` and counted; progress goes to an optional callback.
@@ -153,6 +154,32 @@ class Colorizer:
         return results
 
     # ------------------------------------------------------------------ folders
+    def colorize_video(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        temporal: float | None = None,
+        crf: int | None = None,
+        overwrite: bool = False,
+        progress: Callable[[int, int | None, float], None] | None = None,
+    ):
+        """Colorize one video file into ``dst`` (``.mp4``, ``.mov``, ``.mkv``, ``.avi``: H.264; ``.webm``: VP9).
+
+        ``temporal``: chroma smoothing strength across frames (0: frames independent; default
+        ``engine.temporal.DEFAULT_STRENGTH``); ``crf``: the encoder's quality (lower is better, default 17).
+        Returns ``engine.video.VideoSummary``; raises ``engine.video.VideoError`` (``path: reason``) for a
+        video that cannot be read or written. Imports PyAV (the ``video`` extra).
+        """
+        from engine import video
+
+        settings = video.VideoSettings(
+            size=self.size, batch_size=self.batch_size, saturation=self.saturation, multiple=self._multiple,
+            temporal=video.temporal.DEFAULT_STRENGTH if temporal is None else float(temporal),
+            crf=video.DEFAULT_CRF if crf is None else int(crf),
+        )
+        return video.colorize_video(self.runner, src, dst, settings, overwrite=overwrite, progress=progress)
+
     def colorize_dir(
         self,
         src: str | os.PathLike[str],

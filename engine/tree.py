@@ -305,6 +305,11 @@ def _clean_and_list(out_dir: Path, targets: set[str], clean: bool) -> tuple[set[
     return present, others
 
 
+def remove_dead_temps(out_dir: Path, targets: set[str]) -> None:
+    """Delete the temp files of ``targets`` in ``out_dir`` left by runs whose process is gone."""
+    _clean_and_list(out_dir, targets, True)
+
+
 def count(src: Path, shard: Shard | None = None) -> int:
     """How many images ``walk`` yields for this shard (no output folder touched)."""
     return sum(1 for _ in walk(src, None, shard=shard, clean_temps=False))
