@@ -9,7 +9,8 @@ moving average, per pixel:
 
 ``still`` is 1 where the frame's luma (at the model's resolution) equals the previous frame's and falls
 to 0 where it changed by ``MOTION_LEVELS`` or more, so moving edges take their new colour at once
-instead of dragging the old one behind them. At a scene cut the history is dropped: the first frame of
+instead of dragging the old one behind them. The change is averaged over ``MOTION_BOX`` pixels
+square first, so film grain and codec noise (which average out) do not count as motion. At a scene cut the history is dropped: the first frame of
 a new shot is its own prediction. A cut is a mean absolute difference of the two frames' luma, averaged
 over a coarse grid (``GRID`` cells on the long side: pans and zooms move it little), above
 ``CUT_THRESHOLD``.
@@ -26,6 +27,18 @@ MAX_STRENGTH = 0.95
 CUT_THRESHOLD = 0.10  # mean absolute difference of grid-averaged luma in [0, 1] that starts a new shot
 GRID = 16  # cells on the long side of the luma grid the cut test compares
 MOTION_LEVELS = 24.0  # a luma change (0..255 levels) at which a pixel takes its new chroma at once
+MOTION_BOX = 5  # pixels (odd): the luma change is averaged over this square before it is compared
+
+
+def box_mean(a: np.ndarray, box: int = MOTION_BOX) -> np.ndarray:
+    """float32 mean of ``a`` ``(h, w)`` over a ``box x box`` square around each pixel (edges replicated)."""
+    r = box // 2
+    p = np.pad(np.asarray(a, dtype=np.float64), r, mode="edge")
+    c = np.zeros((p.shape[0] + 1, p.shape[1] + 1))
+    c[1:, 1:] = p.cumsum(0).cumsum(1)
+    h, w = a.shape
+    s = c[box:box + h, box:box + w] - c[:h, box:box + w] - c[box:box + h, :w] + c[:h, :w]
+    return (s / (box * box)).astype(np.float32)
 
 
 def luma_grid(luma: np.ndarray, cells: int = GRID) -> np.ndarray:
@@ -90,7 +103,7 @@ class ChromaSmoother:
         if new_shot or self.strength == 0.0:
             out = uv.copy()
         else:
-            change = np.abs(luma.astype(np.float32) - self._luma.astype(np.float32))  # type: ignore[union-attr]
+            change = np.abs(box_mean(luma.astype(np.float32) - self._luma))  # type: ignore[operator]
             weight = np.float32(self.strength) * np.clip(1.0 - change / np.float32(self.motion_levels), 0.0, 1.0)
             out = weight * self._uv + (np.float32(1.0) - weight) * uv  # type: ignore[operator]
             out = out.astype(np.float32, copy=False)
