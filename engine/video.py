@@ -87,7 +87,7 @@ class _Frame:
     luma: np.ndarray  # uint8 (H, W), as stored (limited or full range)
     x: np.ndarray  # model input: full-range luma fitted to the model size
     crop: tuple[int, int]
-    pts: int | None
+    pts: int
     uv: np.ndarray | None = None
 
 
@@ -100,6 +100,27 @@ class _Probe:
     rotation: int
     full_range: bool
     audio: int
+    duration: float | None  # seconds of video the header promises (None: it does not say)
+
+
+TRUNCATED_SLACK_S = 0.5  # a video that ends this much before its header's duration is truncated
+
+
+def _duration(c: Any, vs: Any) -> float | None:
+    """The video stream's duration in seconds from the header: the stream's, its DURATION tag (Matroska), or
+    the container's when no audio stream could make that longer."""
+    if vs.duration and vs.time_base:
+        return float(vs.duration * vs.time_base)
+    tag = vs.metadata.get("DURATION") or vs.metadata.get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    if c.duration and not c.streams.audio:
+        return c.duration / 1_000_000
+    return None
 
 
 def _av() -> Any:
@@ -135,7 +156,7 @@ def _probe(av: Any, src: Path) -> _Probe:
             for frame in c.decode(vs):
                 return _Probe(frame.width, frame.height, vs.average_rate or vs.guessed_rate or vs.base_rate,
                               vs.frames or None, int(frame.rotation or 0), _full_range(frame),
-                              len(c.streams.audio))
+                              len(c.streams.audio), _duration(c, vs))
             raise VideoError(src, "no video frame could be decoded")
     except av.error.FFmpegError as e:
         raise VideoError(src, f"cannot read as a video ({_reason(e)})") from e
@@ -160,9 +181,11 @@ def _luma_plane(frame: Any) -> np.ndarray:
 def _decode_stage(av: Any, src: Path, probe: _Probe, settings: VideoSettings, out_q: queue.Queue,
                   stop: threading.Event) -> None:
     index = 0
+    first = last = None  # presentation times (seconds) of the first and the last frame
     with av.open(os.fspath(src)) as c:
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
+        step = float(1 / probe.rate) if probe.rate else 0.0
         for packet in c.demux(vs, *c.streams.audio):
             if packet.stream.type == "audio":
                 if packet.dts is not None:  # (the stream object dies with this container: its index travels)
@@ -175,10 +198,18 @@ def _decode_stage(av: Any, src: Path, probe: _Probe, settings: VideoSettings, ou
                 luma = _luma_plane(frame)
                 full = luma if probe.full_range else color.limited_luma_to_full_u8(luma)
                 x, crop = images.fit(full, settings.size, multiple=settings.multiple)
-                flow.put(out_q, _Frame(index, luma, x, crop, frame.pts), stop)
+                pts = frame.pts if frame.pts is not None else round(index * step / float(vs.time_base))
+                at = float(pts * vs.time_base)
+                first, last = at if first is None else min(first, at), at if last is None else max(last, at)
+                flow.put(out_q, _Frame(index, luma, x, crop, pts), stop)
                 index += 1
     if probe.total is not None and index < probe.total:
         raise VideoError(src, f"truncated: {index} of {probe.total} frames could be decoded")
+    if probe.duration is not None and first is not None and last is not None:
+        length = last - first + step
+        if length < probe.duration - TRUNCATED_SLACK_S:
+            raise VideoError(src, f"truncated: the video ends after {length:.2f} s of {probe.duration:.2f} s "
+                                  f"({index} frames decoded)")
 
 
 def _open_output(av: Any, src_c: Any, fileobj: Any, dst: Path, probe: _Probe, settings: VideoSettings) -> tuple:
@@ -243,7 +274,7 @@ def _encode_loop(av: Any, out: Any, vs: Any, audio: dict, probe: _Probe, setting
                                             limited=not probe.full_range)
         planes = np.concatenate([item.luma.reshape(-1), cb.reshape(-1), cr.reshape(-1)])
         frame = av.VideoFrame.from_ndarray(planes.reshape(h * 3 // 2, w), format="yuv420p")
-        frame.pts = item.pts if item.pts is not None else item.index
+        frame.pts = item.pts
         frame.time_base = vs.codec_context.time_base
         out.mux(vs.encode(frame))
     out.mux(vs.encode(None))
@@ -267,24 +298,25 @@ def colorize_video(runner: Runner, src: str | os.PathLike[str], dst: str | os.Pa
         raise tree.UsageError(f"temporal: expected 0..{temporal.MAX_STRENGTH}, found {settings.temporal!r}")
     if not 0 <= settings.crf <= 63:
         raise tree.UsageError(f"crf: expected 0..63, found {settings.crf!r}")
+    if not src_p.exists():
+        raise VideoError(src_p, "does not exist")
     if not src_p.is_file():
-        what = file_kind(src_p.stat().st_mode) if src_p.exists() else "missing"
-        raise VideoError(src_p, f"not a regular file ({what})")
+        raise VideoError(src_p, f"not a regular file ({file_kind(src_p.stat().st_mode)})")
     if dst_p.exists() or dst_p.is_symlink():
         if not dst_p.is_file() or dst_p.is_symlink():
             raise VideoError(dst_p, f"the output path is {file_kind(dst_p.lstat().st_mode)}, not a regular file")
         if not overwrite:
             log.info("%s exists: skipped (--overwrite redoes it)", printable(os.fspath(dst_p)))
             return VideoSummary(skipped=True)
+    av = _av()
+    probe = _probe(av, src_p)
+    if probe.width % 2 or probe.height % 2:
+        raise VideoError(src_p, f"{probe.width}x{probe.height}: 4:2:0 output needs an even width and height")
     try:
         dst_p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise VideoError(dst_p.parent, f"cannot create the output folder ({_reason(e)})") from e
     tree.remove_dead_temps(dst_p.parent, {dst_p.name})
-    av = _av()
-    probe = _probe(av, src_p)
-    if probe.width % 2 or probe.height % 2:
-        raise VideoError(src_p, f"{probe.width}x{probe.height}: 4:2:0 output needs an even width and height")
     start = time.monotonic()
     try:
         fd, tmp = create_temp(dst_p)
@@ -375,6 +407,8 @@ def _run(av: Any, runner: Runner, src: Path, dst: Path, fileobj: Any, probe: _Pr
         e = errors[0]
         if isinstance(e, ColorizerError):
             raise e
+        if isinstance(e, OSError) and not isinstance(e, av.error.FFmpegError) or isinstance(e, av.error.OSError):
+            raise VideoError(dst, f"cannot write ({_reason(e)})") from e
         if isinstance(e, av.error.FFmpegError):
             raise VideoError(src, f"cannot decode or encode ({_reason(e)})") from e
         raise e

@@ -154,7 +154,8 @@ def test_scene_cut_resets_the_smoothing(colorizer, tmp_path):
     assert shots_differ > 1.0 and after_cut < 0.2 * shots_differ, (shots_differ, after_cut)
 
 
-def test_killed_run_leaves_no_partial_output_and_reruns(tiny_onnx, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_stopped_run_leaves_no_partial_output_and_reruns(tiny_onnx, tmp_path, sig):
     frames = [np.roll(scene(6, 180, 320), 3 * i, axis=1) for i in range(75)]
     src, out = tmp_path / "long.mov", tmp_path / "out"
     make_clip(src, frames)
@@ -169,9 +170,11 @@ def test_killed_run_leaves_no_partial_output_and_reruns(tiny_onnx, tmp_path):
         temps = [p for p in out.iterdir() if parse_temp_name(p.name)] if out.is_dir() else []
         time.sleep(0.05)
     assert temps, "no temp file appeared while the run was going"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=60)
     assert not dst.exists()  # never a partial output under the real name
+    if sig == signal.SIGINT:  # Ctrl-C: exit 130, and the run removes its own temp file
+        assert rc == 130 and list(out.iterdir()) == []
     r = cli(src, dst, "--model", tiny_onnx, "--size", 64)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["long.mov"]  # the dead run's temp file removed
@@ -185,7 +188,10 @@ def test_bad_files_one_line_each_exit_1(tiny_onnx, tmp_path):
     data = good.read_bytes()
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (bad / "truncated.mp4").write_bytes(data[: len(data) // 2])  # its index (at the end) is lost
+    make_clip(tmp_path / "good.mkv", [np.roll(scene(7, 64, 96), i, axis=1) for i in range(50)], audio=False)
+    data = (tmp_path / "good.mkv").read_bytes()
+    (bad / "truncated.mkv").write_bytes(data[: len(data) * 2 // 3])  # header intact, the last third lost
     (bad / "text.mp4").write_text("this is not a video\n")
     with av.open(str(bad / "sound.mp4"), "w") as out:  # audio only
         a = out.add_stream("aac", rate=8000, layout="mono")
@@ -193,14 +199,16 @@ def test_bad_files_one_line_each_exit_1(tiny_onnx, tmp_path):
         af.sample_rate = 8000
         out.mux(a.encode(af))
         out.mux(a.encode(None))
-    for name, reason in (("truncated.mp4", ""), ("text.mp4", "cannot read as a video"),
-                         ("sound.mp4", "no video stream (found: audio)")):
+    for name, reason in (("truncated.mp4", "cannot read as a video"), ("truncated.mkv", "truncated: the video ends"),
+                         ("text.mp4", "cannot read as a video"), ("sound.mp4", "no video stream (found: audio)"),
+                         ("missing.mp4", "does not exist")):
         dst = tmp_path / "out" / name
         r = cli(bad / name, dst, "--model", tiny_onnx, "--size", 64)
         assert r.returncode == 1, (name, r.stderr)
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith(f"{bad / name}: {reason}"), (name, r.stderr)
-        assert not dst.exists() and not any((tmp_path / "out").iterdir())
+        out = tmp_path / "out"
+        assert not dst.exists() and (not out.exists() or not any(out.iterdir())), list(out.iterdir())
 
 
 def test_usage_errors_exit_2(tmp_path):
