@@ -214,8 +214,24 @@ _RUN_OPTIONS = (
 )
 
 
+# How videos are written (colorize-video, and the videos inside colorize-dir's folders).
+_VIDEO_OPTIONS = (
+    click.option("--temporal", type=click.FloatRange(0.0, 0.95), default=0.7, show_default=True, metavar="STRENGTH",
+                 help="Videos: smooth the colour across frames, the weight of the past on still pixels, reset at "
+                      "scene cuts (0: every frame on its own)."),
+    click.option("--crf", type=click.IntRange(0, 51), default=17, show_default=True,
+                 help="Videos: encoder quality (H.264; VP9 for .webm), lower is better and larger."),
+)
+
+
 def _run_options(command):
     for option in reversed(_RUN_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _video_options(command):
+    for option in reversed(_VIDEO_OPTIONS):
         command = option(command)
     return command
 
@@ -224,6 +240,7 @@ def _run_options(command):
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
 @_run_options
+@_video_options
 @click.option("--jpeg-quality", type=click.IntRange(1, 100), default=95, show_default=True,
               help="Quality of JPEG (and WebP) outputs.")
 @click.option("--max-pixels", type=click.IntRange(1), default=100_000_000, show_default=True,
@@ -246,11 +263,12 @@ def _run_options(command):
 @click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
               help="--ray: CPUs reserved per actor (default: 1).")
 def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
-                 padding: str, batch_size: int, saturation: float, jpeg_quality: int, max_pixels: int, overwrite: bool,
+                 padding: str, batch_size: int, saturation: float, temporal: float, crf: int, jpeg_quality: int,
+                 max_pixels: int, overwrite: bool,
                  shard: str | None, fail_list: Path | None, threads: int | None,
                  io_threads: tuple[int, int] | None, use_ray: bool, ray_address: str | None,
                  num_workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float | None) -> None:
-    """Colorize every image under SRC into DST (mirrored tree, same names; existing outputs skipped).
+    """Colorize every image and video under SRC into DST (mirrored tree, same names; existing outputs skipped).
 
     Exit codes: 0 all done, 1 some files failed (listed on stderr), 2 usage error.
     """
@@ -286,14 +304,17 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
         padded = f", {colorizer.padding} padding" if not use_ray else ""
         click.echo(f"backend: {colorizer.describe()}{padded}" + (f", shard {shard_obj}" if shard_obj else ""))
         # A tqdm bar when stderr is a terminal, else a progress line logged every 10 s.
+        videos = {} if use_ray else {"temporal": temporal, "crf": crf}  # --ray: images only
         with reporter_for(sys.stderr, _log_progress_line) as progress:
             summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
-                                             jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress)
+                                             jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress,
+                                             **videos)
     if summary.done == 0:
-        from engine.tree import INPUT_EXTS
+        from engine.tree import INPUT_EXTS, VIDEO_SUFFIXES
 
+        exts = INPUT_EXTS if use_ray else INPUT_EXTS | VIDEO_SUFFIXES
         where = f" for shard {shard_obj}" if shard_obj else ""
-        click.echo(f"note: no images ({', '.join(sorted(INPUT_EXTS))}; hidden names ignored) found under "
+        click.echo(f"note: no images ({', '.join(sorted(exts))}; hidden names ignored) found under "
                    f"{src}{where}: nothing to do", err=True)
     click.echo(summary.line())
     sys.exit(summary.exit_code)
@@ -303,11 +324,7 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
 @_run_options
-@click.option("--temporal", type=click.FloatRange(0.0, 0.95), default=0.7, show_default=True, metavar="STRENGTH",
-              help="Smooth the colour across frames: the weight of the past on still pixels, reset at scene cuts "
-                   "(0: every frame on its own).")
-@click.option("--crf", type=click.IntRange(0, 51), default=17, show_default=True,
-              help="Encoder quality (H.264; VP9 for .webm): lower is better and larger.")
+@_video_options
 @click.option("--overwrite", is_flag=True, help="Redo the output if it exists (default: skip it).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
 def colorize_video(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,

@@ -26,6 +26,7 @@ from engine import images, pipeline, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
 from engine.pipeline import Progress, RunSummary
+from engine.progress import Tally
 from engine.stages import infer_chroma
 from engine.tree import Shard, UsageError
 
@@ -173,12 +174,8 @@ class Colorizer:
         """
         from engine import video
 
-        settings = video.VideoSettings(
-            size=self.size, batch_size=self.batch_size, saturation=self.saturation, multiple=self._multiple,
-            temporal=video.temporal.DEFAULT_STRENGTH if temporal is None else float(temporal),
-            crf=video.DEFAULT_CRF if crf is None else int(crf),
-        )
-        return video.colorize_video(self.runner, src, dst, settings, overwrite=overwrite, progress=progress)
+        return video.colorize_video(self.runner, src, dst, self._video_settings(temporal, crf), overwrite=overwrite,
+                                    progress=progress)
 
     def colorize_dir(
         self,
@@ -190,6 +187,9 @@ class Colorizer:
         jpeg_quality: int = 95,
         fail_list: str | os.PathLike[str] | None = None,
         progress: Callable[[Progress], None] | None = None,
+        videos: bool = True,
+        temporal: float | None = None,
+        crf: int | None = None,
     ) -> RunSummary:
         """Colorize every image under ``src`` into the mirrored tree ``dst``.
 
@@ -197,6 +197,9 @@ class Colorizer:
         ``shard`` ("I/N" or ``Shard``) takes a stable 1/N of the files; ``fail_list``
         receives the failed input paths, one per line. Raises ``UsageError`` for
         bad folders or options; per-file problems are counted in the summary.
+        ``videos``: video files (``engine.core.files.VIDEO_SUFFIXES``) are colorized too, after the
+        images, one at a time, with ``colorize_video``'s ``temporal`` and ``crf``, the same rules and
+        the same summary (a video counts as one file).
         """
         src_p, dst_p = tree.check_folders(src, dst)
         if isinstance(shard, str):
@@ -221,6 +224,46 @@ class Colorizer:
             multiple=self._multiple,
         )
         log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
-        return pipeline.run(
-            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path, progress=progress
+        films = list(tree.walk(src_p, dst_p, shard=shard, overwrite=overwrite, videos=True)) if videos else []
+        video_settings = self._video_settings(temporal, crf) if films else None
+        with Tally(self.runner.describe(), fail_list=fail_path, progress=progress, log=pipeline.log) as tally:
+            summary = pipeline.run(self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard,
+                                   tally=tally)
+            if films:
+                if tally.total is not None:
+                    tally.set_total(tally.total + len(films))
+                self._colorize_films(films, tally, video_settings)
+            tally.finish()
+        return summary
+
+    def _video_settings(self, temporal: float | None, crf: int | None):
+        from engine import temporal as smoothing
+        from engine import video
+
+        return video.VideoSettings(
+            size=self.size, batch_size=self.batch_size, saturation=self.saturation, multiple=self._multiple,
+            temporal=smoothing.DEFAULT_STRENGTH if temporal is None else float(temporal),
+            crf=video.DEFAULT_CRF if crf is None else int(crf),
         )
+
+    def _colorize_films(self, films: list[tree.Task], tally: Tally, settings) -> None:
+        """The video files of a folder run, one after another, counted in ``tally``."""
+        from engine import video
+
+        for task in films:
+            if task.error is not None:
+                tally.event("failed", str(task.src), task.error)
+            elif task.skip:
+                tally.event("skipped", str(task.src))
+            else:
+                try:
+                    video.colorize_video(self.runner, task.src, task.dst, settings, overwrite=True)
+                except video.VideoError as e:
+                    tally.event("failed", str(task.src), e.reason)
+                except ModuleNotFoundError as e:
+                    if e.name != "av":
+                        raise
+                    tally.event("failed", str(task.src), "needs PyAV to read videos, which is not installed: "
+                                                         "pip install '.[video]'")
+                else:
+                    tally.event("colorized", str(task.src))

@@ -22,6 +22,7 @@ exceptions; only a failing backend, a full or read-only output disk (or Ctrl-C) 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import queue
@@ -351,15 +352,22 @@ def run(
     shard: tree.Shard | None = None,
     fail_list: Path | None = None,
     progress: Callable[[Progress], None] | None = None,
+    tally: Tally | None = None,
 ) -> RunSummary:
     """Colorize every image under ``src`` into ``dst``; folders already checked by the caller.
+
+    ``tally``: count into this open ``Tally`` (its fail list and progress; ``fail_list`` and
+    ``progress`` unused) and leave it open, so that the caller can add events of its own.
 
     Starts the walker, counter, reader and writer threads, runs inference in this thread and
     reports their events here. Raises ``RunStopped`` (full or read-only disk, broken walk);
     any other exception (a failing backend, Ctrl-C) stops the threads and propagates.
     """
     sh = _Shared(settings)
-    with Tally(runner.describe(), fail_list=fail_list, progress=progress, log=log) as tally:
+    own = tally is None
+    if tally is None:
+        tally = Tally(runner.describe(), fail_list=fail_list, progress=progress, log=log)
+    with tally if own else contextlib.nullcontext(tally):
         drain = _Events(sh.events, tally)
         threads = [threading.Thread(target=_walk_stage, args=(sh, src, dst, shard, overwrite), name="walker",
                                     daemon=True)]

@@ -216,3 +216,26 @@ def test_usage_errors_exit_2(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: output") and ".webm" in r.stderr, r.stderr
     r = cli(tmp_path / "in.mp4", tmp_path / "out.mp4", "--temporal", "1.5")
     assert r.returncode == 2, r.stderr
+
+
+def test_colorize_dir_takes_videos_with_the_folder_rules(tiny_onnx, tmp_path):
+    from PIL import Image
+
+    src, dst, fails = tmp_path / "in", tmp_path / "out", tmp_path / "failed.txt"
+    (src / "reels").mkdir(parents=True)
+    Image.fromarray(scene(8, 64, 96)).save(src / "photo.jpg")
+    make_clip(src / "reels" / "a.mkv", [scene(9, 64, 96)] * 5)
+    (src / "reels" / "broken.mp4").write_text("not a video\n")
+    (src / ".hidden.mp4").write_text("ignored\n")
+    args = ["cli.py", "colorize-dir", src, dst, "--model", tiny_onnx, "--size", 64, "--fail-list", fails]
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.splitlines()[-1].startswith("2 colorized, 0 skipped, 1 failed"), r.stdout
+    bad = [ln for ln in r.stderr.splitlines() if ln.startswith(f"{src / 'reels' / 'broken.mp4'}: ")]
+    assert len(bad) == 1 and "cannot read as a video" in bad[0], r.stderr
+    assert fails.read_text().split() == [str(src / "reels" / "broken.mp4")]
+    assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*")) == ["photo.jpg", "reels", "reels/a.mkv"]
+    assert audio_packets(dst / "reels" / "a.mkv") == audio_packets(src / "reels" / "a.mkv")
+    assert len(planes(dst / "reels" / "a.mkv")[0]) == 5
+    r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stdout.splitlines()[-1].startswith("0 colorized, 2 skipped, 1 failed"), r.stdout
