@@ -163,7 +163,8 @@ def _probe(av: Any, src: Path) -> _Probe:
 
 
 def _full_range(frame: Any) -> bool:
-    return frame.format.name.startswith("yuvj") or int(frame.color_range) == _RANGE_JPEG
+    name = frame.format.name
+    return name.startswith("yuvj") or name == "gray" or int(frame.color_range) == _RANGE_JPEG
 
 
 def _luma_plane(frame: Any) -> np.ndarray:
@@ -203,13 +204,15 @@ def _decode_stage(av: Any, src: Path, probe: _Probe, settings: VideoSettings, ou
                 first, last = at if first is None else min(first, at), at if last is None else max(last, at)
                 flow.put(out_q, _Frame(index, luma, x, crop, pts), stop)
                 index += 1
-    if probe.total is not None and index < probe.total:
+    # Edit lists and rounding can drop a frame or two of what a header counts: only a clear shortfall fails.
+    if probe.total is not None and index < probe.total - max(2, round(TRUNCATED_SLACK_S / step if step else 2)):
         raise VideoError(src, f"truncated: {index} of {probe.total} frames could be decoded")
     if probe.duration is not None and first is not None and last is not None:
         length = last - first + step
         if length < probe.duration - TRUNCATED_SLACK_S:
             raise VideoError(src, f"truncated: the video ends after {length:.2f} s of {probe.duration:.2f} s "
                                   f"({index} frames decoded)")
+    flow.put(out_q, None, stop)  # the end: after the checks, so that a truncated video never completes
 
 
 def _open_output(av: Any, src_c: Any, fileobj: Any, dst: Path, probe: _Probe, settings: VideoSettings) -> tuple:
@@ -354,9 +357,6 @@ def _run(av: Any, runner: Runner, src: Path, dst: Path, fileobj: Any, probe: _Pr
             except Exception as e:  # handed to the caller's thread, which raises it
                 errors.append(e)
                 stop.set()
-            finally:
-                if target is _decode_stage and not stop.is_set():
-                    flow.put(decoded, None, stop)
         return body
 
     threads = [threading.Thread(target=guarded(_decode_stage, av, src, probe, settings, decoded, stop),
@@ -367,6 +367,7 @@ def _run(av: Any, runner: Runner, src: Path, dst: Path, fileobj: Any, probe: _Pr
         t.start()
     smoother = temporal.ChromaSmoother(settings.temporal)
     frames = 0
+    expected = probe.total or (round(probe.duration * float(probe.rate)) if probe.duration and probe.rate else None)
     try:
         pending: list[Any] = []
         ended = False
@@ -390,19 +391,21 @@ def _run(av: Any, runner: Runner, src: Path, dst: Path, fileobj: Any, probe: _Pr
             frames += len(batch)
             pending = []
             if progress is not None and batch:
-                progress(frames, probe.total, time.monotonic() - start)
+                progress(frames, expected, time.monotonic() - start)
         flow.put(composed, None, stop)
         threads[1].join()
+        complete = not errors
     except flow.Stopping:
-        pass
+        complete = False
     except BaseException:
         stop.set()
         raise
     finally:
-        if errors or not threads[1].is_alive():
-            stop.set()
+        stop.set()  # done, failed or interrupted: the threads leave their loops
         for t in threads:
             t.join()
+    if not errors and not complete:
+        raise VideoError(src, "stopped before the last frame")
     if errors:
         e = errors[0]
         if isinstance(e, ColorizerError):
