@@ -26,9 +26,12 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import BenchmarkError  # noqa: E402
 from engine.core import color, metrics  # noqa: E402
+from engine.core.errors import ColorizerError  # noqa: E402
 
 
 def shots(photo_a: Path, photo_b: Path, w: int, h: int, n: int) -> list[list[np.ndarray]]:
@@ -102,11 +105,20 @@ def within_shots(cbcr: np.ndarray, n: int) -> float:
 def run_cli(*args: object) -> str:
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"cli.py {args[0]} failed:\n{r.stderr}")
+        raise BenchmarkError(f"cli.py {args[0]} failed (exit {r.returncode}): {r.stderr.strip()}")
     return r.stdout.splitlines()[-1]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except ColorizerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("photo_a", type=Path, help="colour photo for the pan")
     ap.add_argument("photo_b", type=Path, help="colour photo for the zoom")
@@ -117,6 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    for photo in (args.photo_a, args.photo_b):
+        if not photo.is_file():
+            raise BenchmarkError(f"{photo}: expected a colour photo, found no file")
     model = ["--model", args.model] if args.model else []
     pan, zoom = shots(args.photo_a, args.photo_b, args.width, args.height, args.frames)
     truth = pan + zoom
@@ -151,4 +166,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
