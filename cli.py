@@ -147,13 +147,14 @@ def train(data, val, val_fraction, val_list, exclude, encoder, encoder_lr_mult, 
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 or newer).")
 @click.option("--temperature", type=float, default=None,
               help="Annealed-mean temperature baked into a classification head's graph.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file and its sidecar.")
 def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opset: int | None,
-           temperature: float | None) -> None:
+           temperature: float | None, force: bool) -> None:
     """Export a checkpoint to ONNX (uint8 gray in, uint8 RGB out), parity-checked."""
     from export.to_onnx import export_checkpoint
 
     side = export_checkpoint(checkpoint, out, precision=precision, opset=opset, calib_dir=calib,
-                             temperature=temperature)
+                             temperature=temperature, force=force)
     p = side["parity"]
     extra = f", INT8 PSNR vs FP32 {p['psnr_db']:.2f} dB" if "psnr_db" in p else ""
     click.echo(f"exported {out} ({precision}, opset {side['opset']}): uv max diff {p['uv_max_abs']:.3g}, "
@@ -172,7 +173,9 @@ def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opse
               help="Square H=W MIN:OPT:MAX of the profile (colorize-dir runs at --size, default 256).")
 @click.option("--workspace-gb", type=float, default=4.0, show_default=True)
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="Timing cache file (read and updated).")
-@click.option("--force", is_flag=True, help="Rebuild even if a matching engine exists.")
+@click.option("--force", is_flag=True,
+              help="Rebuild even if a matching engine exists; overwrite an --out that does not match "
+                   "(without it: reused, or an error).")
 def build_engine(onnx_path: Path, out: Path | None, precision: str, batch: str, size: str, workspace_gb: float,
                  timing_cache: Path | None, force: bool) -> None:
     """Build an FP16 TensorRT engine from an exported ONNX file (GPU servers)."""
@@ -249,6 +252,11 @@ def _video_options(command):
 @click.option("--shard", default=None, metavar="I/N", help="Take a stable 1/N of the files (0 <= I < N).")
 @click.option("--fail-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the failed input paths to this file, one per line.")
+@click.option("--log-every", type=str, default="10", show_default=True, metavar="SECONDS",
+              help="Without a terminal on stderr: a progress line (UTC time, done/total, failed, current and "
+                   "mean img/s, ETA) every SECONDS.")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="At the end, write the counts, seconds, exit code and failures (path, reason) as JSON.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
 @click.option("--io-threads", type=(click.IntRange(1), click.IntRange(1)), default=None, metavar="READERS WRITERS",
               help="Decode and encode threads (default: from the CPU count and the device).")
@@ -265,7 +273,8 @@ def _video_options(command):
 def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
                  padding: str, batch_size: int, saturation: float, temporal: float, crf: int, jpeg_quality: int,
                  max_pixels: int, overwrite: bool,
-                 shard: str | None, fail_list: Path | None, threads: int | None,
+                 shard: str | None, fail_list: Path | None, log_every: str, summary_json: Path | None,
+                 threads: int | None,
                  io_threads: tuple[int, int] | None, use_ray: bool, ray_address: str | None,
                  num_workers: int | None, gpus_per_worker: float | None, cpus_per_worker: float | None) -> None:
     """Colorize every image and video under SRC into DST (mirrored tree, same names; existing outputs skipped).
@@ -273,9 +282,12 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
     Exit codes: 0 all done, 1 some files failed (listed on stderr), 2 usage error.
     """
     from engine.api import Colorizer, Shard
-    from engine.progress import reporter_for
+    from engine.progress import check_interval, reporter_for, write_summary_json
     from engine.tree import check_folders
 
+    every = check_interval(log_every)
+    if summary_json is not None and summary_json.is_dir():
+        _fail(f"--summary-json: expected a file path, found the folder {summary_json}")
     shard_obj = Shard.parse(shard) if shard else None
     ray_options = {"--ray-address": ray_address, "--num-workers": num_workers, "--gpus-per-worker": gpus_per_worker,
                    "--cpus-per-worker": cpus_per_worker}
@@ -303,9 +315,9 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
     with make() as colorizer:
         padded = f", {colorizer.padding} padding" if not use_ray else ""
         click.echo(f"backend: {colorizer.describe()}{padded}" + (f", shard {shard_obj}" if shard_obj else ""))
-        # A tqdm bar when stderr is a terminal, else a progress line logged every 10 s.
+        # A tqdm bar when stderr is a terminal, else a progress line logged every --log-every seconds.
         videos = {} if use_ray else {"temporal": temporal, "crf": crf}  # --ray: images only
-        with reporter_for(sys.stderr, _log_progress_line) as progress:
+        with reporter_for(sys.stderr, _log_progress_line, every) as progress:
             summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
                                              jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress,
                                              **videos)
@@ -317,6 +329,8 @@ def colorize_dir(src: Path, dst: Path, model: Path | None, backend: str, device:
         click.echo(f"note: no images ({', '.join(sorted(exts))}; hidden names ignored) found under "
                    f"{src}{where}: nothing to do", err=True)
     click.echo(summary.line())
+    if summary_json is not None:
+        write_summary_json(summary_json, summary)
     sys.exit(summary.exit_code)
 
 

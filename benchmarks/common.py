@@ -155,7 +155,7 @@ def onnx_for(checkpoint: Path, precision: str, cache_dir: Path, overrides: dict[
     from export.to_onnx import export_checkpoint  # imports torch: only when an export is needed
 
     log.info("exporting %s (%s) to %s", checkpoint, precision, out)
-    export_checkpoint(checkpoint, out, precision=precision)
+    export_checkpoint(checkpoint, out, precision=precision, force=True)  # replaces a stale cached export
     return out
 
 
@@ -211,7 +211,7 @@ def plan_for(onnx_fp32: Path, sizes: list[int], batches: list[int], cache_dir: P
     digest = read_sidecar(onnx_fp32)["sha256"]
     plan = cache_dir / "engines" / f"{onnx_fp32.stem}-{digest[:16]}-fp16-b{top}-s{lo}-{hi}.plan"
     plan.parent.mkdir(parents=True, exist_ok=True)
-    build_engine(onnx_fp32, plan, precision="fp16", batch=(1, top, top), size=(lo, hi, hi))
+    build_engine(onnx_fp32, plan, precision="fp16", batch=(1, top, top), size=(lo, hi, hi), overwrite=True)
     return plan
 
 

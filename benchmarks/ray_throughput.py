@@ -125,7 +125,7 @@ def random_model(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder / "random-seed.pt", {"model_config": config.to_dict(),
                                                 "model": ColorizerNet(config).state_dict(), "step": 0})
-    export_checkpoint(folder / "random-seed.pt", out, precision="fp32")
+    export_checkpoint(folder / "random-seed.pt", out, precision="fp32", force=True)  # a stale sidecar may remain
     return out
 
 

@@ -4,7 +4,9 @@
                    the fail list and the progress callback; one implementation for the local
                    pipeline (``engine.pipeline``) and the Ray driver (``engine.ray_io``)
     reporter_for   the progress callback ``cli.py colorize-dir`` passes in: a tqdm bar on a
-                   terminal (BarReporter), else a plain line every 10 s (LineReporter)
+                   terminal (BarReporter), else a timestamped line every ``every`` seconds
+                   (LineReporter: a timer, so a slow file still gets its lines)
+    summary_record the run's outcome as strict JSON data (``--summary-json``)
 
 The reporters never pick a stream themselves: the caller (``cli.py``, the only place that
 prints) hands them the stream the bar draws on and the function that writes a line.
@@ -13,14 +15,17 @@ prints) hands them the stream the bar draws on and the function that writes a li
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import logging
+import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
 from engine.core.errors import OutputError
-from engine.core.files import path_line, printable
+from engine.core.files import path_line, printable, write_text_atomic
 from engine.tree import UsageError
 
 MAX_FAILURES_KEPT = 10_000
@@ -183,30 +188,148 @@ def progress_line(p: Progress) -> str:
     return f"{p.done}/{total} files: {p.colorized} colorized, {p.skipped} skipped, {p.failed} failed, {rate:.2f} img/s"
 
 
-class LineReporter:
-    """Progress without a terminal (logs, Slurm): ``progress_line`` through ``write``, at most every ``every`` s.
+def utc_now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
 
-    The first line comes ``every`` seconds after the reporter is made, so short runs print none.
+
+def utc_stamp(when: _dt.datetime) -> str:
+    """``2026-01-31T12:00:00Z``: ISO 8601, UTC, whole seconds."""
+    return when.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_fields(*, utc: _dt.datetime, done: int, total: int | None, failed: int, current: float, mean: float,
+                  eta_s: float | None) -> dict[str, Any]:
+    """The fields of one progress line (and of the summary JSON): rates in img/s, ETA in seconds or None."""
+    return {"utc": utc_stamp(utc), "done": done, "total": total, "failed": failed,
+            "current_img_per_s": round(current, 3), "mean_img_per_s": round(mean, 3),
+            "eta_s": None if eta_s is None else round(eta_s, 1)}
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def log_line(f: dict[str, Any]) -> str:
+    """``UTC done/total done, F failed, C img/s now, M img/s mean, ETA H:MM:SS`` (``?`` where unknown)."""
+    total = f["total"] if f["total"] is not None else "?"
+    return (f"{f['utc']} {f['done']}/{total} done, {f['failed']} failed, {f['current_img_per_s']:.2f} img/s now, "
+            f"{f['mean_img_per_s']:.2f} img/s mean, ETA {format_eta(f['eta_s'])}")
+
+
+def check_interval(seconds: float) -> float:
+    """A ``--log-every`` value: a finite number of seconds > 0 (``UsageError`` otherwise)."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        raise UsageError(f"--log-every: expected a number of seconds > 0, found {seconds!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"--log-every: expected a number of seconds > 0, found {seconds!r}")
+    return value
+
+
+class LineReporter:
+    """Progress without a terminal (logs, Slurm): a ``log_line`` through ``write`` every ``every`` seconds.
+
+    A timer thread writes the lines, so they keep coming while one slow file (or the model's first
+    batch) is in flight; events only record the latest counts. The first line comes ``every``
+    seconds after the reporter is made, so short runs print none. "now" is the img/s since the
+    previous line, "mean" since the start; the ETA is the files left at the mean files/s.
+    ``clock`` and ``now`` are injectable and ``timer=False`` leaves the timing to ``tick()`` (tests).
     """
 
     def __init__(self, write: Callable[[str], None], every: float = LINE_EVERY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.write, self.every, self.clock = write, every, clock
-        self.last = clock()
+                 clock: Callable[[], float] = time.monotonic, *, now: Callable[[], _dt.datetime] = utc_now,
+                 timer: bool = True) -> None:
+        self.write, self.every, self.clock, self.now = write, check_interval(every), clock, now
+        self.t0 = self.last = clock()
+        self._last_colorized = 0
+        self.latest: Progress | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if timer:
+            self._thread = threading.Thread(target=self._run, name="progress-lines", daemon=True)
+            self._thread.start()
 
     def __call__(self, p: Progress) -> None:
-        if self.clock() - self.last >= self.every:
-            self.last = self.clock()
-            self.write(progress_line(p))
+        with self._lock:
+            self.latest = p
+        self.tick()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(self.every, 1.0)):
+            self.tick()
+
+    def tick(self) -> None:
+        """Write a line if ``every`` seconds have passed since the previous one."""
+        with self._lock:
+            t = self.clock()
+            if t - self.last < self.every:
+                return
+            self.write(log_line(self._fields(t)))
+            self.last = t
+            self._last_colorized = self.latest.colorized if self.latest else 0
+
+    def _fields(self, t: float) -> dict[str, Any]:
+        p = self.latest
+        colorized, done, failed, total = (p.colorized, p.done, p.failed, p.total) if p else (0, 0, 0, None)
+        elapsed, since = t - self.t0, t - self.last
+        mean = colorized / elapsed if elapsed > 0 else 0.0
+        current = (colorized - self._last_colorized) / since if since > 0 else 0.0
+        eta = None
+        if total is not None and done > 0 and elapsed > 0:
+            eta = max(0, total - done) / (done / elapsed)
+        return status_fields(utc=self.now(), done=done, total=total, failed=failed, current=current, mean=mean,
+                             eta_s=eta)
 
     def close(self) -> None:
-        pass
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
     def __enter__(self) -> "LineReporter":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def summary_record(summary: RunSummary, *, total: int | None = None,
+                   now: Callable[[], _dt.datetime] = utc_now) -> dict[str, Any]:
+    """``--summary-json``: the progress line's fields at the end, the counts, the time, the exit code and the
+    failures (path shown with ``printable``: undecodable name bytes as ``\\xHH``, never a crash)."""
+    s = summary
+    mean = s.images_per_second
+    seconds = s.seconds if math.isfinite(s.seconds) else 0.0
+    return {
+        **status_fields(utc=now(), done=s.done, total=s.done if total is None else total, failed=s.failed,
+                        current=mean, mean=mean, eta_s=0.0),
+        "colorized": s.colorized,
+        "skipped": s.skipped,
+        "seconds": round(seconds, 3),
+        "exit_code": s.exit_code,
+        "backend": printable(s.backend),
+        "failures": [{"path": printable(str(path)), "reason": printable(str(reason))} for path, reason in s.failures],
+        "failures_listed": len(s.failures),
+    }
+
+
+def write_summary_json(path: str | Path, summary: RunSummary, *, total: int | None = None,
+                       now: Callable[[], _dt.datetime] = utc_now) -> dict[str, Any]:
+    """Write ``summary_record`` as strict JSON (no NaN/Infinity) atomically; ``OutputError`` when it cannot."""
+    import json
+
+    record = summary_record(summary, total=total, now=now)
+    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
+    try:
+        write_text_atomic(path, text)
+    except OSError as e:
+        raise OutputError(f"--summary-json {printable(str(path))}: cannot write ({e.strerror or e})") from e
+    return record
 
 
 class BarReporter:
@@ -257,5 +380,6 @@ class BarReporter:
 
 def reporter_for(stream: IO[str], write_line: Callable[[str], None],
                  every: float = LINE_EVERY_S) -> BarReporter | LineReporter:
+    every = check_interval(every)
     """A ``BarReporter`` on ``stream`` when it is a terminal, else a ``LineReporter`` writing with ``write_line``."""
     return BarReporter(stream) if stream.isatty() else LineReporter(write_line, every)

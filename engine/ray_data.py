@@ -383,8 +383,10 @@ def check_model(model: str | os.PathLike[str] | None, backend: str) -> str | Non
 
     path = None if model is None else os.path.abspath(os.path.expanduser(os.fspath(model)))
     kind, resolved = resolve_model(path, backend, device="cpu" if backend != "trt" else None)
-    if kind in ("ort", "trt"):
-        contract.read_sidecar(resolved)
+    if kind == "ort":
+        contract.read_contract(resolved)  # the sidecar, else the contract stamped in the ONNX file
+    elif kind == "trt" and contract.sidecar_path(resolved).is_file():
+        contract.read_sidecar(resolved)  # without one, the engine's own I/O is checked when it loads
     return path
 
 

@@ -20,24 +20,33 @@ Keys of an ONNX sidecar (``MODEL.json``):
     exporter        versions: torch, onnx, onnxruntime, onnxscript, onnxconverter_common,
                     python, and the exporter used ("torch.onnx.export(dynamo=True)")
     created_utc     ISO 8601 time of the export
+
+The same content less ``sha256`` is stamped into the ONNX file itself (``stamp_contract``:
+``metadata_props`` key ``engine.core.contract.METADATA_KEY``, a JSON value), so the file
+runs without its sidecar; ``restamp_onnx`` does it for an existing export.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import platform
 from pathlib import Path
 from typing import Any
 
-from engine.core import color
+from engine.core import color, files
 from engine.core.contract import (
     INPUT_DTYPE,
     INPUT_NAME,
+    METADATA_KEY,
     OUTPUT_DTYPES,
     OUTPUT_RGB,
     OUTPUT_UV,
     SIDECAR_FORMAT,
     SIZE_MULTIPLE,
+    embedded_contract,
+    read_sidecar,
     sha256_file,
     sidecar_path,
     write_json_atomic,
@@ -89,12 +98,14 @@ def onnx_sidecar(
     precision_info: dict[str, Any],
     checkpoint: dict[str, Any],
     size_multiple: int = 1,
+    sha256: str | None = None,
 ) -> dict[str, Any]:
+    """The sidecar of ``onnx_path`` (``sha256``: of the file as it will be written; default: as it is)."""
     inputs, outputs = io_spec(size_multiple)
     return {
         "format": SIDECAR_FORMAT,
         "artifact": {"file": onnx_path.name, "kind": "onnx"},
-        "sha256": sha256_file(onnx_path),
+        "sha256": sha256_file(onnx_path) if sha256 is None else sha256,
         "precision": precision,
         "opset": opset,
         "model_config": model_config,
@@ -114,3 +125,35 @@ def write_sidecar(artifact: Path, data: dict[str, Any]) -> Path:
     side = sidecar_path(artifact)
     write_json_atomic(side, data)
     return side
+
+
+def stamp_contract(model: Any, data: dict[str, Any]) -> None:
+    """Put ``data`` (a sidecar dict; its ``sha256`` left out) into ``model.metadata_props`` under
+    ``METADATA_KEY``, replacing an earlier stamp; other metadata entries are kept."""
+    value = json.dumps(embedded_contract(data), sort_keys=True, separators=(",", ":"))
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    for key, val in [*kept, (METADATA_KEY, value)]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, val
+
+
+def stamped_bytes(model: Any, data: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """``model`` serialized with ``data`` stamped in, and ``data`` with the sha256 of those bytes."""
+    stamp_contract(model, data)
+    blob = model.SerializeToString()
+    return blob, {**data, "sha256": hashlib.sha256(blob).hexdigest()}
+
+
+def restamp_onnx(path: Path) -> tuple[str, str]:
+    """Stamp an existing export's sidecar into its ONNX file (graph and weights untouched) and rewrite the
+    sidecar's ``sha256``; returns (old sha256, new sha256). The sidecar must match the file first."""
+    import onnx
+
+    path = Path(path)
+    old = read_sidecar(path)  # ArtifactError when missing or stale
+    model = onnx.load(str(path), load_external_data=False)
+    blob, new = stamped_bytes(model, old)
+    files.write_bytes_atomic(path, blob)
+    write_sidecar(path, new)
+    return old["sha256"], new["sha256"]

@@ -6,9 +6,11 @@ Runtime's layouts (every precision: fixed-factor resizes and the head's pool;
 FP32: the annealed mean made channels-last too; ``export.rewrites``), converts
 it to the requested precision, writes it to a temp file beside ``out`` and
 checks it: ``onnx.checker`` (full), ONNX Runtime vs the PyTorch graph on fixed inputs
-(``export.parity``), and for INT8 the held-out PSNR gate. Only then is the file
-renamed to ``out`` and the sidecar written; on any failure nothing is left at
-``out`` (an older file there stays untouched) and an ``ExportError`` says why.
+(``export.parity``), and for INT8 the held-out PSNR gate. Only then is the graph
+written to ``out`` (atomically, the sidecar's content stamped into its metadata) and
+the sidecar beside it; on any failure nothing is left at ``out`` (an older file there
+stays untouched) and an ``ExportError`` says why.
+An existing ``out`` or sidecar is replaced only with ``force`` (checked before any work).
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ def export_checkpoint(
     temperature: float | None = None,
     tolerance: dict[str, Any] | None = None,
     reduce_range: bool | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` to ``out`` (.onnx) and write ``out``'s sidecar; returns the sidecar dict.
+
+    ``force``: replace an existing ``out`` and sidecar (otherwise ``ExportError`` before any work).
 
     ``tolerance`` overrides ``export.parity.TOLERANCES[precision]`` (tests use it to
     force a failure). ``temperature`` sets the annealed-mean temperature of a
@@ -60,7 +65,7 @@ def export_checkpoint(
         raise ExportError(f"precision: expected one of {list(PRECISIONS)}, found {precision!r}")
     opset = _check_opset(opset)
     out = Path(out)
-    tmp = _prepare_out(out)
+    tmp = _prepare_out(out, force)
     gate = dict(parity.TOLERANCES[precision] if tolerance is None else tolerance)
 
     calib_images: list[Path] = []
@@ -134,12 +139,18 @@ def _check_opset(opset: int | None) -> int | None:
     return int(opset)
 
 
-def _prepare_out(out: Path) -> Path:
-    """Check ``out`` can be written (creating its folder) and return the temp path beside it."""
+def _prepare_out(out: Path, force: bool = False) -> Path:
+    """Check ``out`` can be written (creating its folder; existing files only with ``force``) and return
+    the temp path beside it."""
     if out.suffix != ".onnx":
         raise ExportError(f"--out: expected a path ending in .onnx, found {out}")
     if out.is_dir():
         raise ExportError(f"--out: expected a file path, found the folder {out}")
+    if not force:
+        existing = [p for p in (out, sidecar_path(out)) if os.path.lexists(p)]
+        if existing:
+            raise ExportError(f"--out: {' and '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''}; "
+                              f"pass --force to overwrite")
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.onnx")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -291,15 +302,21 @@ def _check_io(model: Any) -> None:
 
 
 def _publish(tmp: Path, out: Path, **fields: Any) -> dict[str, Any]:
-    """Rename the checked file into place, then write its sidecar (removing the file if that fails)."""
+    """Write the checked graph to ``out`` with its contract stamped in (``export.sidecar.stamp_contract``),
+    then its sidecar (removing the model if that fails)."""
     import onnx
 
-    from export.sidecar import onnx_sidecar, write_sidecar
+    from engine.core import files
+    from export.sidecar import onnx_sidecar, stamped_bytes, write_sidecar
 
-    opset = next((o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import if o.domain in ("", "ai.onnx")), None)
-    os.replace(tmp, out)
+    model = onnx.load(str(tmp), load_external_data=False)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    blob, data = stamped_bytes(model, onnx_sidecar(out, opset=opset, sha256="", **fields))
     try:
-        data = onnx_sidecar(out, opset=opset, **fields)
+        files.write_bytes_atomic(out, blob)
+    except OSError as e:
+        raise ExportError(f"cannot write {out} ({e.strerror or e})") from e
+    try:
         write_sidecar(out, data)
     except OSError as e:
         out.unlink(missing_ok=True)

@@ -16,7 +16,8 @@ gets ``count_include_pad=0``, the same result in ONNX, unambiguous in TensorRT
 
 Engine cache: if ``out`` exists and its sidecar's ``cache_key`` (source ONNX
 sha256, precision, profile, TensorRT version, GPU name, compute capability, TF32 off)
-matches, and the plan's sha256 matches, it is reused unless ``force``.
+matches, and the plan's sha256 matches, it is reused unless ``force``. Any other existing
+plan or plan sidecar is replaced only with ``force`` (or ``overwrite``), else ``ExportError``.
 
 Verification runs the built plan through the engine's own TensorRT runner
 (``engine.backends.trt.TrtRunner.from_plan``, cuda-python buffers and stream) and
@@ -45,6 +46,7 @@ from engine.core.contract import (
     OUTPUT_RGB,
     OUTPUT_UV,
     SIZE_MULTIPLE,
+    read_contract,
     read_sidecar,
     sha256_file,
     sidecar_path,
@@ -147,14 +149,20 @@ def build_engine(
     timing_cache: str | os.PathLike[str] | None = None,
     force: bool = False,
     verify: bool = True,
+    overwrite: bool | None = None,
 ) -> dict[str, Any]:
-    """Build (or reuse) a TensorRT engine for ``onnx_path``; returns the engine sidecar dict."""
+    """Build (or reuse) a TensorRT engine for ``onnx_path``; returns the engine sidecar dict.
+
+    ``force``: rebuild even when ``out`` matches, and replace it. ``overwrite`` (default: ``force``):
+    replace an ``out`` that does not match; otherwise such a file is an ``ExportError``.
+    """
     onnx_path, out = Path(onnx_path), Path(out)
+    overwrite = force if overwrite is None else overwrite
     if precision not in PRECISIONS:
         raise ExportError(f"--precision: expected one of {list(PRECISIONS)}, found {precision!r}")
     if not workspace_gb > 0:
         raise ExportError(f"--workspace-gb: expected > 0, found {workspace_gb}")
-    meta = read_sidecar(onnx_path)  # ArtifactError if missing or changed since export
+    meta = read_contract(onnx_path)  # sidecar or stamped contract; ArtifactError if missing or changed since export
     src_precision = meta.get("precision")
     if src_precision not in ("fp32", "fp16") or (precision == "fp32" and src_precision != "fp32"):
         raise ExportError(
@@ -185,6 +193,11 @@ def build_engine(
         if cached is not None:
             log.info("reusing %s: same ONNX, precision, profile, TensorRT and GPU (--force rebuilds)", out)
             return cached
+    if not overwrite:
+        existing = [p for p in (out, sidecar_path(out)) if os.path.lexists(p)]
+        if existing:
+            raise ExportError(f"--out: {' and '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''} "
+                              f"and {'does' if len(existing) == 1 else 'do'} not match this build; pass --force to overwrite")
 
     with tempfile.TemporaryDirectory(prefix="colorizer-trt-") as work:
         source, conversion = _source_onnx(onnx_path, src_precision, precision, Path(work))

@@ -106,3 +106,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path):
+    """An empty folder nobody can write into: permission bits for a user, a read-only bind mount for root.
+
+    CI runs as root, where permission bits do not bite; skips where neither works.
+    """
+    import os
+    import subprocess
+
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    if os.geteuid() != 0:
+        ro.chmod(0o500)
+        yield ro
+        ro.chmod(0o700)
+        return
+    if subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)], capture_output=True).returncode:
+        pytest.skip("needs a read-only bind mount (mount refused)")
+    try:
+        yield ro
+    finally:
+        subprocess.run(["umount", str(ro)], check=True)

@@ -29,6 +29,9 @@ def test_sidecar_matches_artifact(artifact):
     assert meta["sha256"] == sha256_file(artifact)
     assert [i["name"] for i in meta["inputs"]] == ["gray"]
     assert [o["name"] for o in meta["outputs"]] == ["rgb", "uv"]
+    from engine.core.contract import contract_in_onnx
+
+    assert contract_in_onnx(artifact) == {k: v for k, v in meta.items() if k != "sha256"}  # runs without its sidecar
 
 
 def test_checkpoint_loads_and_reexports_to_the_bundled_outputs(tmp_path):

@@ -37,3 +37,15 @@ def test_version_names_the_package_and_runtimes():
     from engine import __version__
 
     assert r.stdout.startswith(f"colorizer {__version__} (Python ") and "onnxruntime" in r.stdout
+
+
+@pytest.mark.parametrize("blocked", ["torch", "onnx"])
+def test_export_without_torch_or_onnx_names_the_train_extra(tmp_path, blocked):
+    code = RUN.replace("sys.modules['torch'] = None", f"sys.modules[{blocked!r}] = None").format(
+        root=str(ROOT), args=["export", "--checkpoint", "models/colorizer.pt", "--out", f"{tmp_path}/m.onnx"])
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: export needs {blocked}, which is not installed: "
+                                                     f"pip install '.[train]'"), r.stderr
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,10 +1,15 @@
 """ONNX Runtime backend: an exported ``.onnx`` + sidecar on CPU, CUDA or TensorRT execution providers.
 
-Providers: with ``device=None`` the best that ``onnxruntime.get_available_providers()``
-offers (TensorRT EP, then CUDA EP, then CPU); ``device="cpu"`` forces the CPU;
-``device="cuda:K"`` requires a GPU provider. After the session is created,
-``session.get_providers()`` says what really runs (``onnxruntime-gpu`` silently
-falls back to the CPU without a usable GPU), and that is what ``describe()`` reports.
+Providers (``choose_providers``, a pure function of the available providers, the device,
+the CUDA device count and the cache folder): with ``device=None`` the best that
+``onnxruntime.get_available_providers()`` offers, TensorRT EP, then CUDA EP, then CPU, each
+skipped one logged with the reason; no CUDA device: the CPU directly; ``device="cpu"``
+forces the CPU; ``device="cuda:K"`` requires a GPU provider. The TensorRT EP gets FP16
+(``trt_fp16_enable``), an engine cache and a timing cache (``trt_engine_cache_*``,
+``trt_timing_cache_*``) in ``trt_cache_dir``: ``$COLORIZER_TRT_CACHE``, else ``trt-cache/``
+beside the model when that can be written, else the user cache folder. After the session
+is created, ``session.get_providers()`` says what really runs (``onnxruntime-gpu`` falls back
+when a provider cannot start; that is logged), and that is what ``describe()`` reports.
 
 CPU settings: intra-op threads = physical cores, graph optimization ALL, sequential execution,
 ONNX Runtime's CPU memory arena on. With calls of about one image (``Runner.cpu_pixels_per_call``)
@@ -24,12 +29,13 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from engine.core import contract
 from engine.backends.base import BackendError, Runner, check_sidecar_io
+from engine.core import hardware
 from engine.core.hardware import parse_device, physical_cores
 from engine.core.errors import BackendUnavailable
 
@@ -58,9 +64,94 @@ def available_providers() -> list[str]:
         return []
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+TRT_CACHE_ENV = "COLORIZER_TRT_CACHE"
+TRT_CACHE_NAME = "trt-cache"  # the folder beside the model (git-ignored)
+
+
+def _user_cache_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "colorizer" / "ort-trt"
+
+
+def _can_write(folder: Path) -> bool:
+    """Whether ``folder`` can be written, or made in a parent that can (nearest existing ancestor)."""
+    p = folder
+    while not p.exists():
+        if p.parent == p:
+            return False
+        p = p.parent
+    return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
+
+
+def trt_cache_dir(model: Path, env: Mapping[str, str] | None = None,
+                  can_write: Callable[[Path], bool] = _can_write) -> Path:
+    """Engine and timing cache folder of the TensorRT EP: ``$COLORIZER_TRT_CACHE``, else ``trt-cache/``
+    beside ``model`` when it can be written, else the user cache folder."""
+    env = os.environ if env is None else env
+    if env.get(TRT_CACHE_ENV):
+        return Path(env[TRT_CACHE_ENV]).expanduser()
+    beside = Path(model).resolve().parent / TRT_CACHE_NAME
+    return beside if can_write(beside) else _user_cache_dir(env)
+
+
+def choose_providers(
+    available: list[str],
+    *,
+    device: str | None,
+    cuda_devices: int,
+    cache_dir: Path | None,
+    fp16: bool = True,
+    use_tensorrt_ep: bool = True,
+    profile: dict[str, str] | None = None,
+) -> tuple[list[Any], list[str]]:
+    """The ``providers`` argument of ``InferenceSession`` and why each better provider was left out.
+
+    ``available``: ``onnxruntime.get_available_providers()``; ``cuda_devices``: the driver's count;
+    ``cache_dir``: the TensorRT EP's cache folder (None: none can be written, so no TensorRT EP);
+    ``profile``: ``trt_profile_{min,opt,max}_shapes`` options. ``BackendUnavailable`` when
+    ``device`` is ``cuda[:K]`` and no GPU provider can run.
+    """
+    kind, index = parse_device(device)  # None -> ("cpu", 0): no device asked for
+    if kind == "cpu" and device is not None:
+        return [CPU_EP], []
+    reasons: list[str] = []
+    chosen: list[Any] = []
+    if kind == "cuda" and not any(p in GPU_EPS for p in available):
+        raise BackendUnavailable(
+            f"ort backend: --device {device} needs onnxruntime-gpu (this onnxruntime offers {available}); "
+            f"pip uninstall onnxruntime && pip install onnxruntime-gpu"
+        )
+    if cuda_devices == 0:
+        if kind == "cuda":
+            raise BackendUnavailable(f"ort backend: --device {device}, but the NVIDIA driver reports no CUDA device")
+        if any(p in GPU_EPS for p in available):
+            reasons.append("no CUDA device: running on the CPU")
+        return [CPU_EP], reasons
+    if not use_tensorrt_ep:
+        reasons.append("TensorRT EP not wanted")
+    elif TRT_EP not in available:
+        reasons.append(f"TensorRT EP not in this onnxruntime ({', '.join(available)})")
+    elif cache_dir is None:
+        reasons.append("TensorRT EP skipped: no writable folder for its engine cache")
+    else:
+        opts: dict[str, Any] = {
+            "device_id": str(index),
+            "trt_fp16_enable": "True" if fp16 else "False",
+            "trt_engine_cache_enable": "True",
+            "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": "True",
+            "trt_timing_cache_path": str(cache_dir),
+            **(profile or {}),
+        }
+        chosen.append((TRT_EP, opts))
+    if CUDA_EP in available:
+        chosen.append((CUDA_EP, {"device_id": str(index)}))
+    else:
+        reasons.append(f"CUDA EP not in this onnxruntime ({', '.join(available)})")
+    if kind == "cuda" and not chosen:  # only the TensorRT EP, and it has no cache folder
+        raise BackendUnavailable(f"ort backend: --device {device}: no GPU provider can run ({'; '.join(reasons)})")
+    chosen.append(CPU_EP)
+    return chosen, reasons
 
 
 class OrtRunner(Runner):
@@ -94,18 +185,19 @@ class OrtRunner(Runner):
         self.streams = streams
         self._stream_sessions: list[Any] = []  # CPU: one-thread sessions for the calls of a batch
         self._pool: ThreadPoolExecutor | None = None
+        self._asked: list[str] = []  # the providers asked for, best first
 
     # ------------------------------------------------------------------ lifecycle
     def _activate(self) -> None:
         ort = _ort()
         if self.model.suffix.lower() != ".onnx":
             raise BackendError(f"ort backend: expected an .onnx model, found {self.model.name}")
-        self.meta = contract.read_sidecar(self.model)
+        self.meta = contract.read_contract(self.model)  # the sidecar, else the contract stamped in the file
         check_sidecar_io(self.meta, self.model)
         self.size_multiple = contract.size_multiple(self.meta, self.model)
         kind, index = parse_device(self.device)
         available = list(ort.get_available_providers())
-        providers = self._providers(kind, index, available)
+        providers = self._providers(available)
 
         self._threads = int(self.threads or physical_cores())
         self.session = self._session(ort, providers, self._threads)
@@ -117,8 +209,9 @@ class OrtRunner(Runner):
                 f"ort backend: --device {self.device} asked for a GPU but ONNX Runtime runs on {self.providers}; "
                 f"check the CUDA/cuDNN libraries that onnxruntime-gpu needs"
             )
-        if kind != "cuda" and self.device is None and any(p in GPU_EPS for p in available) and self.providers[0] == CPU_EP:
-            log.warning("ort: a GPU provider is installed but the session fell back to the CPU (%s)", self.providers)
+        if self._asked and self.providers and self._asked[0] != self.providers[0]:
+            log.warning("ort: %s could not start (ONNX Runtime's log says why); running on %s", self._asked[0],
+                        self.providers[0])
         streams = self.streams if self.streams is not None else self._threads
         if self.providers[0] == CPU_EP and streams > 1:
             per = max(1, self._threads // streams)
@@ -140,36 +233,31 @@ class OrtRunner(Runner):
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types (not RuntimeError)
             raise BackendError(f"{self.model}: ONNX Runtime cannot load it ({type(e).__name__}: {e})") from e
 
-    def _providers(self, kind: str, index: int, available: list[str]) -> list[Any]:
-        if kind == "cpu" and self.device is not None:
-            return [CPU_EP]
-        chosen: list[Any] = []
-        if self.use_tensorrt_ep and TRT_EP in available:
-            cache = _cache_dir()
-            opts: dict[str, Any] = {
-                "device_id": index,
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache),
-            }
-            if self.size and self.batch_size:
-                s, b = contract.round_up(self.size, self.size_multiple), int(self.batch_size)
-                opts["trt_profile_min_shapes"] = f"{contract.INPUT_NAME}:1x1x{s}x{s}"
-                opts["trt_profile_opt_shapes"] = f"{contract.INPUT_NAME}:{b}x1x{s}x{s}"
-                opts["trt_profile_max_shapes"] = f"{contract.INPUT_NAME}:{b}x1x{s}x{s}"
+    def _providers(self, available: list[str]) -> list[Any]:
+        """``choose_providers`` for this runner; the TensorRT EP's cache folder is made here."""
+        cache: Path | None = None
+        profile = None
+        forced_cpu = self.device is not None and parse_device(self.device)[0] == "cpu"
+        gpus = 0 if forced_cpu or not any(p in GPU_EPS for p in available) else hardware.cuda_device_count()
+        if gpus and self.use_tensorrt_ep and TRT_EP in available:
+            cache = trt_cache_dir(self.model)
             try:
                 cache.mkdir(parents=True, exist_ok=True)
-                chosen.append((TRT_EP, opts))
-            except OSError:
-                log.debug("ort: no writable cache at %s, skipping the TensorRT EP", cache)
-        if CUDA_EP in available:
-            chosen.append((CUDA_EP, {"device_id": index}))
-        if kind == "cuda" and not chosen:
-            raise BackendUnavailable(
-                f"ort backend: --device {self.device} needs onnxruntime-gpu (this onnxruntime offers {available}); "
-                f"pip uninstall onnxruntime && pip install onnxruntime-gpu"
-            )
-        chosen.append(CPU_EP)
-        return chosen
+            except OSError as e:
+                log.info("ort: cannot make the TensorRT cache folder %s (%s)", cache, e.strerror or e)
+                cache = None
+            if self.size and self.batch_size:
+                s, b = contract.round_up(self.size, self.size_multiple), int(self.batch_size)
+                profile = {"trt_profile_min_shapes": f"{contract.INPUT_NAME}:1x1x{s}x{s}",
+                           "trt_profile_opt_shapes": f"{contract.INPUT_NAME}:{b}x1x{s}x{s}",
+                           "trt_profile_max_shapes": f"{contract.INPUT_NAME}:{b}x1x{s}x{s}"}
+        providers, reasons = choose_providers(available, device=self.device, cuda_devices=gpus, cache_dir=cache,
+                                              fp16=self.meta.get("precision") != "int8",
+                                              use_tensorrt_ep=self.use_tensorrt_ep, profile=profile)
+        for reason in reasons:
+            log.info("ort: %s", reason)
+        self._asked = [p if isinstance(p, str) else p[0] for p in providers]
+        return providers
 
     def _check_io(self) -> None:
         ins = {i.name: i for i in self.session.get_inputs()}

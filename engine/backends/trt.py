@@ -14,6 +14,11 @@ host<->device copies are ``cudaMemcpyAsync`` on the same stream, one
 ``cudaStreamSynchronize`` per batch. Decode and encode run in other threads
 meanwhile (the CUDA and TensorRT calls release the GIL).
 
+Without a sidecar: a plan is accepted when its own I/O tensors (``num_io_tensors``,
+``get_tensor_name``, ``get_tensor_dtype``, ``get_tensor_shape``) are the contract's
+(``engine.core.contract.engine_io_problems``), with a note; the size multiple then comes
+from the ONNX file of the same name when there is one (its sidecar or stamped contract), else 1.
+
 Safety: a CUDA device is looked for through the driver *before* ``tensorrt``
 is imported (its runtime can crash a process that has no GPU).
 
@@ -73,6 +78,20 @@ def trt_available() -> bool:
     except BackendUnavailable:
         return False
     return True
+
+
+def engine_tensors(trt: Any, engine: Any) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, NumPy dtype name, shape with -1 for dynamic dims) of each I/O tensor of a deserialized engine."""
+    out = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        dt = engine.get_tensor_dtype(name)
+        try:
+            dtype = np.dtype(trt.nptype(dt)).name
+        except TypeError:  # bf16 / fp8 / int4 have no NumPy type
+            dtype = str(dt)
+        out.append((name, dtype, tuple(int(d) for d in engine.get_tensor_shape(name))))
+    return out
 
 
 class _Buffer:
@@ -151,10 +170,16 @@ class TrtRunner(Runner):
         kind, index = parse_device(self.device)
         if kind != "cuda":
             raise BackendError(f"trt backend runs on a GPU: expected --device cuda[:K], found {self.device!r}")
+        self._no_sidecar = False
         if self._plan is None:
-            self.meta = contract.read_sidecar(self.model)
-            check_sidecar_io(self.meta, self.model)
-            self.size_multiple = contract.size_multiple(self.meta, self.model)
+            if not self.model.is_file():
+                raise ArtifactError(f"{self.model}: model file not found")
+            if contract.sidecar_path(self.model).is_file():
+                self.meta = contract.read_sidecar(self.model)
+                check_sidecar_io(self.meta, self.model)
+                self.size_multiple = contract.size_multiple(self.meta, self.model)
+            else:
+                self._no_sidecar = True  # the engine's own I/O is checked once it is deserialized
         n = hardware.cuda_device_count()
         if n == 0:
             raise BackendUnavailable(
@@ -180,6 +205,8 @@ class TrtRunner(Runner):
                 f"GPU model: rebuild it here with build-engine"
             )
         self._engine = engine
+        if self._no_sidecar:
+            self._accept_without_sidecar(trt, engine)
         self._check_io(trt, engine)
         self._context = engine.create_execution_context()
         if self._context is None:
@@ -189,6 +216,26 @@ class TrtRunner(Runner):
         if props[0] == cudart.cudaError_t.cudaSuccess:
             name = props[1].name
             self._gpu = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00")
+
+    def _accept_without_sidecar(self, trt: Any, engine: Any) -> None:
+        """No sidecar: the engine's own I/O tensors must be the contract's (ArtifactError otherwise)."""
+        tensors = engine_tensors(trt, engine)
+        problems = contract.engine_io_problems(tensors)
+        side = contract.sidecar_path(self.model).name
+        if problems:
+            raise ArtifactError(f"{self.model}: no sidecar {side}, and the engine's I/O is not the contract's "
+                                f"({'; '.join(problems)}); rebuild it with build-engine")
+        onnx = self.model.with_suffix(".onnx")
+        source = "1 (no ONNX file of the same name)"
+        if onnx.is_file():
+            try:
+                meta = contract.read_contract(onnx, verify_sha256=False)
+                self.size_multiple = contract.size_multiple(meta, onnx)
+                source = f"{self.size_multiple} from {onnx.name}"
+            except ArtifactError as e:
+                source = f"1 ({onnx.name}: {e})"
+        log.info("note: %s has no sidecar %s; its I/O tensors match the contract (%s); size multiple %s",
+                 self.model, side, ", ".join(f"{n} {d} {list(s)}" for n, d, s in tensors), source)
 
     def _check_io(self, trt: Any, engine: Any) -> None:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]

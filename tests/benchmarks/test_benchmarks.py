@@ -220,7 +220,8 @@ def test_tensorrt_engines_are_built_into_the_cache(tiny_onnx, tmp_path, monkeypa
     digest = read_sidecar(tiny_onnx)["sha256"][:16]
     assert plan == tmp_path / "cache" / "engines" / f"{tiny_onnx.stem}-{digest}-fp16-b32-s64-224.plan"
     assert plan.parent.is_dir() and not any(tiny_onnx.parent.glob("*.plan"))
-    assert built == [(tiny_onnx, plan, {"precision": "fp16", "batch": (1, 32, 32), "size": (64, 224, 224)})]
+    assert built == [(tiny_onnx, plan, {"precision": "fp16", "batch": (1, 32, 32), "size": (64, 224, 224),
+                                        "overwrite": True})]  # a stale engine in the cache is replaced
 
 
 def test_missing_default_model_is_a_clear_usage_error(monkeypatch, tmp_path, capsys):

@@ -401,3 +401,67 @@ def test_size_multiple_from_the_sidecar(tmp_path):
         with pytest.raises(ArtifactError, match=r"m\.json: input size_multiple: expected an integer in 1\.\.1024"):
             contract.size_multiple({"inputs": [{"name": "gray", "size_multiple": bad}]}, art)
     assert [contract.round_up(s, 8) for s in (1, 8, 9, 224, 250)] == [8, 8, 16, 224, 256]
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime providers
+
+_ALL = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_providers_tensorrt_ep_with_fp16_and_caches(tmp_path):
+    from engine.backends.ort import choose_providers
+
+    providers, reasons = choose_providers(_ALL, device=None, cuda_devices=2, cache_dir=tmp_path)
+    assert providers == [
+        ("TensorrtExecutionProvider", {"device_id": "0", "trt_fp16_enable": "True",
+                                       "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(tmp_path),
+                                       "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(tmp_path)}),
+        ("CUDAExecutionProvider", {"device_id": "0"}),
+        "CPUExecutionProvider",
+    ] and reasons == []
+    providers, _ = choose_providers(_ALL, device="cuda:1", cuda_devices=2, cache_dir=tmp_path, fp16=False,
+                                    profile={"trt_profile_min_shapes": "gray:1x1x256x256"})
+    trt_opts = providers[0][1]
+    assert trt_opts["device_id"] == "1" and trt_opts["trt_fp16_enable"] == "False"
+    assert trt_opts["trt_profile_min_shapes"] == "gray:1x1x256x256" and providers[1] == ("CUDAExecutionProvider", {"device_id": "1"})
+
+
+def test_providers_fall_back_with_reasons(tmp_path):
+    from engine.backends.ort import choose_providers
+    from engine.core.errors import BackendUnavailable
+
+    cuda_cpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers, reasons = choose_providers(cuda_cpu, device=None, cuda_devices=1, cache_dir=tmp_path)
+    assert providers == [("CUDAExecutionProvider", {"device_id": "0"}), "CPUExecutionProvider"]
+    assert reasons == ["TensorRT EP not in this onnxruntime (CUDAExecutionProvider, CPUExecutionProvider)"]
+    providers, reasons = choose_providers(_ALL, device=None, cuda_devices=1, cache_dir=None)
+    assert [p[0] for p in providers[:1]] == ["CUDAExecutionProvider"] and "no writable folder" in reasons[0]
+    providers, reasons = choose_providers(["TensorrtExecutionProvider", "CPUExecutionProvider"], device=None,
+                                          cuda_devices=1, cache_dir=tmp_path)
+    assert providers[0][0] == "TensorrtExecutionProvider" and providers[1:] == ["CPUExecutionProvider"]
+    assert reasons == ["CUDA EP not in this onnxruntime (TensorrtExecutionProvider, CPUExecutionProvider)"]
+    # no GPU: the CPU directly, never a GPU provider that would fail at session creation
+    assert choose_providers(_ALL, device=None, cuda_devices=0, cache_dir=tmp_path) == (
+        ["CPUExecutionProvider"], ["no CUDA device: running on the CPU"])
+    assert choose_providers(["CPUExecutionProvider"], device=None, cuda_devices=0, cache_dir=None) == (
+        ["CPUExecutionProvider"], [])
+    assert choose_providers(_ALL, device="cpu", cuda_devices=4, cache_dir=tmp_path) == (["CPUExecutionProvider"], [])
+    with pytest.raises(BackendUnavailable, match="--device cuda needs onnxruntime-gpu"):
+        choose_providers(["CPUExecutionProvider"], device="cuda", cuda_devices=1, cache_dir=tmp_path)
+    with pytest.raises(BackendUnavailable, match="--device cuda:0, but the NVIDIA driver reports no CUDA device"):
+        choose_providers(_ALL, device="cuda:0", cuda_devices=0, cache_dir=tmp_path)
+
+
+def test_trt_cache_folder_env_then_beside_the_model_then_user_cache(tmp_path):
+    from engine.backends.ort import trt_cache_dir
+
+    model = tmp_path / "models" / "m.onnx"
+    env = {"COLORIZER_TRT_CACHE": str(tmp_path / "env-cache"), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    assert trt_cache_dir(model, env) == tmp_path / "env-cache"
+    env["COLORIZER_TRT_CACHE"] = ""
+    assert trt_cache_dir(model, env, can_write=lambda p: True) == tmp_path / "models" / "trt-cache"
+    assert trt_cache_dir(model, env, can_write=lambda p: False) == tmp_path / "xdg" / "colorizer" / "ort-trt"
+
+
+def test_trt_cache_folder_is_git_ignored():
+    assert "trt-cache/" in (ROOT / ".gitignore").read_text().splitlines()

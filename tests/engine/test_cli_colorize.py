@@ -184,21 +184,13 @@ def test_output_path_that_is_a_folder_fails_exit_1(tiny_onnx, tmp_path):
         assert "1 failed" in r.stdout.splitlines()[-1]
 
 
-def test_run_level_output_errors_are_one_error_line_exit_2(tiny_onnx, tmp_path):
+def test_run_level_output_errors_are_one_error_line_exit_2(tiny_onnx, tmp_path, read_only_dir):
     write_photos(tmp_path / "in", 3)
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    mounted = os.geteuid() == 0 and subprocess.run(["mount", "--bind", "-o", "ro", str(ro), str(ro)],
-                                                   capture_output=True).returncode == 0
-    try:
-        if mounted:  # an output folder that cannot be created on a read-only file system
-            r = cli(tmp_path / "in", ro / "out", "--model", tiny_onnx, "--size", 64)
-            assert r.returncode == 2, r.stderr
-            assert r.stderr.strip().splitlines() == [f"error: output folder {ro / 'out'}: cannot create "
-                                                     f"(Read-only file system)"], r.stderr
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(ro)], check=True)
+    r = cli(tmp_path / "in", read_only_dir / "out", "--model", tiny_onnx, "--size", 64)  # cannot be created
+    assert r.returncode == 2, r.stderr
+    reason = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
+    assert r.stderr.strip().splitlines() == [f"error: output folder {read_only_dir / 'out'}: cannot create "
+                                             f"({reason})"], r.stderr
     (tmp_path / "in" / "broken.jpg").write_bytes(b"junk")  # a failure to list, on a full disk
     r = cli(tmp_path / "in", tmp_path / "out", "--model", tiny_onnx, "--size", 64, "--fail-list", "/dev/full")
     assert r.returncode == 2, r.stderr
@@ -263,3 +255,33 @@ def files_printable(path: bytes) -> str:
     from engine.core.files import printable
 
     return printable(os.fsdecode(path))
+
+
+def test_log_lines_and_summary_json_without_a_terminal(tiny_onnx, tmp_path):
+    import json
+    import re
+
+    src = tmp_path / "in"
+    write_photos(src, 4)
+    (src / "text.jpg").write_text("this is text\n")
+    summary = tmp_path / "run.json"
+    r = cli(src, tmp_path / "out", "--model", tiny_onnx, "--size", 64, "--log-every", "0.001",
+            "--summary-json", summary)
+    assert r.returncode == 1, r.stderr
+    line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \d+/(\d+|\?) done, \d+ failed, "
+                      r"\d+\.\d\d img/s now, \d+\.\d\d img/s mean, ETA (\d+:\d\d:\d\d|\?)$")
+    progress_lines = [ln for ln in r.stderr.splitlines() if line.match(ln)]
+    assert progress_lines, r.stderr  # stderr is a pipe here: lines, not a bar
+    data = json.loads(summary.read_text(encoding="utf-8"))
+    assert {k: data[k] for k in ("done", "total", "colorized", "skipped", "failed", "exit_code")} == \
+        {"done": 5, "total": 5, "colorized": 4, "skipped": 0, "failed": 1, "exit_code": 1}
+    assert [f["path"] for f in data["failures"]] == [str(src / "text.jpg")] and data["failures"][0]["reason"]
+    assert data["seconds"] > 0 and data["utc"].endswith("Z") and data["eta_s"] == 0.0
+
+
+@pytest.mark.parametrize("bad", ["0", "-5", "nan", "inf", "soon"])
+def test_bad_log_every_is_a_usage_error(tmp_path, bad):
+    (tmp_path / "in").mkdir()
+    r = cli(tmp_path / "in", tmp_path / "out", "--log-every", bad)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"error: --log-every: expected a number of seconds > 0, found {bad!r}", r.stderr

@@ -70,22 +70,86 @@ def test_progress_line_and_summary_line():
     assert s.line() == "6 colorized, 2 skipped, 1 failed in 2.0 s (3.00 img/s)"
 
 
-def test_line_reporter_writes_at_most_every_interval():
+def _utc(second: int):
+    import datetime as dt
+
+    return dt.datetime(2026, 1, 31, 12, 0, second, tzinfo=dt.timezone.utc)
+
+
+def test_line_reporter_writes_timestamped_lines_on_a_timer():
     now = [100.0]
     lines: list[str] = []
-    r = LineReporter(lines.append, every=10.0, clock=lambda: now[0])
-    p = Progress("colorized", "x.jpg", 1, 0, 0, 5, 1.0)
-    r(p)
+    r = LineReporter(lines.append, every=10.0, clock=lambda: now[0], now=lambda: _utc(int(now[0] - 100)),
+                     timer=False)
+    r(Progress("total", None, 0, 0, 0, 10, 0.0))
+    r(Progress("colorized", "a.jpg", 1, 0, 0, 10, 1.0))
     now[0] = 109.9
-    r(p)
+    r.tick()
     assert lines == []  # none before the first interval is over
     now[0] = 110.0
-    r(p)
+    r.tick()  # no event since the last one: the timer still writes
+    assert lines == ["2026-01-31T12:00:10Z 1/10 done, 0 failed, 0.10 img/s now, 0.10 img/s mean, ETA 0:01:30"]
+    r(Progress("colorized", "b.jpg", 4, 0, 0, 10, 11.0))
+    r(Progress("failed", "c.jpg", 4, 0, 1, 10, 12.0))
     now[0] = 115.0
-    r(p)
-    now[0] = 120.5
-    r(p)
-    assert lines == ["1/5 files: 1 colorized, 0 skipped, 0 failed, 1.00 img/s"] * 2
+    r.tick()
+    assert len(lines) == 1
+    now[0] = 120.0
+    r.tick()
+    assert lines[1] == "2026-01-31T12:00:20Z 5/10 done, 1 failed, 0.30 img/s now, 0.20 img/s mean, ETA 0:00:20"
+    r(Progress("colorized", "d.jpg", 5, 0, 1, None, 21.0))
+    now[0] = 130.0
+    r.tick()
+    assert lines[2].endswith("6/? done, 1 failed, 0.10 img/s now, 0.17 img/s mean, ETA ?")
+
+
+def test_line_reporter_timer_thread_writes_without_events():
+    import threading
+
+    got = threading.Event()
+    lines: list[str] = []
+
+    def write(line: str) -> None:
+        lines.append(line)
+        got.set()
+
+    with LineReporter(write, every=0.01) as r:
+        r(Progress("total", None, 0, 0, 0, 3, 0.0))
+        assert got.wait(60)  # no further event: the line comes from the timer
+    assert " 0/3 done, 0 failed, " in lines[0] and lines[0].endswith("ETA ?")
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf", "ten", ""])
+def test_log_every_must_be_a_positive_finite_number(bad):
+    with pytest.raises(UsageError, match="--log-every: expected a number of seconds > 0"):
+        progress.check_interval(bad)
+    with pytest.raises(UsageError):
+        LineReporter(print, every=bad, timer=False)
+    assert progress.check_interval("2.5") == 2.5
+
+
+def test_summary_json_is_strict_and_survives_undecodable_names(tmp_path):
+    import json
+
+    bad_name = b"caf\xe9\n.jpg".decode("utf-8", "surrogateescape")
+    s = progress.RunSummary(colorized=3, skipped=1, failed=2, seconds=2.0, backend="ort (CPU)",
+                            failures=[(f"in/{bad_name}", "cannot read"), ("in/b.png", "too large: 120 MP")])
+    out = tmp_path / "summary.json"
+    record = progress.write_summary_json(out, s, now=lambda: _utc(5))
+    text = out.read_text(encoding="utf-8")
+    assert json.loads(text) == record
+    assert record == {
+        "utc": "2026-01-31T12:00:05Z", "done": 6, "total": 6, "failed": 2, "current_img_per_s": 1.5,
+        "mean_img_per_s": 1.5, "eta_s": 0.0, "colorized": 3, "skipped": 1, "seconds": 2.0, "exit_code": 1,
+        "backend": "ort (CPU)", "failures_listed": 2,
+        "failures": [{"path": "in/caf\\xe9\\n.jpg", "reason": "cannot read"},
+                     {"path": "in/b.png", "reason": "too large: 120 MP"}],
+    }
+    s.seconds = float("nan")  # never NaN in the file
+    assert "NaN" not in json.dumps(progress.write_summary_json(out, s), allow_nan=False)
+    assert not [p for p in tmp_path.iterdir() if p.name != "summary.json"]  # atomic: no temp left
+    with pytest.raises(progress.OutputError, match="--summary-json"):
+        progress.write_summary_json(tmp_path / "missing" / "s.json", s)
 
 
 def test_bar_reporter_follows_the_events():

@@ -159,6 +159,9 @@ class FakeEngine:
     def get_tensor_dtype(self, name):
         return self.dtypes[name]
 
+    def get_tensor_shape(self, name):
+        return (-1, {"gray": 1, "rgb": 3, "uv": 2}.get(name, 1), -1, -1)
+
     def get_tensor_profile_shape(self, name, index):
         assert name == "gray" and index == 0
         return [list(s) for s in self.profile]
@@ -328,3 +331,65 @@ def test_in_memory_plan_still_needs_a_gpu(monkeypatch):
         TrtRunner.from_plan(b"plan").activate()
     with pytest.raises(BackendError, match="runs on a GPU"):
         TrtRunner.from_plan(b"plan", device="cpu").activate()
+
+
+def test_engine_io_problems_is_a_pure_check_of_the_contract():
+    from engine.core.contract import engine_io_problems
+
+    good = [("gray", "uint8", (-1, 1, -1, -1)), ("rgb", "uint8", (-1, 3, -1, -1)), ("uv", "float32", (-1, 2, -1, -1))]
+    assert engine_io_problems(good) == []
+    assert engine_io_problems([*good[:2], ("uv", "float16", (4, 2, 256, 256))]) == []  # FP16 build, static shape
+    assert engine_io_problems([good[0], ("rgb", "float32", (-1, 3, -1, -1)), ("uv", "float32", (-1, 2, -1))]) == [
+        "'rgb': expected uint8, found float32", "'uv': expected shape (N, 2, H, W), found (-1, 2, -1)"]
+    assert engine_io_problems([good[0], ("rgb", "uint8", (-1, 1, -1, -1)), ("logits", "float32", (1,))]) == [
+        "unexpected tensors ['logits']", "'rgb': expected shape (N, 3, H, W), found (-1, 1, -1, -1)", "'uv' missing"]
+
+
+def test_plan_without_sidecar_runs_when_its_io_matches(monkeypatch, tmp_path, caplog):
+    import json
+    import logging
+
+    install_fakes(monkeypatch)
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"plan bytes")
+    with caplog.at_level(logging.INFO, logger="engine.backends.trt"):
+        with TrtRunner(plan, device="cuda:0") as runner:
+            gray = _gray(2)
+            _check(runner.infer(gray), gray)
+            assert runner.size_multiple == 1
+    assert "has no sidecar m.plan.json; its I/O tensors match the contract" in caplog.text
+    # the ONNX file of the same name gives the size multiple
+    (tmp_path / "m.onnx").write_bytes(b"")
+    (tmp_path / "m.json").write_text(json.dumps({"format": "colorizer-artifact/1", "inputs": [
+        {"name": "gray", "size_multiple": 8}]}))
+    with TrtRunner(plan, device="cuda:0") as runner:
+        assert runner.size_multiple == 8
+
+
+def test_plan_without_sidecar_and_other_io_is_refused(monkeypatch, tmp_path):
+    install_fakes(monkeypatch, dtypes={"gray": "uint8", "rgb": "float32", "uv": "float32"})
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"plan bytes")
+    with pytest.raises(ArtifactError, match=r"no sidecar m\.plan\.json, and the engine's I/O is not the contract's "
+                                            r"\('rgb': expected uint8, found float32\); rebuild it"):
+        TrtRunner(plan, device="cuda:0").activate()
+
+
+@pytest.mark.gpu
+def test_real_plan_without_sidecar_matches_the_contract(tiny_onnx, tmp_path):
+    """On a GPU: a plan from build-engine, its sidecar removed, still loads (its own I/O is the contract's)."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.device_count() == 0:
+        pytest.skip("no CUDA device")
+    pytest.importorskip("tensorrt")
+    from engine.core.contract import sidecar_path
+    from export.trt_build import build_engine
+
+    plan = tmp_path / "tiny.plan"
+    build_engine(tiny_onnx, plan, batch=(1, 2, 4), size=(16, 64, 128), workspace_gb=1.0)
+    sidecar_path(plan).unlink()
+    with TrtRunner(plan, device="cuda:0") as runner:
+        tensors = trt_backend.engine_tensors(runner._trt, runner._engine)
+        assert {n for n, _, _ in tensors} == {"gray", "rgb", "uv"}
+        out = runner.infer(_gray(2, 16, 16))
+    assert out["rgb"].shape == (2, 3, 16, 16) and out["uv"].dtype == np.float32

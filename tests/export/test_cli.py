@@ -78,18 +78,11 @@ def test_unwritable_output_dir(tiny_checkpoint, tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_read_only_output_dir(tiny_checkpoint, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
-    try:
-        code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(ro / "m.onnx")])
-    finally:
-        ro.chmod(0o700)
+def test_read_only_output_dir(tiny_checkpoint, read_only_dir):
+    code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(read_only_dir / "m.onnx")])
     assert code == 2
     _assert_one_error_line(err, "cannot write in")
-    assert list(ro.iterdir()) == []
+    assert list(read_only_dir.iterdir()) == []
 
 
 def test_calibration_folder_without_images(tiny_checkpoint, tmp_path):
@@ -135,3 +128,23 @@ def test_export_real_process_exit_code(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: {tmp_path / 'none.pt'}: checkpoint not found"]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("existing", ["m.onnx", "m.json"])
+def test_export_never_overwrites_without_force(tiny_checkpoint, tmp_path, existing):
+    (tmp_path / existing).write_bytes(b"keep me")
+    code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx")])
+    assert code == 2
+    _assert_one_error_line(err, str(tmp_path / existing), "already exists", "--force")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [existing] and (tmp_path / existing).read_bytes() == b"keep me"
+
+
+def test_export_force_overwrites(tiny_checkpoint, tmp_path):
+    from engine.core.contract import read_sidecar
+
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    (tmp_path / "m.json").write_text("{}")
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert read_sidecar(out)["precision"] == "fp32"

@@ -286,3 +286,77 @@ def test_pretrained_encoder_exports_in_every_precision(tmp_path):
         assert "Clip" in ops or precision == "int8"  # ReLU6; INT8 folds it into the quantized convs
     fp16 = read_sidecar(tmp_path / "lite-fp16.onnx")["precision_info"]
     assert fp16["fp16_clip_bounds"]
+
+
+def test_contract_is_stamped_into_the_onnx_file(tiny_onnx):
+    """The sidecar less its sha256 is in metadata_props: read by the engine's own reader and by ONNX Runtime."""
+    import onnxruntime as ort
+
+    from engine.core.contract import METADATA_KEY, contract_in_onnx, onnx_metadata
+
+    side = read_sidecar(tiny_onnx)
+    stamped = {k: v for k, v in side.items() if k != "sha256"}
+    assert contract_in_onnx(tiny_onnx) == stamped
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    assert json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY]) == stamped
+    assert onnx_metadata(tiny_onnx) == {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
+
+
+def test_onnx_without_sidecar_runs_and_a_differing_sidecar_wins(tiny_onnx, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from engine.backends.ort import OrtRunner
+    from engine.core.contract import read_contract
+    from engine.core.errors import ArtifactError
+
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(tiny_onnx, alone)
+    gray = np.random.default_rng(0).integers(0, 256, (1, 1, 16, 24), dtype=np.uint8)
+    with caplog.at_level(logging.INFO):
+        with OrtRunner(alone, device="cpu", threads=1) as runner:
+            out = runner.infer(gray)
+            assert runner.size_multiple == read_sidecar(tiny_onnx)["inputs"][0]["size_multiple"]
+            assert runner.meta["sha256"] == sha256_file(alone)
+    assert out["rgb"].shape == (1, 3, 16, 24)
+    assert "no sidecar alone.json; using the contract stamped in the ONNX file" in caplog.text
+
+    side = read_sidecar(tiny_onnx)
+    side["inputs"][0]["size_multiple"] = 16
+    sidecar_path(alone).write_text(json.dumps(side))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert read_contract(alone)["inputs"][0]["size_multiple"] == 16
+    assert "sidecar alone.json differs from the contract stamped in the file (inputs); using the sidecar" in caplog.text
+
+    bare = tmp_path / "bare.onnx"
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]
+    bare.write_bytes(model.SerializeToString())
+    with pytest.raises(ArtifactError, match="sidecar bare.json not found next to it, and the file holds no "
+                                            "'colorizer.contract' metadata; re-export"):
+        read_contract(bare)
+    (tmp_path / "junk.onnx").write_bytes(b"\xff\xff\xff")
+    with pytest.raises(ArtifactError, match="expected an ONNX file"):
+        read_contract(tmp_path / "junk.onnx")
+
+
+def test_restamp_keeps_the_graph_and_updates_the_sha256(tiny_onnx, tmp_path):
+    import shutil
+
+    from engine.core.contract import contract_in_onnx
+    from export.sidecar import restamp_onnx
+
+    copy = tmp_path / "m.onnx"
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]  # an export made before stamping
+    copy.write_bytes(model.SerializeToString())
+    shutil.copy(sidecar_path(tiny_onnx), sidecar_path(copy))
+    side = json.loads(sidecar_path(copy).read_text())
+    side["sha256"] = sha256_file(copy)
+    sidecar_path(copy).write_text(json.dumps(side))
+    old, new = restamp_onnx(copy)
+    assert old == side["sha256"] and new == sha256_file(copy) != old
+    assert read_sidecar(copy)["sha256"] == new
+    assert contract_in_onnx(copy) == {k: v for k, v in side.items() if k != "sha256"}
+    assert onnx.load(str(copy)).graph == model.graph

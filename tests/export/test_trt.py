@@ -162,7 +162,9 @@ def test_engine_cache_reuse_and_force(tiny_onnx, tmp_path):
     assert again["sha256"] == first["sha256"] and plan.stat().st_mtime_ns == stamp
     trt_build.build_engine(tiny_onnx, plan, force=True, **kwargs)
     assert plan.stat().st_mtime_ns != stamp
-    other = trt_build.build_engine(tiny_onnx, plan, **{**kwargs, "size": (16, 48, 64)})
+    with pytest.raises(ExportError, match="does not match this build; pass --force"):  # another profile: no silent overwrite
+        trt_build.build_engine(tiny_onnx, plan, **{**kwargs, "size": (16, 48, 64)})
+    other = trt_build.build_engine(tiny_onnx, plan, force=True, **{**kwargs, "size": (16, 48, 64)})
     assert other["cache_key"]["profile"] != first["cache_key"]["profile"]
 
 
@@ -496,3 +498,15 @@ def test_ceil_mode_average_pool_excludes_padding_with_the_same_result(tmp_path):
         onnx.save_model(m, str(path))
         (y,) = parity.ort_session(path).run(None, {"x": x})
         np.testing.assert_allclose(y[0, 0], want, rtol=1e-6)  # the last row/column: mean of the taps inside
+
+
+def test_build_engine_never_overwrites_a_plan_without_force(tiny_onnx, tmp_path, monkeypatch):
+    """An existing plan that is not a reusable match stays untouched: an error naming it and --force."""
+    monkeypatch.setattr(trt_build, "require_gpu_stack", lambda: None)
+    monkeypatch.setattr(trt_build, "_import_tensorrt", lambda: SimpleNamespace(__version__="10.7.0"))
+    monkeypatch.setattr(trt_build, "gpu_info", lambda: {"name": "GPU", "compute_capability": "9.0"})
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"someone's engine")
+    with pytest.raises(ExportError, match=f"{plan} already exists and does not match this build; pass --force"):
+        trt_build.build_engine(tiny_onnx, plan)
+    assert plan.read_bytes() == b"someone's engine" and sorted(p.name for p in tmp_path.iterdir()) == ["m.plan"]
