@@ -15,6 +15,7 @@ when a video is processed.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
@@ -99,7 +100,7 @@ class _Probe:
     total: int | None
     rotation: int
     full_range: bool
-    audio: int
+    audio: list[str]  # codec names of the audio streams, all copied
     duration: float | None  # seconds of video the header promises (None: it does not say)
 
 
@@ -156,7 +157,8 @@ def _probe(av: Any, src: Path) -> _Probe:
             for frame in c.decode(vs):
                 return _Probe(frame.width, frame.height, vs.average_rate or vs.guessed_rate or vs.base_rate,
                               vs.frames or None, int(frame.rotation or 0), _full_range(frame),
-                              len(c.streams.audio), _duration(c, vs))
+                              [a.codec_context.name if a.codec_context else a.type for a in c.streams.audio],
+                              _duration(c, vs))
             raise VideoError(src, "no video frame could be decoded")
     except av.error.FFmpegError as e:
         raise VideoError(src, f"cannot read as a video ({_reason(e)})") from e
@@ -315,6 +317,11 @@ def colorize_video(runner: Runner, src: str | os.PathLike[str], dst: str | os.Pa
     probe = _probe(av, src_p)
     if probe.width % 2 or probe.height % 2:
         raise VideoError(src_p, f"{probe.width}x{probe.height}: 4:2:0 output needs an even width and height")
+    with av.open(io.BytesIO(), "w", format=VIDEO_CONTAINERS[dst_p.suffix.lower()]) as sample:
+        refused = [name for name in probe.audio if name not in sample.supported_codecs]
+    if refused:
+        raise VideoError(src_p, f"its audio ({', '.join(refused)}) is copied, not re-encoded, and {dst_p.suffix} "
+                                f"cannot hold it: choose another output container (.mkv holds nearly any)")
     try:
         dst_p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -415,4 +422,4 @@ def _run(av: Any, runner: Runner, src: Path, dst: Path, fileobj: Any, probe: _Pr
         if isinstance(e, av.error.FFmpegError):
             raise VideoError(src, f"cannot decode or encode ({_reason(e)})") from e
         raise e
-    return VideoSummary(frames=frames, cuts=smoother.cuts, audio_streams=probe.audio)
+    return VideoSummary(frames=frames, cuts=smoother.cuts, audio_streams=len(probe.audio))

@@ -112,7 +112,13 @@ def test_cli_keeps_frames_timing_size_rotation_audio_and_luma(tiny_onnx, tmp_pat
 
 
 def test_webm_is_vp9_from_an_mkv(colorizer, tmp_path):
+    from engine.video import VideoError
+
     src, dst = tmp_path / "in.mkv", tmp_path / "out.webm"
+    make_clip(src, [scene(1, 64, 96)] * 6, audio=True)
+    with pytest.raises(VideoError, match=r"its audio \(aac\) is copied, not re-encoded, and .webm cannot hold it"):
+        colorizer.colorize_video(src, dst)  # AAC cannot go into WebM: said before anything is written
+    assert list(tmp_path.iterdir()) == [src]
     make_clip(src, [scene(1, 64, 96)] * 6, audio=False)
     summary = colorizer.colorize_video(src, dst)
     assert summary.frames == 6
