@@ -18,7 +18,7 @@ $(DEMO_STAMP): pyproject.toml Makefile
 # make test: everything else too. torch is pinned so pip takes the CPU wheel, not a multi-GB CUDA build.
 $(STAMP): $(DEMO_STAMP)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e '.[train,dev,cluster]'
+	$(PIP) install -e '.[train,dev,cluster,video]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -39,7 +39,7 @@ def _setup_logging(verbose: bool) -> None:
 # optional packages -> how to get them (a plain install runs colorize-dir, evaluate and demo on ONNX Runtime)
 _TRAIN = "pip install '.[train]' (on a CPU machine first pip install torch==2.13.0, the CPU wheel)"
 _EXTRAS = {"torch": _TRAIN, "onnx": _TRAIN, "onnxscript": _TRAIN, "onnxconverter_common": _TRAIN,
-           "ray": "pip install '.[cluster]'", "tensorrt": "pip install '.[gpu]' on a GPU server (docs/gpu-servers.md)"}
+           "ray": "pip install '.[cluster]'", "av": "pip install '.[video]'", "tensorrt": "pip install '.[gpu]' on a GPU server (docs/gpu-servers.md)"}
 
 
 class _Group(click.Group):
@@ -259,7 +259,8 @@ def _log_progress_line(line: str) -> None:
     logging.getLogger("cli").info("%s", line)
 
 
-_RUN_OPTIONS = [
+# The model and how it runs: colorize, colorize-dir and colorize-video. One definition each.
+_MODEL_OPTIONS = (
     click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: the bundled "
                       "models/colorizer-int8.onnx on a CPU, models/colorizer.onnx on a GPU (.pt for torch)."),
@@ -275,6 +276,11 @@ _RUN_OPTIONS = [
     click.option("--batch-size", type=click.IntRange(1, 4096), default=8, show_default=True),
     click.option("--saturation", type=click.FloatRange(0.0, 10.0), default=1.0, show_default=True,
                  help="Scale the predicted chroma (1.0 = model output)."),
+)
+
+
+# Photos and folders: colorize and colorize-dir.
+_FILE_OPTIONS = (
     click.option("-f", "--format", "out_format", type=click.Choice(FORMAT_CHOICES), default="same",
                  show_default=True,
                  help="Output format: same (each input's own; formats without colour as PNG) or one for every "
@@ -308,22 +314,34 @@ _RUN_OPTIONS = [
                  help="--ray: GPUs per actor (default: 1 when the cluster has GPUs, else 0)."),
     click.option("--cpus-per-worker", type=click.FloatRange(0, min_open=True), default=None,
                  help="--ray: CPUs reserved per actor (default: 1)."),
-]
+)
 
 
-def _run_options(command):
-    """The options of colorize and colorize-dir: one definition for both."""
-    for option in reversed(_RUN_OPTIONS):
-        command = option(command)
-    return command
+# How videos are written (colorize-video, and the videos inside colorize-dir's folders).
+_VIDEO_OPTIONS = (
+    click.option("--temporal", type=click.FloatRange(0.0, 0.95), default=0.7, show_default=True, metavar="STRENGTH",
+                 help="Videos: smooth the colour across frames, the weight of the past on still pixels, reset at "
+                      "scene cuts (0: every frame on its own)."),
+    click.option("--crf", type=click.IntRange(0, 51), default=17, show_default=True,
+                 help="Videos: encoder quality (H.264; VP9 for .webm), lower is better and larger."),
+)
+
+
+def _options(*groups):
+    """A decorator adding option groups (in the order given) to a command."""
+    def add(command):
+        for option in reversed([o for group in groups for o in group]):
+            command = option(command)
+        return command
+    return add
 
 
 @main.command("colorize-dir")
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
-@_run_options
+@_options(_MODEL_OPTIONS, _FILE_OPTIONS, _VIDEO_OPTIONS)
 def colorize_dir(src: str, dst: str, **options) -> None:
-    """Colorize every image under SRC into DST (mirrored tree, same names; existing outputs skipped).
+    """Colorize every image and video under SRC into DST (mirrored tree, same names; existing outputs skipped).
 
     SRC may also be one image file: its output goes into the folder DST.
     Exit codes: 0 all done, 1 some files failed (listed on stderr), 2 usage error, 130/143 stopped by
@@ -335,7 +353,7 @@ def colorize_dir(src: str, dst: str, **options) -> None:
 @main.command("colorize")
 @click.argument("src", type=click.Path(allow_dash=True))
 @click.argument("dst", type=click.Path(allow_dash=True))
-@_run_options
+@_options(_MODEL_OPTIONS, _FILE_OPTIONS, _VIDEO_OPTIONS)
 def colorize(src: str, dst: str, **options) -> None:
     """Colorize SRC into DST. SRC: an image file, a folder (as colorize-dir) or - (stdin).
 
@@ -358,7 +376,7 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
                   fail_list: Path | None, log_every: str, summary_json: Path | None, threads: int | None,
                   io_threads: tuple[int, int] | None, use_ray: bool,
                   ray_address: str | None, num_workers: int | None, gpus_per_worker: float | None,
-                  cpus_per_worker: float | None) -> None:
+                  cpus_per_worker: float | None, temporal: float, crf: int) -> None:
     """colorize and colorize-dir: a folder run, or one photo (file, stdin, stdout)."""
     from engine.api import Colorizer, Shard
     from engine.progress import check_interval, reporter_for, write_summary_json
@@ -424,19 +442,21 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
         signals.running()  # from here a signal is a stop request the run checks
         if folder_run:
             # A tqdm bar when stderr is a terminal, else a progress line logged every --log-every seconds.
+            videos = {} if use_ray else {"temporal": temporal, "crf": crf}  # --ray: images only
             with reporter_for(sys.stderr, _log_progress_line, every) as progress:
                 summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
                                                  jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress,
-                                                 out_format=out_format, stop=signals.event)
+                                                 out_format=out_format, stop=signals.event, **videos)
         else:
             summary = colorizer.colorize_file(source, sys.stdout.buffer if to_stdout else dst,
                                               out_format=out_format, overwrite=overwrite, jpeg_quality=jpeg_quality,
                                               fail_list=fail_list, stop=signals.event)
     if folder_run and summary.done == 0 and not summary.stopped:
-        from engine.tree import INPUT_EXTS
+        from engine.tree import INPUT_EXTS, VIDEO_SUFFIXES
 
+        exts = INPUT_EXTS if use_ray else INPUT_EXTS | VIDEO_SUFFIXES
         where = f" for shard {shard_obj}" if shard_obj else ""
-        click.echo(f"note: no images ({', '.join(sorted(INPUT_EXTS))}; hidden names ignored) found under "
+        click.echo(f"note: no images ({', '.join(sorted(exts))}; hidden names ignored) found under "
                    f"{src}{where}: nothing to do", err=True)
     if signals.signum is not None:
         click.echo(f"stopped by {_signal_name(signals.signum)}: no new photo started, the outputs written are "
@@ -446,6 +466,60 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
     if summary_json is not None:
         write_summary_json(summary_json, summary, exit_code=code)
     sys.exit(code)
+
+
+@main.command("colorize-video")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@_options(_MODEL_OPTIONS, _VIDEO_OPTIONS)
+@click.option("--overwrite", is_flag=True, help="Redo the output if it exists (default: skip it).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
+def colorize_video(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
+                   padding: str, batch_size: int, saturation: float, temporal: float, crf: int, overwrite: bool,
+                   threads: int | None) -> None:
+    """Colorize the video SRC into DST (.mp4 .mov .mkv .avi: H.264; .webm: VP9), audio copied.
+
+    Exit codes: 0 done (or skipped), 1 the video cannot be read or written (one 'path: reason' line),
+    2 usage error, 143/130 stopped by SIGTERM/SIGINT (nothing written).
+    """
+    with _StopSignals() as signals:  # SIGTERM/SIGINT: during start-up leave at once, then abandon the video
+        _colorize_video_run(signals, src, dst, model=model, backend=backend, device=device, size=size,
+                            padding=padding, batch_size=batch_size, saturation=saturation, temporal=temporal,
+                            crf=crf, overwrite=overwrite, threads=threads)
+
+
+def _colorize_video_run(signals: _StopSignals, src: Path, dst: Path, *, model: Path | None, backend: str,
+                        device: str | None, size: int, padding: str, batch_size: int, saturation: float,
+                        temporal: float, crf: int, overwrite: bool, threads: int | None) -> None:
+    import time
+
+    from engine.api import Colorizer
+    from engine.video import VideoError, check_paths
+
+    check_paths(src, dst)  # fail fast, before loading a model
+    last = [time.monotonic()]
+
+    def progress(done: int, total: int | None, elapsed: float) -> None:
+        if time.monotonic() - last[0] >= 10.0:
+            last[0] = time.monotonic()
+            rate = done / elapsed if elapsed > 0 else 0.0
+            _log_progress_line(f"{done}/{total if total is not None else '?'} frames, {rate:.2f} frames/s")
+
+    with Colorizer(model, backend, size=size, batch_size=batch_size, device=device, saturation=saturation,
+                   threads=threads, padding=padding) as colorizer:
+        click.echo(f"backend: {colorizer.describe()}, {colorizer.padding} padding")
+        signals.running()
+        try:
+            summary = colorizer.colorize_video(src, dst, temporal=temporal, crf=crf, overwrite=overwrite,
+                                               progress=progress, stop=signals.event)
+        except VideoError as e:
+            click.echo(str(e), err=True)
+            sys.exit(1)
+    if summary.stopped:
+        click.echo(f"stopped by {_signal_name(signals.signum or signal.SIGTERM)} after {summary.frames} frames: "
+                   f"nothing written; run the same command again", err=True)
+        sys.exit(STOP_CODES.get(signals.signum, 143))
+    click.echo(summary.line())
 
 
 # ----------------------------------------------------------------------------- evaluate / demo

@@ -6,6 +6,7 @@
         rgb = c.colorize(gray)                           # uint8 (H, W) or (H, W, 3) -> uint8 (H, W, 3)
         summary = c.colorize_dir("gray/", "out/")        # RunSummary: colorized, skipped, failed, ...
         c.colorize_file("photo.jpg", "colour.png")       # one photo: a file, a folder, or binary streams
+        film = c.colorize_video("film.mp4", "out.mp4")   # VideoSummary: frames, scene cuts (needs av)
 
 The library never prints: per-file problems are logged (logger ``engine``) as
 ``path: reason`` and counted; progress goes to an optional callback.
@@ -27,6 +28,7 @@ from engine import images, pipeline, single, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
 from engine.pipeline import Progress, RunSummary
+from engine.progress import Tally
 from engine.stages import infer_chroma
 from engine.tree import Shard, UsageError
 
@@ -163,6 +165,30 @@ class Colorizer:
         return results
 
     # ------------------------------------------------------------------ folders
+    def colorize_video(
+        self,
+        src: str | os.PathLike[str],
+        dst: str | os.PathLike[str],
+        *,
+        temporal: float | None = None,
+        crf: int | None = None,
+        overwrite: bool = False,
+        progress: Callable[[int, int | None, float], None] | None = None,
+        stop: threading.Event | None = None,
+    ):
+        """Colorize one video file into ``dst`` (``.mp4``, ``.mov``, ``.mkv``, ``.avi``: H.264; ``.webm``: VP9).
+
+        ``temporal``: chroma smoothing strength across frames (0: frames independent; default
+        ``engine.temporal.DEFAULT_STRENGTH``); ``crf``: the encoder's quality (lower is better, default 17).
+        Returns ``engine.video.VideoSummary``; raises ``engine.video.VideoError`` (``path: reason``) for a
+        video that cannot be read or written. ``stop``: once set, the video is abandoned (nothing written,
+        the summary says ``stopped``). Imports PyAV (the ``video`` extra).
+        """
+        from engine import video
+
+        return video.colorize_video(self.runner, src, dst, self._video_settings(temporal, crf), overwrite=overwrite,
+                                    progress=progress, halt=stop)
+
     def colorize_dir(
         self,
         src: str | os.PathLike[str],
@@ -175,6 +201,9 @@ class Colorizer:
         progress: Callable[[Progress], None] | None = None,
         out_format: str = "same",
         stop: threading.Event | None = None,
+        videos: bool = True,
+        temporal: float | None = None,
+        crf: int | None = None,
     ) -> RunSummary:
         """Colorize every image under ``src`` into the mirrored tree ``dst``.
 
@@ -183,9 +212,13 @@ class Colorizer:
         receives the failed input paths, one per line. ``out_format``: "same" (each
         input's own format) or "jpg", "png", "webp", "tiff": every output in that format,
         named by ``tree.plan_folder`` (``a.jpg`` -> ``a.png``). ``stop``: an event that,
-        once set, winds the run down (no new photo started, the photos being written
-        finished) and returns the summary so far with ``stopped`` set. Raises
-        ``UsageError`` for bad folders or options; per-file problems are counted in the summary.
+        once set, winds the run down (no new photo or video started, the photos being written
+        finished, a video being colorized abandoned without output) and returns the summary so
+        far with ``stopped`` set. Raises ``UsageError`` for bad folders or options; per-file
+        problems are counted in the summary.
+        ``videos``: video files (``engine.core.files.VIDEO_SUFFIXES``) are colorized too, after the
+        images, one at a time, with ``colorize_video``'s ``temporal`` and ``crf``, the same rules and
+        the same summary (a video counts as one file; ``out_format`` applies to photos only).
         """
         src_p, dst_p = tree.check_folders(src, dst)
         if isinstance(shard, str):
@@ -199,10 +232,17 @@ class Colorizer:
         settings = self._settings(jpeg_quality)
         readers, writers = self.io_threads
         log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
-        return pipeline.run(
-            self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard, fail_list=fail_path,
-            progress=progress, out_format=out_format, stop=stop,
-        )
+        films = list(tree.walk(src_p, dst_p, shard=shard, overwrite=overwrite, videos=True)) if videos else []
+        video_settings = self._video_settings(temporal, crf) if films else None
+        with Tally(self.runner.describe(), fail_list=fail_path, progress=progress, log=pipeline.log) as tally:
+            summary = pipeline.run(self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard,
+                                   out_format=out_format, stop=stop, tally=tally)
+            if films and not summary.stopped:
+                if tally.total is not None:
+                    tally.set_total(tally.total + len(films))
+                summary.stopped = self._colorize_films(films, tally, video_settings, stop)
+            tally.finish()
+        return summary
 
     def _settings(self, jpeg_quality: int) -> pipeline.Settings:
         readers, writers = self.io_threads
@@ -253,3 +293,41 @@ class Colorizer:
             self.runner, plan, self._settings(jpeg_quality), fail_list=fail_path, stop=stop, log=log,
             stdin=src if src_p is None else None, stdout=dst if dst_p is None else None,  # type: ignore[arg-type]
         )
+
+    def _video_settings(self, temporal: float | None, crf: int | None):
+        from engine import temporal as smoothing
+        from engine import video
+
+        return video.VideoSettings(
+            size=self.size, batch_size=self.batch_size, saturation=self.saturation, multiple=self._multiple,
+            temporal=smoothing.DEFAULT_STRENGTH if temporal is None else float(temporal),
+            crf=video.DEFAULT_CRF if crf is None else int(crf),
+        )
+
+    def _colorize_films(self, films: list[tree.Task], tally: Tally, settings,
+                        stop: threading.Event | None = None) -> bool:
+        """The video files of a folder run, one after another, counted in ``tally``; True when ``stop`` ended it."""
+        from engine import video
+
+        for task in films:
+            if stop is not None and stop.is_set():
+                return True
+            if task.error is not None:
+                tally.event("failed", str(task.src), task.error)
+            elif task.skip:
+                tally.event("skipped", str(task.src))
+            else:
+                try:
+                    film = video.colorize_video(self.runner, task.src, task.dst, settings, overwrite=True, halt=stop)
+                except video.VideoError as e:
+                    tally.event("failed", str(task.src), e.reason)
+                except ModuleNotFoundError as e:
+                    if e.name != "av":
+                        raise
+                    tally.event("failed", str(task.src), "needs PyAV to read videos, which is not installed: "
+                                                         "pip install '.[video]'")
+                else:
+                    if film.stopped:
+                        return True
+                    tally.event("colorized", str(task.src))
+        return False

@@ -447,7 +447,7 @@ def compose(luma: np.ndarray, uv: np.ndarray, *, saturation: float = 1.0, alpha:
 
 
 def compose_jpeg_chroma(
-    shape: tuple[int, int], uv: np.ndarray, *, saturation: float = 1.0
+    shape: tuple[int, int], uv: np.ndarray, *, saturation: float = 1.0, limited: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """The 4:2:0 Cb and Cr planes (uint8, ``ceil(H/2) x ceil(W/2)``) of a JPEG whose Y plane is the photo's luma.
 
@@ -458,10 +458,11 @@ def compose_jpeg_chroma(
     (centred, as JFIF sites them). A JPEG output so needs no full-resolution float,
     RGB or chroma pass, a fraction of the work of ``compose``.
     Decoded, it gives ``compose``'s pixels within a few levels, before JPEG's own loss.
+    The same planes are a 4:2:0 video frame's chroma (``limited``: in the video range's levels).
     """
     H, W = shape
     size = ((W + 1) // 2, (H + 1) // 2)
-    cbcr = color.uv_to_cbcr_u8(np.moveaxis(np.asarray(uv), 0, -1), saturation)
+    cbcr = color.uv_to_cbcr_u8(np.moveaxis(np.asarray(uv), 0, -1), saturation, limited=limited)
     planes = []
     for c in range(2):
         small = np.ascontiguousarray(cbcr[..., c])

@@ -28,6 +28,7 @@ in hand (each output is written whole, or not at all) and the summary comes back
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import queue
@@ -390,8 +391,12 @@ def run(
     progress: Callable[[Progress], None] | None = None,
     out_format: str = "same",
     stop: threading.Event | None = None,
+    tally: Tally | None = None,
 ) -> RunSummary:
     """Colorize every image under ``src`` into ``dst``; folders already checked by the caller.
+
+    ``tally``: count into this open ``Tally`` (its fail list and progress; ``fail_list`` and
+    ``progress`` unused) and leave it open, so that the caller can add events of its own.
 
     Starts the walker, counter, reader and writer threads, runs inference in this thread and
     reports their events here. ``out_format``: ``tree.FORMAT_CHOICES`` (names planned by
@@ -402,7 +407,10 @@ def run(
     """
     sh = _Shared(settings, halt=stop)
     stopped = False
-    with Tally(runner.describe(), fail_list=fail_list, progress=progress, log=log) as tally:
+    own = tally is None
+    if tally is None:
+        tally = Tally(runner.describe(), fail_list=fail_list, progress=progress, log=log)
+    with tally if own else contextlib.nullcontext(tally):
         drain = _Events(sh.events, tally)
         threads = [threading.Thread(target=_walk_stage, args=(sh, src, dst, shard, overwrite, out_format),
                                     name="walker", daemon=True)]

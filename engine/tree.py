@@ -27,9 +27,11 @@ from typing import Iterator
 
 from engine.core.errors import ColorizerError
 from engine.core.files import INPUT_SUFFIXES as INPUT_EXTS
+from engine.core.files import VIDEO_SUFFIXES
 from engine.core.files import OUTPUT_FORMATS, file_kind, SAME_FORMAT, TO_PNG, owner_gone, parse_temp_name, temp_key, temp_name  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
+_NAMED = INPUT_EXTS | VIDEO_SUFFIXES  # names that say "colorize me": reported when they are not readable files
 
 
 class UsageError(ColorizerError):
@@ -141,7 +143,8 @@ def _reaches(inner: Path, outer: Path) -> bool:
 
 
 def _scan(folder: Path) -> tuple[list[str], list[str], dict[str, str], str | None]:
-    """One folder: sorted visible sub-directories, files, image names that are not files (name -> reason), error.
+    """One folder: sorted visible sub-directories, files, image or video names that are not files (name -> reason),
+    error.
 
     Directory symlinks are not followed. A name with an image suffix that is not a readable
     regular file (a dangling or looping symlink, a FIFO, a device) is reported, never dropped.
@@ -164,7 +167,7 @@ def _scan(folder: Path) -> tuple[list[str], list[str], dict[str, str], str | Non
                 continue
         except OSError:
             pass
-        if os.path.splitext(e.name)[1].lower() in INPUT_EXTS:
+        if os.path.splitext(e.name)[1].lower() in _NAMED:
             odd[e.name] = _not_a_file(e)
     return sorted(dirs), sorted(files), odd, None
 
@@ -226,8 +229,12 @@ def walk(
     overwrite: bool = False,
     clean_temps: bool = True,
     out_format: str = "same",
+    videos: bool = False,
 ) -> Iterator[Task]:
     """Yield a ``Task`` per image under ``src`` (sorted, this shard's only).
+
+    ``videos``: a ``Task`` per video file instead (``VIDEO_SUFFIXES``; the output keeps the name, ``fmt``
+    "VIDEO"), with the same rules, except that folders that cannot be listed are left to the image walk.
 
     A folder that cannot be listed is yielded as a ``Task`` with ``error`` set (every shard
     reports it); so is an image name that is not a readable file (``_scan``) and an input whose
@@ -242,10 +249,18 @@ def walk(
         folder = src / rel_dir if rel_dir else src
         dirs, files, odd, error = _scan(folder)
         if error is not None:
+            if videos:
+                continue
             yield Task(rel=rel_dir or ".", src=folder, dst=dst or folder, fmt="", skip=False, error=error)
             continue
         stack.extend(f"{rel_dir}/{d}" if rel_dir else d for d in reversed(dirs))
-        plan = plan_folder(files, out_format) + [(name, "", "", why) for name, why in odd.items()]
+        if videos:
+            planned = [(n, n, "VIDEO", None) for n in files if os.path.splitext(n)[1].lower() in VIDEO_SUFFIXES]
+        else:
+            planned = plan_folder(files, out_format)
+        wanted = VIDEO_SUFFIXES if videos else INPUT_EXTS
+        plan = planned + [(name, "", "", why) for name, why in odd.items()
+                          if os.path.splitext(name)[1].lower() in wanted]
         plan.sort()
         mine = []
         for name, out, fmt, why in plan:
@@ -303,6 +318,11 @@ def _clean_and_list(out_dir: Path, targets: set[str], clean: bool) -> tuple[set[
             except OSError:
                 pass
     return present, others
+
+
+def remove_dead_temps(out_dir: Path, targets: set[str]) -> None:
+    """Delete the temp files of ``targets`` in ``out_dir`` left by runs whose process is gone."""
+    _clean_and_list(out_dir, targets, True)
 
 
 def count(src: Path, shard: Shard | None = None) -> int:

@@ -9,14 +9,16 @@ import pytest
 
 from tests.conftest import ROOT
 
-# torch (and ray) made unimportable, as on a machine with the plain install
-RUN = ("import sys; sys.modules['torch'] = None; sys.modules['ray'] = None; sys.path.insert(0, {root!r}); "
+# torch (and ray, av) made unimportable, as on a machine with the plain install
+RUN = ("import sys; sys.modules['torch'] = None; sys.modules['ray'] = None; sys.modules['av'] = None; "
+       "sys.path.insert(0, {root!r}); "
        "sys.argv = ['colorizer', *{args!r}]; import cli; cli.main()")
 
 
 @pytest.mark.parametrize("args,needs", [
     (["export", "--checkpoint", "models/colorizer.pt", "--out", "{tmp}/m.onnx"], "torch"),
     (["train", "--data", "samples", "--out", "{tmp}/run"], "torch"),
+    (["colorize-video", "README.md", "{tmp}/out.mp4"], "av"),
 ])
 def test_missing_extra_is_one_error_line(tmp_path, args, needs):
     args = [a.format(tmp=tmp_path) for a in args]

@@ -141,28 +141,47 @@ CBCR_OFFSET = 128.0
 CBCR_PER_UV = (255.0 * 0.5 / U_MAX, 255.0 * 0.5 / V_MAX)  # levels of Cb per unit U, of Cr per unit V
 
 
-def uv_to_cbcr(uv: np.ndarray, saturation: float = 1.0) -> np.ndarray:
+# Video (H.264, VP9 and most other codecs) stores the same Y'CbCr in "limited" (studio, MPEG) range unless
+# tagged full range: Y = 16 + 219 * Y_full, Cb/Cr = 128 + 224 * 0.5 * (B - Y) / (1 - W_B) ...: the full-range
+# levels scaled by 219/255 (luma) and 224/255 (chroma), so Cb/Cr per unit U/V is CBCR_PER_UV * 224/255.
+LIMITED_Y_MIN, LIMITED_Y_SPAN = 16.0, 219.0
+LIMITED_C_MIN, LIMITED_C_MAX, LIMITED_C_SPAN = 16.0, 240.0, 224.0
+
+
+def limited_luma_to_full_u8(y_u8: np.ndarray) -> np.ndarray:
+    """uint8 limited-range luma (16..235) -> uint8 full-range luma (0..255), clamped and rounded.
+
+    What the model sees of a video frame: the gray level a photo of the same frame would have.
+    """
+    y = (np.asarray(y_u8, dtype=np.float32) - np.float32(LIMITED_Y_MIN)) * np.float32(1.0 / LIMITED_Y_SPAN)
+    return to_u8(y)
+
+
+def uv_to_cbcr(uv: np.ndarray, saturation: float = 1.0, *, limited: bool = False) -> np.ndarray:
     """Chroma ``(..., 2)`` (U, V) -> JPEG's (Cb, Cr) in float levels (unrounded, unclamped), float32.
 
     A JPEG whose Y plane is the photo's uint8 luma and whose Cb/Cr planes are these
     decodes to ``compose_u8(luma, uv)`` (the decoder clamps out-of-cube colours the
     same way), so JPEG output needs no RGB pass. ``saturation`` scales the chroma.
+    ``limited``: the video range's levels instead (224 levels for JPEG's 255, around 128).
     """
     uv = np.asarray(uv, dtype=np.float32)
     if uv.ndim < 1 or uv.shape[-1] != 2:
         raise ValueError(f"uv: expected shape (..., 2), found {tuple(uv.shape)}")
-    scale = np.array(CBCR_PER_UV, dtype=np.float32) * np.float32(saturation)
+    span = LIMITED_C_SPAN / 255.0 if limited else 1.0
+    scale = np.array(CBCR_PER_UV, dtype=np.float32) * np.float32(saturation * span)
     return uv * scale + np.float32(CBCR_OFFSET)
 
 
-def uv_to_cbcr_u8(uv: np.ndarray, saturation: float = 1.0) -> np.ndarray:
+def uv_to_cbcr_u8(uv: np.ndarray, saturation: float = 1.0, *, limited: bool = False) -> np.ndarray:
     """Chroma ``(..., 2)`` -> uint8 (Cb, Cr) ``(..., 2)``: ``uv_to_cbcr`` clamped to 0..255, rounded half up.
 
     Agrees within one level with JPEG's own RGB -> YCbCr of ``compose_u8`` for colours
-    inside the RGB cube (tests/engine/test_color.py).
+    inside the RGB cube (tests/engine/test_color.py). ``limited``: video levels, clamped to 16..240.
     """
-    cbcr = uv_to_cbcr(uv, saturation)
-    np.clip(cbcr, np.float32(0.0), np.float32(255.0), out=cbcr)
+    cbcr = uv_to_cbcr(uv, saturation, limited=limited)
+    lo, hi = (LIMITED_C_MIN, LIMITED_C_MAX) if limited else (0.0, 255.0)
+    np.clip(cbcr, np.float32(lo), np.float32(hi), out=cbcr)
     cbcr += np.float32(0.5)
     return cbcr.astype(np.uint8)
 

@@ -38,6 +38,9 @@ SAME_FORMAT = {
 }
 TO_PNG = (".pgm", ".pbm", ".ppm", ".pnm", ".gif")
 INPUT_SUFFIXES = frozenset(SAME_FORMAT) | frozenset(TO_PNG)
+# What colorize-video reads and writes, and the FFmpeg container (muxer) each suffix names.
+VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
+VIDEO_SUFFIXES = frozenset(VIDEO_CONTAINERS)
 # --format choices (besides "same") -> the format written and the suffix a converted name gets.
 OUTPUT_FORMATS = {"jpg": ("JPEG", ".jpg"), "png": ("PNG", ".png"), "webp": ("WEBP", ".webp"), "tiff": ("TIFF", ".tif")}
 
@@ -178,7 +181,8 @@ def owner_gone(pid: int) -> bool:
 # ----------------------------------------------------------------------------- atomic writes
 
 
-def _create_temp(path: Path) -> tuple[int, Path]:
+def create_temp(path: Path) -> tuple[int, Path]:
+    """A new temp file beside ``path`` (``temp_name``), created exclusively: its descriptor (write-only) and path."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(16):
         tmp = path.with_name(temp_name(path.name))
@@ -198,7 +202,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb", *, encoding: st
     so the rename itself survives a power cut (checkpoints; not worth it per photo).
     """
     path = Path(path)
-    fd, tmp = _create_temp(path)
+    fd, tmp = create_temp(path)
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f

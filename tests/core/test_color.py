@@ -146,3 +146,17 @@ def test_compose_u8_is_yuv_to_rgb_u8_of_the_stacked_yuv(rng):
     got = color.compose_u8(gray, uv)
     diff = np.abs(got.astype(int) - want.astype(int))
     assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+
+
+def test_limited_range_luma_maps_16_235_to_0_255():
+    y = np.array([0, 16, 125, 235, 255], dtype=np.uint8)
+    np.testing.assert_array_equal(color.limited_luma_to_full_u8(y), [0, 0, 127, 255, 255])
+
+
+def test_limited_range_chroma_is_the_full_range_scaled_by_224_255(rgb_u8):
+    uv = color.rgb_u8_to_yuv(rgb_u8)[..., 1:]
+    full = color.uv_to_cbcr(uv)
+    limited = color.uv_to_cbcr(uv, limited=True)
+    np.testing.assert_allclose(limited - 128.0, (full - 128.0) * (224.0 / 255.0), atol=1e-4)
+    u8 = color.uv_to_cbcr_u8(np.array([[0.0, 0.0], [color.U_MAX, color.V_MAX], [-1.0, -1.0]]), limited=True)
+    np.testing.assert_array_equal(u8, [[128, 128], [240, 240], [16, 16]])  # neutral, the extremes, clamped

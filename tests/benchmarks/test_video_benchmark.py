@@ -1,0 +1,34 @@
+"""benchmarks/video.py on a tiny clip: every figure present and sane, the cut found."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import SAMPLES
+
+pytest.importorskip("av", reason="PyAV is not installed (the video extra): pip install -e '.[video]'")
+
+
+def test_video_benchmark_reports_every_figure(tiny_onnx, tmp_path):
+    from benchmarks import video
+
+    out = tmp_path / "video.json"
+    rc = video.main([str(SAMPLES / "color-Dune.jpg"), str(SAMPLES / "color-Storm.jpg"), "--width", "96", "--height",
+                     "64", "--frames", "6", "--size", "64", "--model", str(tiny_onnx), "--json", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["frames"] == 12 and report["size"] == "96x64"
+    for name in ("temporal_0", "default"):
+        r = report[name]
+        assert r["scene_cuts"] == 1 and r["frames_per_s"] > 0 and 5 < r["psnr_db"] < 60 and r["flicker"] >= 0
+    assert report["photo_path_images_per_s"] > 0 and 5 < report["photo_path_psnr_db"] < 60
+    assert 5 < report["gray_psnr_db"] < 60 and report["truth_flicker"] > 0
+
+
+def test_video_benchmark_missing_photo_is_one_error(tmp_path, capsys):
+    from benchmarks import video
+
+    assert video.main([str(tmp_path / "none.jpg"), str(tmp_path / "none2.jpg")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
