@@ -11,15 +11,11 @@
   (``export.fp16.colour_nodes``) are excluded, so uint8 I/O and the YUV -> RGB
   math stay exact FP32; only the network body is quantized (a classification
   head up to its logits: ``float_head_nodes``).
-* The first convolution's input is not calibrated (``luma_quantization``): its uint8
-  scale and zero point span exactly the values the pre-processing gives gray 0 and 255,
-  evaluated on that sub-graph. For Y = gray/255 (VGG encoder) that is scale 1/255, zero
-  point 0, lossless. The EfficientNet-Lite trunk reads ``(gray - 127.5) / 128``, in
-  [-1, 1]: scale 1/128, zero point 128, each level within half a step (the half-level
-  offset cannot be hit exactly in 8 bits). A fixed [0, 1] range there clipped the negative
-  half of the stem's input: the first block's output measured -1 dB SNR against FP32
-  (15 dB with this range) and the held-out PSNR 15.8 dB (41.7 dB with it; excluding the
-  depthwise convolutions, 8-bit weights or Percentile calibration did not help).
+* The first convolution's input is not calibrated (``luma_quantization``): its uint8 range
+  spans exactly the values the pre-processing gives gray 0 and 255. Y = gray/255 (VGG):
+  scale 1/255, zero point 0, lossless. EfficientNet-Lite's ``(gray - 127.5) / 128``: scale
+  1/128, zero point 128, within half a level. A fixed [0, 1] range clipped the Lite stem's
+  negative half (first block -1 dB SNR vs FP32, held-out PSNR 15.8 dB; now 15 dB and 41.7 dB).
 * ``reduce_range`` (7-bit weights) is on unless the CPU has VNNI
   (``avx512_vnni`` / ``avx_vnni`` in /proc/cpuinfo): without VNNI, AVX2's
   u8*s8 multiply-add saturates 16-bit intermediates and 8-bit weights give broken
@@ -314,26 +310,21 @@ def _luma_tensor(model: Any, pre: set[str]) -> str | None:
 
 
 def luma_quantization(model: Any, tensor: str) -> dict[str, Any] | None:
-    """Scale and zero point of the first convolution's input, from the gray levels it can take.
-
-    The pre-processing sub-graph (``gray`` -> ``tensor``) is run on gray 0..255; the uint8
-    range spans exactly its values and zero (see the module docstring). Returns the sidecar's
-    record plus ``_scale``/``_zero_point`` arrays for the quantizer, or None (the tensor is
-    then calibrated like any other) when that sub-graph cannot be run on its own.
-    """
+    """The sidecar's record of ``tensor``'s uint8 range (its values for gray 0..255, and zero) plus
+    ``_scale``/``_zero_point`` for the quantizer; None (calibrated then) if ``gray`` alone cannot give it."""
     import onnx
     import onnxruntime as ort
 
     prod = producers(model.graph)
-    needed, stack = [], [tensor]
-    while stack:  # the nodes between gray and the tensor
+    needed, stack = set(), [tensor]  # the nodes between gray and the tensor
+    while stack:
         node = prod.get(stack.pop())
-        if node is not None and all(node is not n for n in needed):
-            needed.append(node)
+        if node is not None and node.output[0] not in needed:
+            needed.add(node.output[0])
             stack.extend(node.input)
-    names = {i for n in needed for i in n.input}
-    graph = onnx.helper.make_graph(
-        [n for n in model.graph.node if any(n is m for m in needed)], "luma",
+    nodes = [n for n in model.graph.node if n.output and n.output[0] in needed]
+    names = {i for n in nodes for i in n.input}
+    graph = onnx.helper.make_graph(nodes, "luma",
         [i for i in model.graph.input if i.name == INPUT_NAME], [onnx.helper.make_empty_tensor_value_info(tensor)],
         [i for i in model.graph.initializer if i.name in names])
     try:
