@@ -283,3 +283,83 @@ def test_float_head_nodes_keeps_a_regression_head_whole(int8_onnx):
     side = read_sidecar(int8_onnx)
     assert side["precision_info"]["head_quantized"] == []
     assert side["precision_info"]["fp32_nodes"]["head"]
+
+
+def _lite_checkpoint(path):
+    """A randomly initialised EfficientNet-Lite0 model (decoder x0.25) with trained-looking BatchNorm
+    statistics (running means/variances and affine parameters spread as in a trained trunk, so the
+    folded convolutions and their activations are far from identity/zero) and logits x30: a sharp
+    softmax, so uv follows the input as a trained head's does (at x1 it is nearly constant and
+    even a broken stem passes the gate; at x30 the [0, 1] stem override measured ~29 dB, the fix ~41)."""
+    import torch
+
+    from engine.net.model import ColorizerNet, ModelConfig
+
+    torch.manual_seed(5)
+    centres = [[u, v] for u in (-0.2, 0.0, 0.2) for v in (-0.3, 0.0, 0.3)]
+    config = ModelConfig(width_mult=0.25, head="classification", encoder="efficientnet-lite0",
+                         head_options={"centres": centres, "temperature": 0.5})
+    net = ColorizerNet(config).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c) * 0.2)
+                m.running_var.copy_(torch.rand(c) * 0.5 + 0.05)
+                m.weight.copy_(torch.rand(c) * 0.8 + 0.4)
+                m.bias.copy_(torch.randn(c) * 0.3)
+        net.head.conv[-1].weight.mul_(30.0)
+    save_checkpoint(path, {"model_config": config.to_dict(), "model": net.state_dict(), "step": 1})
+    return path
+
+
+def test_int8_lite_stem_input_keeps_its_negative_half(tmp_path):
+    """The Lite trunk reads (gray - 127.5) / 128, in [-1, 1]: its quantization must span that range
+    (a [0, 1] override, right for Y, clipped the negative half and failed the gate at ~16 dB)."""
+    out = tmp_path / "lite8.onnx"
+    export_checkpoint(_lite_checkpoint(tmp_path / "lite.pt"), out, precision="int8")  # raises below the gate
+    side = read_sidecar(out)
+    luma = side["precision_info"]["luma_quantization"]
+    lo, hi = luma["range"]
+    assert lo == pytest.approx(-127.5 / 128, abs=1e-5) and hi == pytest.approx(127.5 / 128, abs=1e-5)
+    assert luma["scale"] == pytest.approx(1 / 128) and luma["zero_point"] in (127, 128)
+    assert luma["max_error_steps"] <= 0.5 + 1e-3
+    model = onnx.load(str(out))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    (q,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == luma["tensor"]]
+    assert float(inits[q.input[1]]) == pytest.approx(1 / 128) and int(inits[q.input[2]]) == luma["zero_point"]
+    assert side["parity"]["psnr_db"] >= parity.TOLERANCES["int8"]["psnr_floor_db"]
+
+
+def test_luma_quantization_of_y_is_lossless(int8_onnx):
+    luma = read_sidecar(int8_onnx)["precision_info"]["luma_quantization"]
+    assert luma["range"] == [0.0, 1.0] and luma["zero_point"] == 0
+    assert luma["scale"] == pytest.approx(1 / 255) and luma["max_error_steps"] < 1e-3
+
+
+@pytest.mark.parametrize("mul, sub, want_scale, want_zp, want_err", [
+    (1.0, 0.0, 1 / 255, 0, 0.0),                       # Y = gray/255: lossless
+    (255 / 128, 127.5 / 128, 1 / 128, 128, 0.5),       # EfficientNet-Lite: (gray - 127.5)/128, half a level off
+    (1.0, -0.5, 1.5 / 255, 0, 1 / 3),                  # range not holding 0: widened to include it, as ORT does
+])
+def test_luma_quantization_spans_the_gray_levels(mul, sub, want_scale, want_zp, want_err):
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", ["gray"], ["g"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["g", "k255"], ["y"]), helper.make_node("Mul", ["y", "a"], ["ya"]),
+             helper.make_node("Sub", ["ya", "b"], ["x"]), helper.make_node("Neg", ["x"], ["out"])]
+    inits = [onnx.numpy_helper.from_array(np.array(v, np.float32), n)
+             for n, v in (("k255", 1 / 255), ("a", mul), ("b", sub))]
+    graph = helper.make_graph(nodes, "pre", [helper.make_tensor_value_info("gray", TensorProto.UINT8, [1, 1, None, None])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    got = quantize.luma_quantization(model, "x")
+    assert got["scale"] == pytest.approx(want_scale, rel=1e-5) and got["zero_point"] == want_zp
+    assert got["max_error_steps"] == pytest.approx(want_err, abs=2e-3)
+    assert float(got["_scale"]) == pytest.approx(want_scale, rel=1e-5) and got["_zero_point"].dtype == np.uint8
+    flat = helper.make_model(helper.make_graph(
+        [helper.make_node("Cast", ["gray"], ["g"], to=TensorProto.FLOAT), helper.make_node("Mul", ["g", "z"], ["x"])],
+        "flat", graph.input, [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array(0, np.float32), "z")]), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ExportError, match="expected the first convolution's input 'x' to vary"):
+        quantize.luma_quantization(flat, "x")
