@@ -7,7 +7,7 @@ H.264 (--crf 0). ``cli.py colorize-video`` runs on it with ``--temporal 0`` and 
 ``cli.py colorize-dir`` on the same frames saved as JPEGs, at the same ``--size`` and model. Printed (and
 written with ``--json``): PSNR against the truth (RGB, mean over frames), the flicker figure (mean absolute
 change of the output's Cb/Cr levels between consecutive frames within a shot) against the truth's own, the
-scene cuts found, and frames/s end to end (each command's own summary line: model loading excluded)
+colourfulness ratio to the truth's, the mean luma error against the input (levels), the scene cuts found, and frames/s end to end (each command's own summary line: model loading excluded)
 against the photo path's images/s (and its PSNR: JPEG q95 outputs).
 """
 
@@ -143,12 +143,17 @@ def run(argv: list[str] | None) -> None:
         report["gray_psnr_db"] = float(np.mean([metrics.psnr(np.repeat(g[..., None], 3, 2), f)
                                                  for g, f in zip(gray, truth)]))
         report["truth_flicker"] = within_shots(truth_cbcr(truth), args.frames)
+        truth_colour = float(np.mean([metrics.colourfulness(f) for f in truth]))
+        report["truth_colourfulness"] = truth_colour
         for name, temporal in (("temporal_0", ["--temporal", "0"]), ("default", [])):
             line = run_cli("colorize-video", t / "in.mp4", t / f"{name}.mp4", "--size", args.size, *model, *temporal)
             rgbs, cbcr = read_output(t / f"{name}.mp4")
             report[name] = {
                 "psnr_db": float(np.mean([metrics.psnr(o, f) for o, f in zip(rgbs, truth)])),
                 "flicker": within_shots(cbcr, args.frames),
+                "colourfulness_ratio": float(np.mean([metrics.colourfulness(o) for o in rgbs])) / truth_colour,
+                "luma_error": float(np.mean([np.abs(color.rgb_u8_to_luma_u8(o).astype(np.int16) - g).mean()
+                                             for o, g in zip(rgbs, gray)])),
                 "frames_per_s": float(re.search(r"\(([\d.]+) frames/s\)", line).group(1)),
                 "scene_cuts": int(re.search(r"(\d+) scene cut", line).group(1)),
                 "summary": line,
