@@ -39,13 +39,16 @@ __all__ = ["Colorizer", "Progress", "RunSummary", "Shard", "UsageError"]
 DEFAULT_MAX_PIXELS = 100_000_000
 
 
-def check_fail_list(src: Path, fail_list: str | os.PathLike[str] | None) -> Path | None:
-    """The ``--fail-list`` path, refused inside the input folder or in a folder that does not exist."""
+def check_fail_list(src: Path | None, fail_list: str | os.PathLike[str] | None) -> Path | None:
+    """The ``--fail-list`` path, refused inside the input folder (or as the input file ``src``; None: stdin)
+    or in a folder that does not exist."""
     if fail_list is None:
         return None
     fail_path = Path(fail_list).expanduser()
-    if src.resolve() in fail_path.resolve().parents:
+    if src is not None and src.is_dir() and src.resolve() in fail_path.resolve().parents:
         raise UsageError(f"--fail-list {fail_path} is inside the input folder {src}; the input is never written")
+    if src is not None and not src.is_dir() and fail_path.exists() and os.path.samefile(fail_path, src):
+        raise UsageError(f"--fail-list {fail_path} is the input file; the input is never written")
     if not fail_path.parent.is_dir():
         raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
     return fail_path
@@ -282,13 +285,7 @@ class Colorizer:
         dst_p = None if hasattr(dst, "write") else Path(dst).expanduser()  # type: ignore[arg-type]
         check_options(jpeg_quality, out_format)
         plan = single.plan_file(src_p, dst_p, out_format, overwrite=overwrite)
-        fail_path = None
-        if fail_list is not None:
-            fail_path = Path(fail_list).expanduser()
-            if src_p is not None and fail_path.exists() and os.path.samefile(fail_path, src_p):
-                raise UsageError(f"--fail-list {fail_path} is the input file; the input is never written")
-            if not fail_path.parent.is_dir():
-                raise UsageError(f"--fail-list: folder {fail_path.parent} does not exist")
+        fail_path = check_fail_list(src_p, fail_list)
         return single.run_file(
             self.runner, plan, self._settings(jpeg_quality), fail_list=fail_path, stop=stop, log=log,
             stdin=src if src_p is None else None, stdout=dst if dst_p is None else None,  # type: ignore[arg-type]
