@@ -474,52 +474,61 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
 @_options(_MODEL_OPTIONS, _VIDEO_OPTIONS)
 @click.option("--overwrite", is_flag=True, help="Redo the output if it exists (default: skip it).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
-def colorize_video(src: Path, dst: Path, model: Path | None, backend: str, device: str | None, size: int,
-                   padding: str, batch_size: int, saturation: float, temporal: float, crf: int, overwrite: bool,
-                   threads: int | None) -> None:
-    """Colorize the video SRC into DST (.mp4 .mov .mkv .avi: H.264; .webm: VP9), audio copied.
+@click.option("--log-every", type=str, default="10", show_default=True, metavar="SECONDS",
+              help="Without a terminal on stderr: a progress line (UTC time, frames done/expected, current and "
+                   "mean frames/s, ETA) every SECONDS.")
+@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="At the end (also after a failure or SIGTERM/SIGINT), write the outcome (frames, seconds, exit "
+                   "code, failure) as JSON.")
+def colorize_video(src: Path, dst: Path, **options) -> None:
+    """Colorize the video SRC into DST (.mp4 .mov .mkv .avi: H.264; .webm: VP9), audio and subtitles copied.
 
     Exit codes: 0 done (or skipped), 1 the video cannot be read or written (one 'path: reason' line),
     2 usage error, 143/130 stopped by SIGTERM/SIGINT (nothing written).
     """
     with _StopSignals() as signals:  # SIGTERM/SIGINT: during start-up leave at once, then abandon the video
-        _colorize_video_run(signals, src, dst, model=model, backend=backend, device=device, size=size,
-                            padding=padding, batch_size=batch_size, saturation=saturation, temporal=temporal,
-                            crf=crf, overwrite=overwrite, threads=threads)
+        _colorize_video_run(signals, src, dst, **options)
 
 
 def _colorize_video_run(signals: _StopSignals, src: Path, dst: Path, *, model: Path | None, backend: str,
                         device: str | None, size: int, padding: str, batch_size: int, saturation: float,
-                        temporal: float, crf: int, overwrite: bool, threads: int | None) -> None:
-    import time
-
+                        temporal: float, crf: int, overwrite: bool, threads: int | None, log_every: str,
+                        summary_json: Path | None) -> None:
     from engine.api import Colorizer
-    from engine.video import VideoError, check_paths
+    from engine.progress import Progress, check_interval, reporter_for, write_record_json
+    from engine.video import VideoError, VideoSummary, check_paths
 
+    every = check_interval(log_every)
+    if summary_json is not None and summary_json.is_dir():
+        _fail(f"--summary-json: expected a file path, found the folder {summary_json}")
     check_paths(src, dst)  # fail fast, before loading a model
-    last = [time.monotonic()]
 
-    def progress(done: int, total: int | None, elapsed: float) -> None:
-        if time.monotonic() - last[0] >= 10.0:
-            last[0] = time.monotonic()
-            rate = done / elapsed if elapsed > 0 else 0.0
-            _log_progress_line(f"{done}/{total if total is not None else '?'} frames, {rate:.2f} frames/s")
+    def finish(summary: VideoSummary, code: int, failure: str | None = None) -> None:
+        if summary_json is not None:
+            write_record_json(summary_json, summary.record(src, dst, exit_code=code, failure=failure))
+        sys.exit(code)
 
     with Colorizer(model, backend, size=size, batch_size=batch_size, device=device, saturation=saturation,
                    threads=threads, padding=padding) as colorizer:
         click.echo(f"backend: {colorizer.describe()}, {colorizer.padding} padding")
         signals.running()
-        try:
-            summary = colorizer.colorize_video(src, dst, temporal=temporal, crf=crf, overwrite=overwrite,
-                                               progress=progress, stop=signals.event)
-        except VideoError as e:
-            click.echo(str(e), err=True)
-            sys.exit(1)
+        # A tqdm bar in frames when stderr is a terminal, else a progress line logged every --log-every seconds.
+        with reporter_for(sys.stderr, _log_progress_line, every, unit="frames") as report:
+            def progress(done: int, total: int | None, elapsed: float) -> None:
+                report(Progress("frames", None, done, 0, 0, total, elapsed))
+
+            try:
+                summary = colorizer.colorize_video(src, dst, temporal=temporal, crf=crf, overwrite=overwrite,
+                                                   progress=progress, stop=signals.event)
+            except VideoError as e:
+                click.echo(str(e), err=True)
+                finish(VideoSummary(), 1, str(e))
     if summary.stopped:
         click.echo(f"stopped by {_signal_name(signals.signum or signal.SIGTERM)} after {summary.frames} frames: "
                    f"nothing written; run the same command again", err=True)
-        sys.exit(STOP_CODES.get(signals.signum, 143))
+        finish(summary, STOP_CODES.get(signals.signum, 143))
     click.echo(summary.line())
+    finish(summary, 0)
 
 
 # ----------------------------------------------------------------------------- evaluate / demo

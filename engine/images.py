@@ -447,7 +447,8 @@ def compose(luma: np.ndarray, uv: np.ndarray, *, saturation: float = 1.0, alpha:
 
 
 def compose_jpeg_chroma(
-    shape: tuple[int, int], uv: np.ndarray, *, saturation: float = 1.0, limited: bool = False
+    shape: tuple[int, int], uv: np.ndarray, *, saturation: float = 1.0, limited: bool = False,
+    subsampled: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The 4:2:0 Cb and Cr planes (uint8, ``ceil(H/2) x ceil(W/2)``) of a JPEG whose Y plane is the photo's luma.
 
@@ -458,10 +459,11 @@ def compose_jpeg_chroma(
     (centred, as JFIF sites them). A JPEG output so needs no full-resolution float,
     RGB or chroma pass, a fraction of the work of ``compose``.
     Decoded, it gives ``compose``'s pixels within a few levels, before JPEG's own loss.
-    The same planes are a 4:2:0 video frame's chroma (``limited``: in the video range's levels).
+    The same planes are a 4:2:0 video frame's chroma (``limited``: in the video range's levels);
+    ``subsampled=False`` gives 4:4:4 planes, ``H x W``.
     """
     H, W = shape
-    size = ((W + 1) // 2, (H + 1) // 2)
+    size = ((W + 1) // 2, (H + 1) // 2) if subsampled else (W, H)
     cbcr = color.uv_to_cbcr_u8(np.moveaxis(np.asarray(uv), 0, -1), saturation, limited=limited)
     planes = []
     for c in range(2):

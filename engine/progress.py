@@ -213,11 +213,15 @@ def format_eta(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def log_line(f: dict[str, Any]) -> str:
-    """``UTC done/total done, F failed, C img/s now, M img/s mean, ETA H:MM:SS`` (``?`` where unknown)."""
+def log_line(f: dict[str, Any], unit: str = "img") -> str:
+    """``UTC done/total done, F failed, C img/s now, M img/s mean, ETA H:MM:SS`` (``?`` where unknown).
+
+    ``unit``: what is counted, ``img`` (files) or ``frames`` (a video: then no failed count)."""
     total = f["total"] if f["total"] is not None else "?"
-    return (f"{f['utc']} {f['done']}/{total} done, {f['failed']} failed, {f['current_img_per_s']:.2f} img/s now, "
-            f"{f['mean_img_per_s']:.2f} img/s mean, ETA {format_eta(f['eta_s'])}")
+    failed = f" {f['failed']} failed," if unit == "img" else ""
+    return (f"{f['utc']} {f['done']}/{total} {'done' if unit == 'img' else unit},{failed} "
+            f"{f['current_img_per_s']:.2f} {unit}/s now, {f['mean_img_per_s']:.2f} {unit}/s mean, "
+            f"ETA {format_eta(f['eta_s'])}")
 
 
 def check_interval(seconds: float) -> float:
@@ -239,12 +243,14 @@ class LineReporter:
     seconds after the reporter is made, so short runs print none. "now" is the img/s since the
     previous line, "mean" since the start; the ETA is the files left at the mean files/s.
     ``clock`` and ``now`` are injectable and ``timer=False`` leaves the timing to ``tick()`` (tests).
+    ``unit``: ``img`` (files) or ``frames`` (one video, its frames as ``colorized``).
     """
 
     def __init__(self, write: Callable[[str], None], every: float = LINE_EVERY_S,
                  clock: Callable[[], float] = time.monotonic, *, now: Callable[[], _dt.datetime] = utc_now,
-                 timer: bool = True) -> None:
+                 timer: bool = True, unit: str = "img") -> None:
         self.write, self.every, self.clock, self.now = write, check_interval(every), clock, now
+        self.unit = unit
         self.t0 = self.last = clock()
         self._last_colorized = 0
         self.latest: Progress | None = None
@@ -270,7 +276,7 @@ class LineReporter:
             t = self.clock()
             if t - self.last < self.every:
                 return
-            self.write(log_line(self._fields(t)))
+            self.write(log_line(self._fields(t), self.unit))
             self.last = t
             self._last_colorized = self.latest.colorized if self.latest else 0
 
@@ -323,9 +329,13 @@ def summary_record(summary: RunSummary, *, total: int | None = None, exit_code: 
 def write_summary_json(path: str | Path, summary: RunSummary, *, total: int | None = None,
                        exit_code: int | None = None, now: Callable[[], _dt.datetime] = utc_now) -> dict[str, Any]:
     """Write ``summary_record`` as strict JSON (no NaN/Infinity) atomically; ``OutputError`` when it cannot."""
+    return write_record_json(path, summary_record(summary, total=total, exit_code=exit_code, now=now))
+
+
+def write_record_json(path: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    """``--summary-json``: ``record`` as strict, sorted JSON, written atomically; ``OutputError`` when it cannot."""
     import json
 
-    record = summary_record(summary, total=total, exit_code=exit_code, now=now)
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
     try:
         write_text_atomic(path, text)
@@ -341,10 +351,11 @@ class BarReporter:
     the block closes the bar.
     """
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], unit: str = "img") -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=None, unit="img", dynamic_ncols=True, file=stream)
+        self.bar = tqdm(total=None, unit=unit, dynamic_ncols=True, file=stream)
+        self.unit = unit
         self._redirect: Any = None
 
     def __call__(self, p: Progress) -> None:
@@ -353,8 +364,9 @@ class BarReporter:
             bar.total = p.total
             bar.refresh()
         if p.event != "total":
-            bar.update(1)
-            bar.set_postfix(ok=p.colorized, skip=p.skipped, fail=p.failed, refresh=False)
+            bar.update(p.done - bar.n)  # one file per event; a batch of frames for a video
+            if self.unit == "img":
+                bar.set_postfix(ok=p.colorized, skip=p.skipped, fail=p.failed, refresh=False)
 
     def close(self) -> None:
         self.bar.close()
@@ -380,8 +392,8 @@ class BarReporter:
             self.close()
 
 
-def reporter_for(stream: IO[str], write_line: Callable[[str], None],
-                 every: float = LINE_EVERY_S) -> BarReporter | LineReporter:
-    every = check_interval(every)
+def reporter_for(stream: IO[str], write_line: Callable[[str], None], every: float = LINE_EVERY_S, *,
+                 unit: str = "img") -> BarReporter | LineReporter:
     """A ``BarReporter`` on ``stream`` when it is a terminal, else a ``LineReporter`` writing with ``write_line``."""
-    return BarReporter(stream) if stream.isatty() else LineReporter(write_line, every)
+    every = check_interval(every)
+    return BarReporter(stream, unit) if stream.isatty() else LineReporter(write_line, every, unit=unit)

@@ -7,8 +7,9 @@ at full resolution with the photo path's ``images.compose_jpeg_chroma``, H.264 o
 
 Every frame's own luma plane goes to the encoder untouched (only the codec's loss changes it); the
 chroma planes are the model's, upscaled. Timestamps, time base, frame rate, size, sample aspect ratio
-and display rotation are the input's; audio packets are copied, not re-encoded; container metadata is
-kept. The output is written to a temp file beside the target (``engine.core.files.temp_name``) and
+and display rotation are the input's; audio and subtitle packets are copied, not re-encoded (other
+streams are named in a note); container metadata is kept. Output is 4:2:0, or 4:4:4 for an odd width or
+height. The output is written to a temp file beside the target (``engine.core.files.temp_name``) and
 renamed when complete, so a killed run leaves no partial output. PyAV (``av``) is imported only here,
 when a video is processed.
 """
@@ -32,6 +33,7 @@ from engine.backends.base import Runner
 from engine.core import color
 from engine.core.errors import ColorizerError
 from engine.core.files import VIDEO_CONTAINERS, create_temp, file_kind, printable
+from engine.progress import utc_now, utc_stamp
 from engine.stages import infer_chroma
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class VideoSummary:
     seconds: float = 0.0
     cuts: int = 0
     audio_streams: int = 0
+    subtitle_streams: int = 0
     skipped: bool = False
     stopped: bool = False  # the caller's stop event was set: nothing was written
 
@@ -75,10 +78,21 @@ class VideoSummary:
     def frames_per_second(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    def record(self, src: Path, dst: Path, *, exit_code: int, failure: str | None = None) -> dict[str, Any]:
+        """``colorize-video --summary-json``: the outcome as plain JSON types (paths via ``printable``)."""
+        return {"utc": utc_stamp(utc_now()), "input": printable(os.fspath(src)),
+                "output": printable(os.fspath(dst)), "frames": self.frames, "seconds": round(self.seconds, 3),
+                "frames_per_second": round(self.frames_per_second, 3), "scene_cuts": self.cuts,
+                "audio_streams": self.audio_streams, "subtitle_streams": self.subtitle_streams,
+                "skipped": self.skipped, "stopped": self.stopped, "exit_code": exit_code,
+                "failure": None if failure is None else printable(failure)}
+
     def line(self) -> str:
         if self.skipped:
             return "0 frames colorized: the output exists (skipped)"
         audio = f", {self.audio_streams} audio stream{'s' * (self.audio_streams != 1)} copied"
+        if self.subtitle_streams:
+            audio += f", {self.subtitle_streams} subtitle stream{'s' * (self.subtitle_streams != 1)} copied"
         return (f"{self.frames} frames colorized in {self.seconds:.1f} s ({self.frames_per_second:.2f} frames/s), "
                 f"{self.cuts} scene cut{'s' * (self.cuts != 1)}{audio}")
 
@@ -102,6 +116,8 @@ class _Probe:
     rotation: int
     full_range: bool
     audio: list[str]  # codec names of the audio streams, all copied
+    subtitles: list[str]  # codec names of the subtitle streams, all copied
+    left: list[str]  # the other streams (data, attachments), not copied: "#index type (codec)"
     duration: float | None  # seconds of video the header promises (None: it does not say)
 
 
@@ -155,14 +171,26 @@ def _probe(av: Any, src: Path) -> _Probe:
             vs = c.streams.video[0]
             if vs.codec_context is None:
                 raise VideoError(src, "unsupported video codec (no decoder for it in this FFmpeg build)")
+            left = [f"#{s.index} {s.type} ({_codec_name(s)})" for s in c.streams
+                    if s.type not in ("audio", "subtitle") and s is not vs]
             for frame in c.decode(vs):
                 return _Probe(frame.width, frame.height, vs.average_rate or vs.guessed_rate or vs.base_rate,
                               vs.frames or None, int(frame.rotation or 0), _full_range(frame),
-                              [a.codec_context.name if a.codec_context else a.type for a in c.streams.audio],
-                              _duration(c, vs))
+                              [_codec_name(a) for a in c.streams.audio],
+                              [_codec_name(t) for t in c.streams.subtitles], left, _duration(c, vs))
             raise VideoError(src, "no video frame could be decoded")
     except av.error.FFmpegError as e:
         raise VideoError(src, f"cannot read as a video ({_reason(e)})") from e
+
+
+def _codec_name(stream: Any) -> str:
+    cc = getattr(stream, "codec_context", None)
+    return cc.name if cc is not None and cc.name else getattr(stream, "codec_tag", "") or stream.type
+
+
+def _pix_fmt(probe: _Probe) -> str:
+    """yuv420p, the format every player takes; yuv444p for an odd width or height (4:2:0 needs even ones)."""
+    return "yuv444p" if probe.width % 2 or probe.height % 2 else "yuv420p"
 
 
 def _full_range(frame: Any) -> bool:
@@ -190,8 +218,8 @@ def _decode_stage(av: Any, src: Path, probe: _Probe, settings: VideoSettings, ou
         vs = c.streams.video[0]
         vs.thread_type = "AUTO"
         step = float(1 / probe.rate) if probe.rate else 0.0
-        for packet in c.demux(vs, *c.streams.audio):
-            if packet.stream.type == "audio":
+        for packet in c.demux(vs, *c.streams.audio, *c.streams.subtitles):
+            if packet.stream.type in ("audio", "subtitle"):
                 if packet.dts is not None:  # (the stream object dies with this container: its index travels)
                     flow.put(out_q, (packet.stream.index, packet), stop)
                 continue
@@ -224,7 +252,7 @@ def _open_output(av: Any, src_c: Any, fileobj: Any, dst: Path, probe: _Probe, se
     vin = src_c.streams.video[0]
     codec = "libvpx-vp9" if fmt == "webm" else "libx264"
     vs = out.add_stream(codec, rate=probe.rate)
-    vs.width, vs.height, vs.pix_fmt = probe.width, probe.height, "yuv420p"
+    vs.width, vs.height, vs.pix_fmt = probe.width, probe.height, _pix_fmt(probe)
     vs.time_base = vin.time_base
     cc = vs.codec_context
     cc.time_base = vin.time_base
@@ -246,12 +274,13 @@ def _open_output(av: Any, src_c: Any, fileobj: Any, dst: Path, probe: _Probe, se
                                                                  "compatible_brands")}
     out.metadata.update(keep)
     vs.metadata.update({k: v for k, v in vin.metadata.items() if k in ("language", "title", "handler_name")})
-    audio = {}
-    for a in src_c.streams.audio:
+    copied = {}  # input stream index -> output stream, for the audio and subtitle packets
+    for a in (*src_c.streams.audio, *src_c.streams.subtitles):
         o = out.add_stream_from_template(a)
         o.metadata.update(a.metadata)
-        audio[a.index] = o
-    return out, vs, audio
+        o.disposition = a.disposition
+        copied[a.index] = o
+    return out, vs, copied
 
 
 def _encode_stage(av: Any, src: Path, dst: Path, fileobj: Any, probe: _Probe, settings: VideoSettings,
@@ -271,15 +300,19 @@ def _encode_loop(av: Any, out: Any, vs: Any, audio: dict, probe: _Probe, setting
         item = flow.get(in_q, stop)
         if item is None:
             break
-        if not isinstance(item, _Frame):  # an audio packet, copied
+        if not isinstance(item, _Frame):  # an audio or subtitle packet, copied
             index, packet = item
             packet.stream = audio[index]
             out.mux(packet)
             continue
+        subsampled = _pix_fmt(probe) == "yuv420p"
         cb, cr = images.compose_jpeg_chroma((h, w), item.uv, saturation=settings.saturation,
-                                            limited=not probe.full_range)
-        planes = np.concatenate([item.luma.reshape(-1), cb.reshape(-1), cr.reshape(-1)])
-        frame = av.VideoFrame.from_ndarray(planes.reshape(h * 3 // 2, w), format="yuv420p")
+                                            limited=not probe.full_range, subsampled=subsampled)
+        if subsampled:
+            planes = np.concatenate([item.luma.reshape(-1), cb.reshape(-1), cr.reshape(-1)])
+            frame = av.VideoFrame.from_ndarray(planes.reshape(h * 3 // 2, w), format="yuv420p")
+        else:
+            frame = av.VideoFrame.from_ndarray(np.stack([item.luma, cb, cr]), format="yuv444p", channel_last=False)
         frame.pts = item.pts
         frame.time_base = vs.codec_context.time_base
         out.mux(vs.encode(frame))
@@ -319,13 +352,21 @@ def colorize_video(runner: Runner, src: str | os.PathLike[str], dst: str | os.Pa
             return VideoSummary(skipped=True)
     av = _av()
     probe = _probe(av, src_p)
-    if probe.width % 2 or probe.height % 2:
-        raise VideoError(src_p, f"{probe.width}x{probe.height}: 4:2:0 output needs an even width and height")
     with av.open(io.BytesIO(), "w", format=VIDEO_CONTAINERS[dst_p.suffix.lower()]) as sample:
-        refused = [name for name in probe.audio if name not in sample.supported_codecs]
-    if refused:
-        raise VideoError(src_p, f"its audio ({', '.join(refused)}) is copied, not re-encoded, and {dst_p.suffix} "
-                                f"cannot hold it: choose another output container (.mkv holds nearly any)")
+        for kind, names in (("audio", probe.audio), ("subtitles", probe.subtitles)):
+            refused = sorted({name for name in names if name not in sample.supported_codecs})
+            if refused:
+                raise VideoError(src_p, f"its {kind} ({', '.join(refused)}) {'is' if kind == 'audio' else 'are'} "
+                                        f"copied, not re-encoded, and {dst_p.suffix} cannot hold "
+                                        f"{'it' if kind == 'audio' else 'them'}: choose another output container "
+                                        f"(.mkv holds nearly any)")
+    shown = printable(os.fspath(src_p))
+    if probe.left:
+        log.warning("note: %s: %s not copied (only video, audio and subtitle streams are)", shown,
+                    ", ".join(probe.left))
+    if _pix_fmt(probe) != "yuv420p":
+        log.warning("note: %s: %dx%d is odd-sized, which 4:2:0 cannot hold: written as 4:4:4 (%s)", shown,
+                    probe.width, probe.height, "H.264 High 4:4:4" if dst_p.suffix.lower() != ".webm" else "VP9 profile 1")
     try:
         dst_p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -432,4 +473,5 @@ def _run(av: Any, runner: Runner, src: Path, dst: Path, fileobj: Any, probe: _Pr
         if isinstance(e, av.error.FFmpegError):
             raise VideoError(src, f"cannot decode or encode ({_reason(e)})") from e
         raise e
-    return VideoSummary(frames=frames, cuts=smoother.cuts, audio_streams=len(probe.audio))
+    return VideoSummary(frames=frames, cuts=smoother.cuts, audio_streams=len(probe.audio),
+                        subtitle_streams=len(probe.subtitles))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,8 +168,9 @@ def test_stopped_run_leaves_no_partial_output_and_reruns(tiny_onnx, tmp_path, si
     src, out = tmp_path / "long.mov", tmp_path / "out"
     make_clip(src, frames)
     dst = out / "long.mov"
+    summary = tmp_path / "summary.json"
     cmd = [sys.executable, "cli.py", "colorize-video", str(src), str(dst), "--model", str(tiny_onnx), "--size", "64",
-           "--batch-size", "1"]
+           "--batch-size", "1", "--summary-json", str(summary)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
@@ -181,6 +184,8 @@ def test_stopped_run_leaves_no_partial_output_and_reruns(tiny_onnx, tmp_path, si
     assert not dst.exists()  # never a partial output under the real name
     if sig == signal.SIGINT:  # Ctrl-C: exit 130, and the run removes its own temp file
         assert rc == 130 and list(out.iterdir()) == []
+        record = json.loads(summary.read_text())
+        assert record["stopped"] is True and record["exit_code"] == 130 and 0 < record["frames"] < 75, record
     r = cli(src, dst, "--model", tiny_onnx, "--size", 64)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["long.mov"]  # the dead run's temp file removed
@@ -245,3 +250,85 @@ def test_colorize_dir_takes_videos_with_the_folder_rules(tiny_onnx, tmp_path):
     assert len(planes(dst / "reels" / "a.mkv")[0]) == 5
     r = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stdout.splitlines()[-1].startswith("0 colorized, 2 skipped, 1 failed"), r.stdout
+
+
+def _subtitled_mkv(path: Path, frames: list[np.ndarray], srt: Path) -> None:
+    """An mkv with the frames and a SubRip track (remuxed from ``srt``), language and default flag set."""
+    h, w = frames[0].shape
+    with av.open(str(srt)) as s, av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        sub = out.add_stream_from_template(s.streams.subtitles[0])
+        sub.metadata["language"] = "fra"
+        for gray in frames:
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=2), format="rgb24")))
+        out.mux(vs.encode(None))
+        for p in s.demux(s.streams.subtitles[0]):
+            if p.dts is not None:
+                p.stream = sub
+                out.mux(p)
+
+
+def test_subtitles_are_copied_or_the_container_is_refused(colorizer, tmp_path):
+    from engine.video import VideoError
+
+    srt = tmp_path / "cues.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,200\nBonjour\n\n2\n00:00:00,200 --> 00:00:00,400\nAu revoir\n\n")
+    src = tmp_path / "film.mkv"
+    _subtitled_mkv(src, [scene(3, 48, 64)] * 10, srt)
+    summary = colorizer.colorize_video(src, tmp_path / "out.mkv")
+    assert summary.frames == 10 and summary.subtitle_streams == 1 and "1 subtitle stream copied" in summary.line()
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        sub = c.streams.subtitles[0]
+        assert sub.metadata.get("language") == "fra"
+        assert [bytes(p) for p in c.demux(sub) if p.dts is not None] == [b"Bonjour", b"Au revoir"]
+    with pytest.raises(VideoError, match=r"its subtitles \(\w+\) are copied, not re-encoded, and .mp4 cannot hold"):
+        colorizer.colorize_video(src, tmp_path / "out.mp4")  # SubRip cannot go into MP4: nothing written
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_odd_size_is_kept_as_444(colorizer, tmp_path, caplog):
+    src, dst = tmp_path / "odd.mkv", tmp_path / "out.mp4"
+    frames = [np.roll(scene(4, 45, 71), i, axis=1) for i in range(8)]
+    with av.open(str(src), "w") as out:  # 4:4:4 in, as odd-sized material usually is (4:2:0 cannot be)
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 71, 45, "yuv444p"
+        for gray in frames:
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=2), format="rgb24")))
+        out.mux(vs.encode(None))
+    with caplog.at_level("WARNING", logger="engine.video"):
+        summary = colorizer.colorize_video(src, dst)
+    assert summary.frames == 8
+    assert any("71x45 is odd-sized" in r.getMessage() and "4:4:4" in r.getMessage() for r in caplog.records)
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        fa, fb = list(a.decode(video=0)), list(b.decode(video=0))
+        assert len(fb) == 8 and (fb[0].width, fb[0].height) == (71, 45) and fb[0].format.name == "yuv444p"
+        ya = np.stack([f.to_ndarray(format="yuv444p", channel_last=False)[0] for f in fa]).astype(int)
+        yb, cb = (np.stack([f.to_ndarray(format="yuv444p", channel_last=False)[k] for f in fb]).astype(int)
+                  for k in (0, 1))
+    assert np.abs(yb - ya).mean() <= 2.0  # the luma kept
+    assert np.abs(cb - 128).mean() > 1.0  # coloured
+
+
+def test_log_lines_in_frames_and_summary_json(tiny_onnx, tmp_path):
+    src, dst, summary = tmp_path / "pan.mp4", tmp_path / "out.mp4", tmp_path / "run.json"
+    make_clip(src, [np.roll(scene(5, 96, 160), 2 * i, axis=1) for i in range(40)])
+    r = cli(src, dst, "--model", tiny_onnx, "--size", 64, "--batch-size", 1, "--log-every", 0.05,
+            "--summary-json", summary)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if " frames/s now, " in ln]
+    assert lines, r.stderr  # stderr is not a terminal: timed log lines, in frames
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \d+/40 frames, [\d.]+ frames/s now, [\d.]+ frames/s mean, "
+                     r"ETA \d+:\d\d:\d\d$", lines[-1]), lines[-1]
+    record = json.loads(summary.read_text())
+    assert record["frames"] == 40 and record["exit_code"] == 0 and record["stopped"] is False
+    assert record["failure"] is None and record["audio_streams"] == 1 and record["frames_per_second"] > 0
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video\n")
+    r = cli(bad, tmp_path / "bad-out.mp4", "--model", tiny_onnx, "--size", 64, "--summary-json", summary)
+    assert r.returncode == 1, r.stderr
+    record = json.loads(summary.read_text())
+    assert record["exit_code"] == 1 and record["frames"] == 0
+    assert record["failure"].startswith(f"{bad}: cannot read as a video"), record
+    r = cli(src, dst, "--log-every", "0")
+    assert r.returncode == 2 and "--log-every" in r.stderr, r.stderr
