@@ -1,8 +1,9 @@
-"""colorize-video on a clip whose truth is known: a pan over one colour photo, a cut, a zoom into another.
+"""colorize-video on a clip whose truth is known: shots over colour photos, a cut between each two.
 
-    python benchmarks/video.py PHOTO_A PHOTO_B [--size 224] [--width 640 --height 360] [--frames 48]
+    python benchmarks/video.py PHOTO PHOTO [PHOTO ...] [--size 224] [--width 640 --height 360] [--frames 48]
 
-Each shot is made from a colour photo (the truth of every frame); the clip holds their luma, encoded
+One shot per photo, in the order given: a left-to-right pan across the 1st, 3rd, ... photo, a zoom into the
+centre of the 2nd, 4th, ... Each shot is made from a colour photo (the truth of every frame); the clip holds their luma, encoded
 H.264 (--crf 0). ``cli.py colorize-video`` runs on it with ``--temporal 0`` and with the default, and
 ``cli.py colorize-dir`` on the same frames saved as JPEGs, at the same ``--size`` and model. Printed (and
 written with ``--json``): PSNR against the truth (RGB, mean over frames), the flicker figure (mean absolute
@@ -34,25 +35,33 @@ from engine.core import color, metrics  # noqa: E402
 from engine.core.errors import ColorizerError  # noqa: E402
 
 
-def shots(photo_a: Path, photo_b: Path, w: int, h: int, n: int) -> list[list[np.ndarray]]:
-    """RGB frames: a left-to-right pan over ``photo_a``, then a zoom into the centre of ``photo_b``."""
-    a = np.asarray(Image.open(photo_a).convert("RGB"))
-    b = np.asarray(Image.open(photo_b).convert("RGB"))
+def shots(photos: list[Path], w: int, h: int, n: int) -> list[list[np.ndarray]]:
+    """RGB frames of each shot, ``n`` per photo: pans over the even-numbered photos, zooms into the others."""
+    return [(pan if i % 2 == 0 else zoom)(np.asarray(Image.open(p).convert("RGB")), w, h, n)
+            for i, p in enumerate(photos)]
+
+
+def pan(a: np.ndarray, w: int, h: int, n: int) -> list[np.ndarray]:
+    """``n`` frames ``h x w`` panning left to right across the photo ``a`` (scaled to leave room)."""
     scale = max((h * 1.1) / a.shape[0], (w * 1.25) / a.shape[1])  # room to pan across
     a = cv2.resize(a, (round(a.shape[1] * scale), round(a.shape[0] * scale)), interpolation=cv2.INTER_AREA)
     y0 = (a.shape[0] - h) // 2
-    pan = [np.ascontiguousarray(a[y0 : y0 + h, x : x + w])
-           for x in np.linspace(0, a.shape[1] - w, n).round().astype(int)]
+    return [np.ascontiguousarray(a[y0 : y0 + h, x : x + w])
+            for x in np.linspace(0, a.shape[1] - w, n).round().astype(int)]
+
+
+def zoom(b: np.ndarray, w: int, h: int, n: int) -> list[np.ndarray]:
+    """``n`` frames ``h x w`` zooming into the centre of the photo ``b``, from its full width to 60 % of it."""
     bh, bw = b.shape[:2]
     full_w = min(bw, bh * w / h)
-    zoom = []
+    frames = []
     for k in range(n):
         cw = full_w * (1.0 - 0.4 * k / max(1, n - 1))
         ch = cw * h / w
         x0, y0 = (bw - cw) / 2, (bh - ch) / 2
         m = np.float32([[w / cw, 0, -x0 * w / cw], [0, h / ch, -y0 * h / ch]])
-        zoom.append(cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR))
-    return [pan, zoom]
+        frames.append(cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR))
+    return frames
 
 
 def write_clip(path: Path, frames: list[np.ndarray], rate: int = 24) -> None:
@@ -102,6 +111,31 @@ def within_shots(cbcr: np.ndarray, n: int) -> float:
     return float(np.mean([flicker(cbcr[i : i + n]) for i in range(0, len(cbcr), n)]))
 
 
+def table(report: dict) -> str:
+    """The report as the Markdown table of docs/video.md."""
+    def row(name: str, r: dict) -> str:
+        return (f"| {name} | {r['psnr_db']:.2f} | {r['flicker']:.2f} | {r['colourfulness_ratio']:.2f} | "
+                f"{r['luma_error']:.2f} | {r['scene_cuts']} of {report['shots'] - 1} | {r['frames_per_s']:.1f} frames/s |")
+
+    t0, d = report["temporal_0"], report["default"]
+    return "\n".join([
+        "| | PSNR vs truth (dB) | flicker (Cb/Cr levels) | colourfulness / truth's | luma error (levels) "
+        "| scene cuts found | speed |",
+        "|---|---|---|---|---|---|---|",
+        f"| gray input | {report['gray_psnr_db']:.2f} | | 0 | | | |",
+        f"| truth | | {report['truth_flicker']:.2f} | 1 | | | |",
+        row("`--temporal 0`", t0),
+        row("`--temporal 0.7` (default)", d),
+        f"| `colorize-dir` on the frames as JPEGs | {report['photo_path_psnr_db']:.2f} | | | | | "
+        f"{report['photo_path_images_per_s']:.1f} images/s |",
+        "",
+        f"{report['frames']} frames of {report['size']} ({report['shots']} shots of "
+        f"{report['frames'] // report['shots']}), model at --size {report['model_size']}; the default's "
+        f"frames/s is {100 * d['frames_per_s'] / report['photo_path_images_per_s']:.0f} % of the photo path's "
+        f"images/s; flicker with smoothing is {d['flicker'] / report['truth_flicker']:.2f}x the truth's.",
+    ]) + "\n"
+
+
 def run_cli(*args: object) -> str:
     r = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True)
     if r.returncode != 0:
@@ -120,22 +154,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("photo_a", type=Path, help="colour photo for the pan")
-    ap.add_argument("photo_b", type=Path, help="colour photo for the zoom")
+    ap.add_argument("photos", type=Path, nargs="+", metavar="PHOTO",
+                    help="colour photos, one shot each (at least two: the clip has a cut between shots)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--frames", type=int, default=48, help="frames per shot")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the table of docs/video.md here")
     args = ap.parse_args(argv)
-    for photo in (args.photo_a, args.photo_b):
+    if len(args.photos) < 2:
+        raise BenchmarkError(f"expected at least two photos (one shot each), found {len(args.photos)}")
+    for photo in args.photos:
         if not photo.is_file():
             raise BenchmarkError(f"{photo}: expected a colour photo, found no file")
     model = ["--model", args.model] if args.model else []
-    pan, zoom = shots(args.photo_a, args.photo_b, args.width, args.height, args.frames)
-    truth = pan + zoom
-    report: dict = {"frames": len(truth), "size": f"{args.width}x{args.height}", "model_size": args.size}
+    truth = [f for shot in shots(args.photos, args.width, args.height, args.frames) for f in shot]
+    report: dict = {"frames": len(truth), "shots": len(args.photos), "photos": [p.name for p in args.photos],
+                    "size": f"{args.width}x{args.height}", "model_size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         write_clip(t / "in.mp4", truth)
@@ -168,6 +205,8 @@ def run(argv: list[str] | None) -> None:
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table(report))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,19 @@ def test_video_benchmark_reports_every_figure(tiny_onnx, tmp_path):
     from benchmarks import video
 
     out = tmp_path / "video.json"
-    rc = video.main([str(SAMPLES / "color-Dune.jpg"), str(SAMPLES / "color-Storm.jpg"), "--width", "96", "--height",
-                     "64", "--frames", "6", "--size", "64", "--model", str(tiny_onnx), "--json", str(out)])
+    photos = [SAMPLES / "color-Dune.jpg", SAMPLES / "color-Storm.jpg", SAMPLES / "color-Dune.jpg"]
+    rc = video.main([*map(str, photos), "--width", "96", "--height", "64", "--frames", "6", "--size", "64", "--model",
+                     str(tiny_onnx), "--json", str(out), "--markdown", str(tmp_path / "video.md")])
     assert rc == 0
     report = json.loads(out.read_text())
-    assert report["frames"] == 12 and report["size"] == "96x64"
+    assert report["frames"] == 18 and report["shots"] == 3 and report["size"] == "96x64"
     for name in ("temporal_0", "default"):
         r = report[name]
-        assert r["scene_cuts"] == 1 and r["frames_per_s"] > 0 and 5 < r["psnr_db"] < 60 and r["flicker"] >= 0
+        assert r["scene_cuts"] == 2 and r["frames_per_s"] > 0 and 5 < r["psnr_db"] < 60 and r["flicker"] >= 0
     assert report["photo_path_images_per_s"] > 0 and 5 < report["photo_path_psnr_db"] < 60
     assert 5 < report["gray_psnr_db"] < 60 and report["truth_flicker"] > 0
+    md = (tmp_path / "video.md").read_text()
+    assert f"| gray input | {report['gray_psnr_db']:.2f} |" in md and "| 2 of 2 |" in md
 
 
 def test_video_benchmark_missing_photo_is_one_error(tmp_path, capsys):
@@ -32,3 +35,5 @@ def test_video_benchmark_missing_photo_is_one_error(tmp_path, capsys):
 
     assert video.main([str(tmp_path / "none.jpg"), str(tmp_path / "none2.jpg")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+    assert video.main([str(SAMPLES / "color-Dune.jpg")]) == 2
+    assert "expected at least two photos" in capsys.readouterr().err
