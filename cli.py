@@ -263,7 +263,7 @@ def _log_progress_line(line: str) -> None:
 _MODEL_OPTIONS = (
     click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="Model file: .onnx (ort), .plan (trt) or .pt (torch). Default: the bundled "
-                      "models/colorizer-int8.onnx on a CPU, models/colorizer.onnx on a GPU (.pt for torch)."),
+                      "models/colorizer.onnx (.pt for torch); models/colorizer-int8.onnx is faster on a CPU."),
     click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True,
                  help="auto: trt with a .plan and a GPU, else ort with its best provider, else torch."),
     click.option("--device", default=None, metavar="cpu|cuda:K", help="Device (default: the best available)."),
@@ -541,7 +541,7 @@ def _fmt(x: float) -> str:
 @main.command()
 @click.option("--data", required=True, type=click.Path(path_type=Path),
               help="Colour photos: a folder (recursive) or a .txt list of paths (e.g. RUN_DIR/val_files.txt).")
-@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled: colorizer-int8.onnx on a CPU, colorizer.onnx on a GPU].")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled: models/colorizer.onnx].")
 @click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda or cuda:K.")
 @click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
@@ -586,7 +586,7 @@ def evaluate(data: Path, model: Path | None, backend: str, device: str | None, s
 
 
 @main.command()
-@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled: colorizer-int8.onnx on a CPU, colorizer.onnx on a GPU].")
+@click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled: models/colorizer.onnx].")
 @click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True)
 def demo(model: Path | None, backend: str) -> None:
     """Colorize samples/ with the bundled model into out/demo/ and write out/demo/grid.png."""

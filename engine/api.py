@@ -65,8 +65,8 @@ def check_options(jpeg_quality: int, out_format: str) -> None:
 class Colorizer:
     """A loaded model plus the pre/post-processing of the engine.
 
-    model: path to .onnx / .plan / .pt, or None for the bundled model (colorizer-int8.onnx when ONNX
-        Runtime runs on the CPU, colorizer.onnx on a GPU, .pt for torch: ``engine.backends.bundled_onnx``).
+    model: path to .onnx / .plan / .pt, or None for the bundled model (colorizer.onnx, its
+        engine with a GPU, .pt for torch: ``engine.backends.bundled_onnx``).
     backend: "auto", "ort", "trt" or "torch". device: None (best available), "cpu", "cuda" or "cuda:K".
     size: model input size (long side fitted). saturation: chroma scale (1.0 = model).
     padding: "square" pads every input to size x size, "tight" only to the model's size multiple

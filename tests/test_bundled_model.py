@@ -45,7 +45,8 @@ def test_checkpoint_loads_and_reexports_to_the_bundled_outputs(tmp_path):
     assert bundled_meta["model_config"]["widths"] == list(model.config.widths)
     out = tmp_path / "re.onnx"
     export_checkpoint(CHECKPOINT, out, temperature=bundled_meta["model_config"].get("head_options", {}).get("temperature"))
-    gray = np.random.default_rng(0).integers(0, 256, (2, 1, 48, 40), dtype=np.uint8)
+    m = bundled_meta["inputs"][0].get("size_multiple", 8)  # H and W: multiples of the model's stride
+    gray = np.random.default_rng(0).integers(0, 256, (2, 1, 2 * m, 3 * m), dtype=np.uint8)
     a = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"]).run(None, {"gray": gray})
     b = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"gray": gray})
     for x, y in zip(a, b):

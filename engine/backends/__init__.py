@@ -7,9 +7,10 @@
 ``--backend auto``: the model file's kind decides (.onnx -> ort, .plan -> trt,
 .pt -> torch); an .onnx with a ``.plan`` beside it runs on TensorRT when a GPU
 and TensorRT are here. With no model, the bundled ``models/colorizer.*`` are
-tried in that order (plan with a GPU, onnx, pt); on a CPU the bundled ONNX is
-``colorizer-int8.onnx`` when it ships: faster than the FP32 model on a CPU, with
-quality within the validation split's noise (see docs/decisions/003-int8-default-on-cpu.md).
+tried in that order (plan with a GPU, onnx, pt). The bundled ONNX is the FP32
+``colorizer.onnx`` on every device; ``colorizer-int8.onnx`` ships beside it as a faster
+choice on a CPU (``--model``), less colourful with the bundled model
+(docs/decisions/010-fp32-default-on-cpu.md).
 
 Importing this package imports no backend library; each runner imports its
 own in ``activate()``.
@@ -44,9 +45,8 @@ def models_dir() -> Path:
 
 
 MODELS = models_dir()
-# by backend, plus "ort-int8": the bundled ONNX on a CPU (see the module docstring)
-BUNDLED = {"ort": MODELS / "colorizer.onnx", "torch": MODELS / "colorizer.pt", "trt": MODELS / "colorizer.plan",
-           "ort-int8": MODELS / "colorizer-int8.onnx"}
+# by backend (the INT8 export, models/colorizer-int8.onnx, is only run when asked for: the module docstring)
+BUNDLED = {"ort": MODELS / "colorizer.onnx", "torch": MODELS / "colorizer.pt", "trt": MODELS / "colorizer.plan"}
 BACKENDS = ("auto", "ort", "trt", "torch")
 SUFFIXES = {
     ".onnx": "ort",
@@ -83,20 +83,8 @@ def _trt_ready() -> bool:
     return trt_available()
 
 
-def _onnx_runs_on_cpu(device: str | None) -> bool:
-    """Whether ONNX Runtime will run on the CPU: ``--device cpu``, or no device asked for and either no
-    CUDA device or no GPU execution provider in this onnxruntime."""
-    if device is not None:
-        return parse_device(device)[0] == "cpu"
-    from engine.backends.ort import GPU_EPS, available_providers
-
-    return hardware.cuda_device_count() == 0 or not any(p in GPU_EPS for p in available_providers())
-
-
 def bundled_onnx(device: str | None) -> Path:
-    """The bundled ONNX model for ``device``: the INT8 export on a CPU when it ships, else the FP32 one."""
-    if BUNDLED["ort-int8"].is_file() and _onnx_runs_on_cpu(device):
-        return BUNDLED["ort-int8"]
+    """The bundled ONNX model for ``device``: the FP32 export on every device (see the module docstring)."""
     return BUNDLED["ort"]
 
 
