@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from engine.core.errors import ColorizerError
+from engine.core.files import DEFAULT_X264_PRESET, X264_PRESETS
 from engine.tree import FORMAT_CHOICES
 
 ROOT = Path(__file__).resolve().parent
@@ -324,6 +325,8 @@ _VIDEO_OPTIONS = (
                       "scene cuts (0: every frame on its own)."),
     click.option("--crf", type=click.IntRange(0, 51), default=17, show_default=True,
                  help="Videos: encoder quality (H.264; VP9 for .webm), lower is better and larger."),
+    click.option("--preset", type=click.Choice(X264_PRESETS), default=DEFAULT_X264_PRESET, show_default=True,
+                 help="Videos: x264's speed preset; slower ones give smaller files at the same --crf."),
 )
 
 
@@ -376,7 +379,7 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
                   fail_list: Path | None, log_every: str, summary_json: Path | None, threads: int | None,
                   io_threads: tuple[int, int] | None, use_ray: bool,
                   ray_address: str | None, num_workers: int | None, gpus_per_worker: float | None,
-                  cpus_per_worker: float | None, temporal: float, crf: int) -> None:
+                  cpus_per_worker: float | None, temporal: float, crf: int, preset: str) -> None:
     """colorize and colorize-dir: a folder run, or one photo (file, stdin, stdout)."""
     from engine.api import Colorizer, Shard
     from engine.progress import check_interval, reporter_for, write_summary_json
@@ -442,7 +445,7 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
         signals.running()  # from here a signal is a stop request the run checks
         if folder_run:
             # A tqdm bar when stderr is a terminal, else a progress line logged every --log-every seconds.
-            videos = {} if use_ray else {"temporal": temporal, "crf": crf}  # --ray: images only
+            videos = {} if use_ray else {"temporal": temporal, "crf": crf, "preset": preset}  # --ray: images only
             with reporter_for(sys.stderr, _log_progress_line, every) as progress:
                 summary = colorizer.colorize_dir(src, dst, overwrite=overwrite, shard=shard_obj,
                                                  jpeg_quality=jpeg_quality, fail_list=fail_list, progress=progress,
@@ -492,7 +495,7 @@ def colorize_video(src: Path, dst: Path, **options) -> None:
 
 def _colorize_video_run(signals: _StopSignals, src: Path, dst: Path, *, model: Path | None, backend: str,
                         device: str | None, size: int, padding: str, batch_size: int, saturation: float,
-                        temporal: float, crf: int, overwrite: bool, threads: int | None, log_every: str,
+                        temporal: float, crf: int, preset: str, overwrite: bool, threads: int | None, log_every: str,
                         summary_json: Path | None) -> None:
     from engine.api import Colorizer
     from engine.progress import Progress, check_interval, reporter_for, write_record_json
@@ -518,8 +521,8 @@ def _colorize_video_run(signals: _StopSignals, src: Path, dst: Path, *, model: P
                 report(Progress("frames", None, done, 0, 0, total, elapsed))
 
             try:
-                summary = colorizer.colorize_video(src, dst, temporal=temporal, crf=crf, overwrite=overwrite,
-                                                   progress=progress, stop=signals.event)
+                summary = colorizer.colorize_video(src, dst, temporal=temporal, crf=crf, preset=preset,
+                                                   overwrite=overwrite, progress=progress, stop=signals.event)
             except VideoError as e:
                 click.echo(str(e), err=True)
                 finish(VideoSummary(), 1, str(e))

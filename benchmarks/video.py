@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from benchmarks.common import BenchmarkError  # noqa: E402
 from engine.core import color, metrics  # noqa: E402
 from engine.core.errors import ColorizerError  # noqa: E402
+from engine.core.files import DEFAULT_X264_PRESET  # noqa: E402
 
 
 def shots(photos: list[Path], w: int, h: int, n: int) -> list[list[np.ndarray]]:
@@ -115,22 +116,24 @@ def table(report: dict) -> str:
     """The report as the Markdown table of docs/video.md."""
     def row(name: str, r: dict) -> str:
         return (f"| {name} | {r['psnr_db']:.2f} | {r['flicker']:.2f} | {r['colourfulness_ratio']:.2f} | "
-                f"{r['luma_error']:.2f} | {r['scene_cuts']} of {report['shots'] - 1} | {r['frames_per_s']:.1f} frames/s |")
+                f"{r['luma_error']:.2f} | {r['scene_cuts']} of {report['shots'] - 1} | {r['output_mib']:.1f} MiB | "
+                f"{r['frames_per_s']:.1f} frames/s |")
 
     t0, d = report["temporal_0"], report["default"]
     return "\n".join([
         "| | PSNR vs truth (dB) | flicker (Cb/Cr levels) | colourfulness / truth's | luma error (levels) "
-        "| scene cuts found | speed |",
-        "|---|---|---|---|---|---|---|",
-        f"| gray input | {report['gray_psnr_db']:.2f} | | 0 | | | |",
-        f"| truth | | {report['truth_flicker']:.2f} | 1 | | | |",
+        "| scene cuts found | file | speed |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| gray input | {report['gray_psnr_db']:.2f} | | 0 | | | | |",
+        f"| truth | | {report['truth_flicker']:.2f} | 1 | | | | |",
         row("`--temporal 0`", t0),
         row("`--temporal 0.7` (default)", d),
-        f"| `colorize-dir` on the frames as JPEGs | {report['photo_path_psnr_db']:.2f} | | | | | "
+        f"| `colorize-dir` on the frames as JPEGs | {report['photo_path_psnr_db']:.2f} | | | | | | "
         f"{report['photo_path_images_per_s']:.1f} images/s |",
         "",
         f"{report['frames']} frames of {report['size']} ({report['shots']} shots of "
-        f"{report['frames'] // report['shots']}), model at --size {report['model_size']}; the default's "
+        f"{report['frames'] // report['shots']}), model at --size {report['model_size']}, x264 preset "
+        f"{report['preset']}; `--temporal 0.7`'s "
         f"frames/s is {100 * d['frames_per_s'] / report['photo_path_images_per_s']:.0f} % of the photo path's "
         f"images/s; flicker with smoothing is {d['flicker'] / report['truth_flicker']:.2f}x the truth's.",
     ]) + "\n"
@@ -161,6 +164,7 @@ def run(argv: list[str] | None) -> None:
     ap.add_argument("--height", type=int, default=360)
     ap.add_argument("--frames", type=int, default=48, help="frames per shot")
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--preset", default=None, help="colorize-video --preset (default: its own)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table of docs/video.md here")
     args = ap.parse_args(argv)
@@ -170,8 +174,10 @@ def run(argv: list[str] | None) -> None:
         if not photo.is_file():
             raise BenchmarkError(f"{photo}: expected a colour photo, found no file")
     model = ["--model", args.model] if args.model else []
+    preset = ["--preset", args.preset] if args.preset else []
     truth = [f for shot in shots(args.photos, args.width, args.height, args.frames) for f in shot]
-    report: dict = {"frames": len(truth), "shots": len(args.photos), "photos": [p.name for p in args.photos],
+    report: dict = {"preset": args.preset or f"default ({DEFAULT_X264_PRESET})", "frames": len(truth),
+                    "shots": len(args.photos), "photos": [p.name for p in args.photos],
                     "size": f"{args.width}x{args.height}", "model_size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
@@ -183,7 +189,8 @@ def run(argv: list[str] | None) -> None:
         truth_colour = float(np.mean([metrics.colourfulness(f) for f in truth]))
         report["truth_colourfulness"] = truth_colour
         for name, temporal in (("temporal_0", ["--temporal", "0"]), ("default", [])):
-            line = run_cli("colorize-video", t / "in.mp4", t / f"{name}.mp4", "--size", args.size, *model, *temporal)
+            line = run_cli("colorize-video", t / "in.mp4", t / f"{name}.mp4", "--size", args.size, *model, *temporal,
+                           *preset)
             rgbs, cbcr = read_output(t / f"{name}.mp4")
             report[name] = {
                 "psnr_db": float(np.mean([metrics.psnr(o, f) for o, f in zip(rgbs, truth)])),
@@ -193,6 +200,7 @@ def run(argv: list[str] | None) -> None:
                                              for o, g in zip(rgbs, gray)])),
                 "frames_per_s": float(re.search(r"\(([\d.]+) frames/s\)", line).group(1)),
                 "scene_cuts": int(re.search(r"(\d+) scene cut", line).group(1)),
+                "output_mib": (t / f"{name}.mp4").stat().st_size / 2**20,
                 "summary": line,
             }
         (t / "jpegs").mkdir()

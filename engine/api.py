@@ -175,6 +175,7 @@ class Colorizer:
         *,
         temporal: float | None = None,
         crf: int | None = None,
+        preset: str | None = None,
         overwrite: bool = False,
         progress: Callable[[int, int | None, float], None] | None = None,
         stop: threading.Event | None = None,
@@ -182,14 +183,16 @@ class Colorizer:
         """Colorize one video file into ``dst`` (``.mp4``, ``.mov``, ``.mkv``, ``.avi``: H.264; ``.webm``: VP9).
 
         ``temporal``: chroma smoothing strength across frames (0: frames independent; default
-        ``engine.temporal.DEFAULT_STRENGTH``); ``crf``: the encoder's quality (lower is better, default 17).
+        ``engine.temporal.DEFAULT_STRENGTH``); ``crf``: the encoder's quality (lower is better, default 17);
+        ``preset``: x264's speed preset (``engine.core.files.X264_PRESETS``, default ``DEFAULT_X264_PRESET``).
         Returns ``engine.video.VideoSummary``; raises ``engine.video.VideoError`` (``path: reason``) for a
         video that cannot be read or written. ``stop``: once set, the video is abandoned (nothing written,
         the summary says ``stopped``). Imports PyAV (the ``video`` extra).
         """
         from engine import video
 
-        return video.colorize_video(self.runner, src, dst, self._video_settings(temporal, crf), overwrite=overwrite,
+        return video.colorize_video(self.runner, src, dst, self._video_settings(temporal, crf, preset),
+                                    overwrite=overwrite,
                                     progress=progress, halt=stop)
 
     def colorize_dir(
@@ -207,6 +210,7 @@ class Colorizer:
         videos: bool = True,
         temporal: float | None = None,
         crf: int | None = None,
+        preset: str | None = None,
     ) -> RunSummary:
         """Colorize every image under ``src`` into the mirrored tree ``dst``.
 
@@ -220,7 +224,7 @@ class Colorizer:
         far with ``stopped`` set. Raises ``UsageError`` for bad folders or options; per-file
         problems are counted in the summary.
         ``videos``: video files (``engine.core.files.VIDEO_SUFFIXES``) are colorized too, after the
-        images, one at a time, with ``colorize_video``'s ``temporal`` and ``crf``, the same rules and
+        images, one at a time, with ``colorize_video``'s ``temporal``, ``crf`` and ``preset``, the same rules and
         the same summary (a video counts as one file; ``out_format`` applies to photos only).
         """
         src_p, dst_p = tree.check_folders(src, dst)
@@ -236,7 +240,7 @@ class Colorizer:
         readers, writers = self.io_threads
         log.debug("colorize_dir: %s -> %s, shard %s, %d readers, %d writers", src_p, dst_p, shard, readers, writers)
         films = list(tree.walk(src_p, dst_p, shard=shard, overwrite=overwrite, videos=True)) if videos else []
-        video_settings = self._video_settings(temporal, crf) if films else None
+        video_settings = self._video_settings(temporal, crf, preset) if films else None
         with Tally(self.runner.describe(), fail_list=fail_path, progress=progress, log=pipeline.log) as tally:
             summary = pipeline.run(self.runner, src_p, dst_p, settings, overwrite=overwrite, shard=shard,
                                    out_format=out_format, stop=stop, tally=tally)
@@ -291,7 +295,7 @@ class Colorizer:
             stdin=src if src_p is None else None, stdout=dst if dst_p is None else None,  # type: ignore[arg-type]
         )
 
-    def _video_settings(self, temporal: float | None, crf: int | None):
+    def _video_settings(self, temporal: float | None, crf: int | None, preset: str | None = None):
         from engine import temporal as smoothing
         from engine import video
 
@@ -299,6 +303,7 @@ class Colorizer:
             size=self.size, batch_size=self.batch_size, saturation=self.saturation, multiple=self._multiple,
             temporal=smoothing.DEFAULT_STRENGTH if temporal is None else float(temporal),
             crf=video.DEFAULT_CRF if crf is None else int(crf),
+            preset=video.DEFAULT_PRESET if preset is None else preset,
         )
 
     def _colorize_films(self, films: list[tree.Task], tally: Tally, settings,

@@ -32,13 +32,14 @@ from engine import flow, images, temporal, tree
 from engine.backends.base import Runner
 from engine.core import color
 from engine.core.errors import ColorizerError
-from engine.core.files import VIDEO_CONTAINERS, create_temp, file_kind, printable
+from engine.core.files import DEFAULT_X264_PRESET, VIDEO_CONTAINERS, X264_PRESETS, create_temp, file_kind, printable
 from engine.progress import utc_now, utc_stamp
 from engine.stages import infer_chroma
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CRF = 17
+DEFAULT_PRESET = DEFAULT_X264_PRESET
 # 8-bit planar formats whose first plane is the luma as stored: read without any conversion.
 _PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p",
                 "yuv411p", "yuvj411p", "yuv410p", "gray", "nv12", "nv21"}
@@ -62,6 +63,7 @@ class VideoSettings:
     multiple: int | None = None  # images.fit's padding multiple (None: square)
     temporal: float = temporal.DEFAULT_STRENGTH
     crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET  # x264 only (VP9 has its own speed setting)
 
 
 @dataclass
@@ -264,7 +266,7 @@ def _open_output(av: Any, src_c: Any, fileobj: Any, dst: Path, probe: _Probe, se
         cc.color_trc = vin.codec_context.color_trc
     if vin.sample_aspect_ratio:
         cc.sample_aspect_ratio = vin.sample_aspect_ratio
-    cc.options = {"crf": str(settings.crf), "preset": "veryfast"}  # speed over file size: docs/video.md
+    cc.options = {"crf": str(settings.crf), "preset": settings.preset}  # speed against file size: docs/video.md
     if codec == "libvpx-vp9":
         cc.bit_rate = 0
         cc.options = {"crf": str(settings.crf), "b": "0", "row-mt": "1", "cpu-used": "4"}
@@ -340,6 +342,8 @@ def colorize_video(runner: Runner, src: str | os.PathLike[str], dst: str | os.Pa
         raise tree.UsageError(f"temporal: expected 0..{temporal.MAX_STRENGTH}, found {settings.temporal!r}")
     if not 0 <= settings.crf <= 63:
         raise tree.UsageError(f"crf: expected 0..63, found {settings.crf!r}")
+    if settings.preset not in X264_PRESETS:
+        raise tree.UsageError(f"preset: expected one of {', '.join(X264_PRESETS)}, found {settings.preset!r}")
     if not src_p.exists():
         raise VideoError(src_p, "does not exist")
     if not src_p.is_file():

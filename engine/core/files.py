@@ -41,6 +41,10 @@ INPUT_SUFFIXES = frozenset(SAME_FORMAT) | frozenset(TO_PNG)
 # What colorize-video reads and writes, and the FFmpeg container (muxer) each suffix names.
 VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".webm": "webm"}
 VIDEO_SUFFIXES = frozenset(VIDEO_CONTAINERS)
+# x264's speed presets, fastest first (colorize-video --preset); the default keeps the video path near the
+# photo path's rate at a small file size (docs/video.md).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+DEFAULT_X264_PRESET = "veryfast"
 # --format choices (besides "same") -> the format written and the suffix a converted name gets.
 OUTPUT_FORMATS = {"jpg": ("JPEG", ".jpg"), "png": ("PNG", ".png"), "webp": ("WEBP", ".webp"), "tiff": ("TIFF", ".tif")}
 

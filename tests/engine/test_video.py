@@ -227,6 +227,24 @@ def test_usage_errors_exit_2(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: output") and ".webm" in r.stderr, r.stderr
     r = cli(tmp_path / "in.mp4", tmp_path / "out.mp4", "--temporal", "1.5")
     assert r.returncode == 2, r.stderr
+    r = cli(tmp_path / "in.mp4", tmp_path / "out.mp4", "--preset", "warp")
+    assert r.returncode == 2 and "--preset" in r.stderr, r.stderr
+
+
+def test_preset_reaches_the_encoder(colorizer, tmp_path):
+    from engine.tree import UsageError
+
+    src = tmp_path / "in.mp4"
+    make_clip(src, [np.roll(scene(2, 64, 96), 3 * i, axis=1) for i in range(12)], audio=False)
+    cabac_off = {}
+    for preset in ("ultrafast", "medium"):
+        colorizer.colorize_video(src, tmp_path / f"{preset}.mp4", preset=preset)
+        with av.open(str(tmp_path / f"{preset}.mp4")) as c:  # x264 writes its settings into the stream
+            sei = b"".join(bytes(p) for p in c.demux(c.streams.video[0]) if p.dts is not None)
+        cabac_off[preset] = "cabac=0" in sei.decode("latin-1")  # ultrafast turns CABAC off, medium keeps it
+    assert cabac_off == {"ultrafast": True, "medium": False}
+    with pytest.raises(UsageError, match="preset: expected one of ultrafast"):
+        colorizer.colorize_video(src, tmp_path / "x.mp4", preset="warp")
 
 
 def test_colorize_dir_takes_videos_with_the_folder_rules(tiny_onnx, tmp_path):
