@@ -5,7 +5,8 @@
 #   train/recipes/train.sh DATA RUN [RECIPE]
 #
 # DATA: folder of colour photos; RUN: run folder. RECIPE (default lite0):
-#   lite0  EfficientNet-Lite0 encoder (ImageNet-pretrained), 112 px crops, --zoom 2, lambda 0.5
+#   lite0  EfficientNet-Lite0 encoder (ImageNet-pretrained, learning rate x 0.2), 112 px crops, --zoom 2,
+#          lambda 0.7, 3,000 steps: the bundled model's recipe
 #   vgg    VGG encoder from scratch (the previous bundled recipe), width x 0.5, lambda 0.8
 # The validation list is train/splits/val.txt (names relative to DATA); EXCLUDE='imagenet_*' leaves
 # those photos out of training. STEPS, SEED, THREADS and EXTRA (more train options) override defaults.
@@ -14,7 +15,7 @@ set -euo pipefail
 DATA=$1 RUN=$2 RECIPE=${3:-lite0}
 cd "$(dirname "$0")/../.."
 case "$RECIPE" in
-  lite0) model=(--encoder efficientnet-lite0 --width-mult 1.0 --loss-option lam=0.5); steps=6000 ;;
+  lite0) model=(--encoder efficientnet-lite0 --width-mult 1.0 --encoder-lr-mult 0.2 --loss-option lam=0.7); steps=3000 ;;
   vgg)   model=(--encoder vgg --width-mult 0.5 --loss-option lam=0.8); steps=3000 ;;
   *) echo "recipe: expected lite0 or vgg, found $RECIPE" >&2; exit 2 ;;
 esac
