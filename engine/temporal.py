@@ -1,4 +1,5 @@
-"""Temporal consistency of a video's predicted chroma: smoothing across frames and scene cuts (pure numpy).
+"""Temporal consistency of a video's predicted chroma: smoothing across frames and scene cuts (numpy, and
+OpenCV's box filter).
 
 The model colours every frame on its own, so the chroma of a still scene flickers from frame to frame
 with the codec's noise and small changes. ``ChromaSmoother`` blends each frame's predicted chroma
@@ -20,6 +21,7 @@ The luma is never touched here: only chroma is smoothed, the output keeps each f
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 DEFAULT_STRENGTH = 0.7  # --temporal: weight of the past (0: every frame on its own)
@@ -32,13 +34,7 @@ MOTION_BOX = 5  # pixels (odd): the luma change is averaged over this square bef
 
 def box_mean(a: np.ndarray, box: int = MOTION_BOX) -> np.ndarray:
     """float32 mean of ``a`` ``(h, w)`` over a ``box x box`` square around each pixel (edges replicated)."""
-    r = box // 2
-    p = np.pad(np.asarray(a, dtype=np.float64), r, mode="edge")
-    c = np.zeros((p.shape[0] + 1, p.shape[1] + 1))
-    c[1:, 1:] = p.cumsum(0).cumsum(1)
-    h, w = a.shape
-    s = c[box:box + h, box:box + w] - c[:h, box:box + w] - c[box:box + h, :w] + c[:h, :w]
-    return (s / (box * box)).astype(np.float32)
+    return cv2.blur(np.asarray(a, dtype=np.float32), (box, box), borderType=cv2.BORDER_REPLICATE)
 
 
 def luma_grid(luma: np.ndarray, cells: int = GRID) -> np.ndarray:

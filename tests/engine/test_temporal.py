@@ -80,3 +80,14 @@ def test_bad_arguments():
         temporal.ChromaSmoother(0.5)(np.zeros((4, 4), np.uint8), np.zeros((2, 4, 5), np.float32))
     with pytest.raises(ValueError):
         temporal.luma_grid(np.zeros((0, 4), np.uint8))
+
+
+def test_box_mean_is_the_mean_over_the_replicated_edge_square():
+    a = np.random.default_rng(3).normal(0, 40, (9, 13)).astype(np.float32)
+    box = temporal.MOTION_BOX
+    r = box // 2
+    p = np.pad(a.astype(np.float64), r, mode="edge")
+    want = np.array([[p[i:i + box, j:j + box].mean() for j in range(13)] for i in range(9)])
+    got = temporal.box_mean(a)
+    assert got.dtype == np.float32 and got.shape == a.shape
+    assert np.abs(got - want).max() < 1e-4
