@@ -280,6 +280,27 @@ _MODEL_OPTIONS = (
 )
 
 
+def _run_log_options(line: str, summary: str) -> tuple:
+    """--log-every and --summary-json, for photo runs and for colorize-video (``line``, ``summary``: what they
+    hold); ``_check_run_log`` checks their values."""
+    return (
+        click.option("--log-every", type=str, default="10", show_default=True, metavar="SECONDS",
+                     help=f"Without a terminal on stderr: a progress line (UTC time, {line}, ETA) every SECONDS."),
+        click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help=f"At the end (also after SIGTERM/SIGINT), write {summary} as JSON."),
+    )
+
+
+def _check_run_log(log_every: str, summary_json: Path | None) -> float:
+    """The --log-every interval in seconds; a --summary-json path that is a folder is a usage error."""
+    from engine.progress import check_interval
+
+    every = check_interval(log_every)
+    if summary_json is not None and summary_json.is_dir():
+        _fail(f"--summary-json: expected a file path, found the folder {summary_json}")
+    return every
+
+
 # Photos and folders: colorize and colorize-dir.
 _FILE_OPTIONS = (
     click.option("-f", "--format", "out_format", type=click.Choice(FORMAT_CHOICES), default="same",
@@ -295,12 +316,8 @@ _FILE_OPTIONS = (
     click.option("--shard", default=None, metavar="I/N", help="Take a stable 1/N of the files (0 <= I < N)."),
     click.option("--fail-list", type=click.Path(dir_okay=False, path_type=Path), default=None,
                  help="Write the failed input paths to this file, one per line."),
-    click.option("--log-every", type=str, default="10", show_default=True, metavar="SECONDS",
-                 help="Without a terminal on stderr: a progress line (UTC time, done/total, failed, current and "
-                      "mean img/s, ETA) every SECONDS."),
-    click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-                 help="At the end (also after SIGTERM/SIGINT), write the counts, seconds, exit code and failures "
-                      "(path, reason) as JSON."),
+    *_run_log_options("done/total, failed, current and mean img/s",
+                      "the counts, seconds, exit code and failures (path, reason)"),
     click.option("--threads", type=click.IntRange(1), default=None,
                  help="CPU inference threads (default: physical cores)."),
     click.option("--io-threads", type=(click.IntRange(1), click.IntRange(1)), default=None,
@@ -382,12 +399,10 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
                   cpus_per_worker: float | None, temporal: float, crf: int, preset: str) -> None:
     """colorize and colorize-dir: a folder run, or one photo (file, stdin, stdout)."""
     from engine.api import Colorizer, Shard
-    from engine.progress import check_interval, reporter_for, write_summary_json
+    from engine.progress import reporter_for, write_summary_json
     from engine.tree import check_folders
 
-    every = check_interval(log_every)
-    if summary_json is not None and summary_json.is_dir():
-        _fail(f"--summary-json: expected a file path, found the folder {summary_json}")
+    every = _check_run_log(log_every, summary_json)
     from_stdin, to_stdout = src_arg == "-", dst_arg == "-"
     src, dst = Path(src_arg).expanduser(), Path(dst_arg).expanduser()
     # colorize-dir with a SRC that does not exist: the folder run's own message
@@ -477,12 +492,8 @@ def _colorize_run(signals: _StopSignals, command: str, src_arg: str, dst_arg: st
 @_options(_MODEL_OPTIONS, _VIDEO_OPTIONS)
 @click.option("--overwrite", is_flag=True, help="Redo the output if it exists (default: skip it).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU inference threads (default: physical cores).")
-@click.option("--log-every", type=str, default="10", show_default=True, metavar="SECONDS",
-              help="Without a terminal on stderr: a progress line (UTC time, frames done/expected, current and "
-                   "mean frames/s, ETA) every SECONDS.")
-@click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="At the end (also after a failure or SIGTERM/SIGINT), write the outcome (frames, seconds, exit "
-                   "code, failure) as JSON.")
+@_options(_run_log_options("frames done/expected, current and mean frames/s",
+                           "the outcome (frames, seconds, exit code, failure; after a failure too)"))
 def colorize_video(src: Path, dst: Path, **options) -> None:
     """Colorize the video SRC into DST (.mp4 .mov .mkv .avi: H.264; .webm: VP9), audio and subtitles copied.
 
@@ -498,12 +509,10 @@ def _colorize_video_run(signals: _StopSignals, src: Path, dst: Path, *, model: P
                         temporal: float, crf: int, preset: str, overwrite: bool, threads: int | None, log_every: str,
                         summary_json: Path | None) -> None:
     from engine.api import Colorizer
-    from engine.progress import Progress, check_interval, reporter_for, write_record_json
+    from engine.progress import Progress, reporter_for, write_record_json
     from engine.video import VideoError, VideoSummary, check_paths
 
-    every = check_interval(log_every)
-    if summary_json is not None and summary_json.is_dir():
-        _fail(f"--summary-json: expected a file path, found the folder {summary_json}")
+    every = _check_run_log(log_every, summary_json)
     check_paths(src, dst)  # fail fast, before loading a model
 
     def finish(summary: VideoSummary, code: int, failure: str | None = None) -> None:

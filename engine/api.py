@@ -24,6 +24,7 @@ import numpy as np
 
 from engine.core import contract
 from engine.core.errors import OutputError
+from engine.core.files import DEFAULT_X264_PRESET
 from engine import images, pipeline, single, tree
 from engine.backends import open_runner
 from engine.backends.base import Runner
@@ -303,7 +304,7 @@ class Colorizer:
             size=self.size, batch_size=self.batch_size, saturation=self.saturation, multiple=self._multiple,
             temporal=smoothing.DEFAULT_STRENGTH if temporal is None else float(temporal),
             crf=video.DEFAULT_CRF if crf is None else int(crf),
-            preset=video.DEFAULT_PRESET if preset is None else preset,
+            preset=DEFAULT_X264_PRESET if preset is None else preset,
         )
 
     def _colorize_films(self, films: list[tree.Task], tally: Tally, settings,

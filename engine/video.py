@@ -40,7 +40,6 @@ from engine.stages import infer_chroma
 log = logging.getLogger(__name__)
 
 DEFAULT_CRF = 17
-DEFAULT_PRESET = DEFAULT_X264_PRESET
 # 8-bit planar formats whose first plane is the luma as stored: read without any conversion.
 _PLANAR_8BIT = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p",
                 "yuv411p", "yuvj411p", "yuv410p", "gray", "nv12", "nv21"}
@@ -64,7 +63,7 @@ class VideoSettings:
     multiple: int | None = None  # images.fit's padding multiple (None: square)
     temporal: float = temporal.DEFAULT_STRENGTH
     crf: int = DEFAULT_CRF
-    preset: str = DEFAULT_PRESET  # x264 only (VP9 has its own speed setting)
+    preset: str = DEFAULT_X264_PRESET  # x264 only (VP9 has its own speed setting)
 
 
 @dataclass
@@ -289,26 +288,26 @@ def _open_output(av: Any, src_c: Any, fileobj: Any, dst: Path, probe: _Probe, se
 def _encode_stage(av: Any, src: Path, dst: Path, fileobj: Any, probe: _Probe, settings: VideoSettings,
                   in_q: queue.Queue, stop: threading.Event) -> None:
     with av.open(os.fspath(src)) as src_c:  # stream templates for the output (nothing is decoded from it)
-        out, vs, audio = _open_output(av, src_c, fileobj, dst, probe, settings)
+        out, vs, copied = _open_output(av, src_c, fileobj, dst, probe, settings)
         try:
-            _encode_loop(av, out, vs, audio, probe, settings, in_q, stop)
+            _encode_loop(av, out, vs, copied, probe, settings, in_q, stop)
         finally:
             out.close()
 
 
-def _encode_loop(av: Any, out: Any, vs: Any, audio: dict, probe: _Probe, settings: VideoSettings,
+def _encode_loop(av: Any, out: Any, vs: Any, copied: dict, probe: _Probe, settings: VideoSettings,
                  in_q: queue.Queue, stop: threading.Event) -> None:
     h, w = probe.height, probe.width
+    subsampled = _pix_fmt(probe) == "yuv420p"
     while True:
         item = flow.get(in_q, stop)
         if item is None:
             break
         if not isinstance(item, _Frame):  # an audio or subtitle packet, copied
             index, packet = item
-            packet.stream = audio[index]
+            packet.stream = copied[index]
             out.mux(packet)
             continue
-        subsampled = _pix_fmt(probe) == "yuv420p"
         cb, cr = images.compose_jpeg_chroma((h, w), item.uv, saturation=settings.saturation,
                                             limited=not probe.full_range, subsampled=subsampled)
         if subsampled:

@@ -24,7 +24,6 @@ import os
 from pathlib import Path
 
 from engine.backends.base import BackendError, Runner
-from engine.core import hardware
 from engine.core.hardware import parse_device
 from engine.core.errors import ArtifactError, BackendUnavailable, ColorizerError
 
