@@ -84,11 +84,16 @@ def init_distributed(requested_device: str = "auto", timeout_s: float = 1800.0) 
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, backend=backend)
 
 
-def close(info: DistInfo) -> None:
+def close(info: DistInfo, *, clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others (a barrier), so no rank
+    tears its connections down while a peer still uses them; after an error the barrier is skipped (the other
+    ranks may never reach it)."""
     if info.enabled:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
 
 

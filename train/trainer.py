@@ -102,9 +102,12 @@ def train(config: TrainConfig) -> TrainResult:
     if not info.is_main:
         logging.getLogger("train").setLevel(logging.ERROR)
     try:
-        return Trainer(cfg, info).run()
-    finally:
-        dist.close(info)
+        result = Trainer(cfg, info).run()
+    except BaseException:
+        dist.close(info, clean=False)
+        raise
+    dist.close(info)
+    return result
 
 
 class Trainer:

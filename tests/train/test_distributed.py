@@ -73,3 +73,15 @@ def test_cuda_device_without_cuda_is_a_clear_error(requested):
         pytest.skip("CUDA is available here")
     with pytest.raises(dist.ColorizerError, match="CUDA is not available"):
         dist.resolve_device(requested)
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_close_waits_for_every_rank_only_after_a_clean_run(monkeypatch, clean):
+    import torch.distributed as tdist
+
+    calls = []
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)
+    monkeypatch.setattr(tdist, "barrier", lambda *a, **k: calls.append("barrier"))
+    monkeypatch.setattr(tdist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
+    dist.close(dist.DistInfo(rank=0, world_size=2, device=torch.device("cpu"), backend="gloo"), clean=clean)
+    assert calls == (["barrier", "destroy"] if clean else ["destroy"])
