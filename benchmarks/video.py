@@ -1,14 +1,17 @@
 """colorize-video on a clip whose truth is known: shots over colour photos, a cut between each two.
 
-    python benchmarks/video.py PHOTO PHOTO [PHOTO ...] [--size 224] [--width 640 --height 360] [--frames 48]
+    python benchmarks/video.py PHOTO PHOTO [PHOTO ...] [--size 224] [--width 640 --height 360] [--frames 96]
+        [--input-crf 17]
 
 One shot per photo, in the order given: a left-to-right pan across the 1st, 3rd, ... photo, a zoom into the
 centre of the 2nd, 4th, ... Each shot is made from a colour photo (the truth of every frame); the clip holds their luma, encoded
-H.264 (--crf 0). ``cli.py colorize-video`` runs on it with ``--temporal 0`` and with the default, and
+H.264 at ``--input-crf`` (17: lossy like a film as it comes, as the photo path's JPEGs are; 0: lossless, which costs
+more to decode). ``cli.py colorize-video`` runs on it with ``--temporal 0`` and with the default, and
 ``cli.py colorize-dir`` on the same frames saved as JPEGs, at the same ``--size`` and model. Printed (and
 written with ``--json``): PSNR against the truth (RGB, mean over frames), the flicker figure (mean absolute
 change of the output's Cb/Cr levels between consecutive frames within a shot) against the truth's own, the
-colourfulness ratio to the truth's, the mean luma error against the input (levels), the scene cuts found, and frames/s end to end (each command's own summary line: model loading excluded)
+colourfulness ratio to the truth's, the mean luma error (the output's stored luma plane against the input's, full-range levels), the scene cuts found, and frames/s end to end (each command's own summary line: model loading excluded; the median of
+--repeat runs, the commands taking turns)
 against the photo path's images/s (and its PSNR: JPEG q95 outputs).
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,17 +69,26 @@ def zoom(b: np.ndarray, w: int, h: int, n: int) -> list[np.ndarray]:
     return frames
 
 
-def write_clip(path: Path, frames: list[np.ndarray], rate: int = 24) -> None:
+def write_clip(path: Path, frames: list[np.ndarray], rate: int = 24, crf: int = 17) -> None:
     import av
 
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=rate, options={"crf": "0"})
+        vs = out.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "medium"})
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         for rgb in frames:
             gray = color.rgb_u8_to_luma_u8(rgb)
             out.mux(vs.encode(av.VideoFrame.from_ndarray(np.repeat(gray[..., None], 3, axis=2), format="rgb24")))
         out.mux(vs.encode(None))
+
+
+def read_luma(path: Path) -> np.ndarray:
+    """The clip's decoded luma planes, full range (as the model sees them), ``(frames, H, W)``."""
+    import av
+
+    with av.open(str(path)) as c:
+        return np.stack([color.limited_luma_to_full_u8(f.to_ndarray(format="yuv420p")[: f.height])
+                         for f in c.decode(c.streams.video[0])])
 
 
 def read_output(path: Path) -> tuple[list[np.ndarray], np.ndarray]:
@@ -132,10 +145,14 @@ def table(report: dict) -> str:
         f"{report['photo_path_images_per_s']:.1f} images/s |",
         "",
         f"{report['frames']} frames of {report['size']} ({report['shots']} shots of "
-        f"{report['frames'] // report['shots']}), model at --size {report['model_size']}, x264 preset "
+        f"{report['frames'] // report['shots']}), input H.264 at CRF {report['input_crf']} "
+        f"({report['input_mib']:.1f} MiB), model at --size {report['model_size']}, x264 preset "
         f"{report['preset']}; `--temporal 0.7`'s "
         f"frames/s is {100 * d['frames_per_s'] / report['photo_path_images_per_s']:.0f} % of the photo path's "
-        f"images/s; flicker with smoothing is {d['flicker'] / report['truth_flicker']:.2f}x the truth's.",
+        f"images/s (medians of {len(d['frames_per_s_runs'])} runs each, taking turns: video "
+        f"{', '.join(f'{v:.1f}' for v in d['frames_per_s_runs'])} frames/s, photos "
+        f"{', '.join(f'{v:.1f}' for v in report['photo_path_images_per_s_runs'])} images/s); "
+        f"flicker with smoothing is {d['flicker'] / report['truth_flicker']:.2f}x the truth's.",
     ]) + "\n"
 
 
@@ -162,12 +179,16 @@ def run(argv: list[str] | None) -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=360)
-    ap.add_argument("--frames", type=int, default=48, help="frames per shot")
+    ap.add_argument("--frames", type=int, default=96, help="frames per shot")
+    ap.add_argument("--repeat", type=int, default=3, help="speed: runs of each command, taking turns (median)")
+    ap.add_argument("--input-crf", type=int, default=17, help="x264 CRF of the input clip (0: lossless)")
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--preset", default=None, help="colorize-video --preset (default: its own)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table of docs/video.md here")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        raise BenchmarkError(f"--repeat: expected at least 1, found {args.repeat}")
     if len(args.photos) < 2:
         raise BenchmarkError(f"expected at least two photos (one shot each), found {len(args.photos)}")
     for photo in args.photos:
@@ -181,33 +202,48 @@ def run(argv: list[str] | None) -> None:
                     "size": f"{args.width}x{args.height}", "model_size": args.size}
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        write_clip(t / "in.mp4", truth)
+        write_clip(t / "in.mp4", truth, crf=args.input_crf)
         gray = np.stack([color.rgb_u8_to_luma_u8(f) for f in truth])
+        decoded = read_luma(t / "in.mp4")
+        if len(decoded) != len(truth):
+            raise BenchmarkError(f"the input clip decodes to {len(decoded)} frames, expected {len(truth)}")
+        report["input_crf"] = args.input_crf
+        report["input_mib"] = (t / "in.mp4").stat().st_size / 2**20
         report["gray_psnr_db"] = float(np.mean([metrics.psnr(np.repeat(g[..., None], 3, 2), f)
                                                  for g, f in zip(gray, truth)]))
         report["truth_flicker"] = within_shots(truth_cbcr(truth), args.frames)
         truth_colour = float(np.mean([metrics.colourfulness(f) for f in truth]))
         report["truth_colourfulness"] = truth_colour
-        for name, temporal in (("temporal_0", ["--temporal", "0"]), ("default", [])):
-            line = run_cli("colorize-video", t / "in.mp4", t / f"{name}.mp4", "--size", args.size, *model, *temporal,
-                           *preset)
+        (t / "jpegs").mkdir()
+        for i, g in enumerate(decoded):
+            Image.fromarray(g).save(t / "jpegs" / f"{i:04d}.jpg", quality=95)
+        # Speed: the three commands take turns, --repeat times, and each reports its median, so a slow
+        # moment of the machine does not land on one command alone.
+        speeds: dict[str, list[float]] = {"temporal_0": [], "default": [], "photo_path": []}
+        lines: dict[str, str] = {}
+        for _ in range(args.repeat):
+            for name, temporal in (("temporal_0", ["--temporal", "0"]), ("default", [])):
+                lines[name] = run_cli("colorize-video", t / "in.mp4", t / f"{name}.mp4", "--size", args.size,
+                                      *model, *temporal, *preset, "--overwrite")
+                speeds[name].append(float(re.search(r"\(([\d.]+) frames/s\)", lines[name]).group(1)))
+            shutil.rmtree(t / "jpegs-out", ignore_errors=True)
+            line = run_cli("colorize-dir", t / "jpegs", t / "jpegs-out", "--size", args.size, *model)
+            speeds["photo_path"].append(float(re.search(r"\(([\d.]+) img/s\)", line).group(1)))
+        for name in ("temporal_0", "default"):
             rgbs, cbcr = read_output(t / f"{name}.mp4")
             report[name] = {
                 "psnr_db": float(np.mean([metrics.psnr(o, f) for o, f in zip(rgbs, truth)])),
                 "flicker": within_shots(cbcr, args.frames),
                 "colourfulness_ratio": float(np.mean([metrics.colourfulness(o) for o in rgbs])) / truth_colour,
-                "luma_error": float(np.mean([np.abs(color.rgb_u8_to_luma_u8(o).astype(np.int16) - g).mean()
-                                             for o, g in zip(rgbs, gray)])),
-                "frames_per_s": float(re.search(r"\(([\d.]+) frames/s\)", line).group(1)),
-                "scene_cuts": int(re.search(r"(\d+) scene cut", line).group(1)),
+                "luma_error": float(np.abs(read_luma(t / f"{name}.mp4").astype(np.int16) - decoded).mean()),
+                "frames_per_s": float(np.median(speeds[name])),
+                "frames_per_s_runs": speeds[name],
+                "scene_cuts": int(re.search(r"(\d+) scene cut", lines[name]).group(1)),
                 "output_mib": (t / f"{name}.mp4").stat().st_size / 2**20,
-                "summary": line,
+                "summary": lines[name],
             }
-        (t / "jpegs").mkdir()
-        for i, g in enumerate(gray):
-            Image.fromarray(g).save(t / "jpegs" / f"{i:04d}.jpg", quality=95)
-        line = run_cli("colorize-dir", t / "jpegs", t / "jpegs-out", "--size", args.size, *model)
-        report["photo_path_images_per_s"] = float(re.search(r"\(([\d.]+) img/s\)", line).group(1))
+        report["photo_path_images_per_s"] = float(np.median(speeds["photo_path"]))
+        report["photo_path_images_per_s_runs"] = speeds["photo_path"]
         photos = [np.asarray(Image.open(t / "jpegs-out" / f"{i:04d}.jpg").convert("RGB")) for i in range(len(truth))]
         report["photo_path_psnr_db"] = float(np.mean([metrics.psnr(o, f) for o, f in zip(photos, truth)]))
     print(json.dumps(report, indent=2))

@@ -151,10 +151,18 @@ LIMITED_C_MIN, LIMITED_C_MAX, LIMITED_C_SPAN = 16.0, 240.0, 224.0
 def limited_luma_to_full_u8(y_u8: np.ndarray) -> np.ndarray:
     """uint8 limited-range luma (16..235) -> uint8 full-range luma (0..255), clamped and rounded.
 
-    What the model sees of a video frame: the gray level a photo of the same frame would have.
+    What the model sees of a video frame: the gray level a photo of the same frame would have. A 256-entry
+    table of the float formula, looked up per pixel (every video frame goes through it).
     """
-    y = (np.asarray(y_u8, dtype=np.float32) - np.float32(LIMITED_Y_MIN)) * np.float32(1.0 / LIMITED_Y_SPAN)
-    return to_u8(y)
+    y = np.asarray(y_u8)
+    if y.dtype != np.uint8:
+        raise ValueError(f"y_u8: expected uint8, found {y.dtype}")
+    return np.take(_LIMITED_TO_FULL, y)
+
+
+def _limited_to_full_table() -> np.ndarray:
+    levels = np.arange(256, dtype=np.float32)
+    return to_u8((levels - np.float32(LIMITED_Y_MIN)) * np.float32(1.0 / LIMITED_Y_SPAN))
 
 
 def uv_to_cbcr(uv: np.ndarray, saturation: float = 1.0, *, limited: bool = False) -> np.ndarray:
@@ -189,6 +197,9 @@ def uv_to_cbcr_u8(uv: np.ndarray, saturation: float = 1.0, *, limited: bool = Fa
 def to_u8(x: np.ndarray) -> np.ndarray:
     """Float in [0, 1] -> uint8, clamped and rounded (floor(x * 255 + 0.5))."""
     return np.floor(np.clip(x, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+
+
+_LIMITED_TO_FULL = _limited_to_full_table()
 
 
 def _check_last_dim(a: np.ndarray, name: str) -> None:

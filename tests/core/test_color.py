@@ -160,3 +160,13 @@ def test_limited_range_chroma_is_the_full_range_scaled_by_224_255(rgb_u8):
     np.testing.assert_allclose(limited - 128.0, (full - 128.0) * (224.0 / 255.0), atol=1e-4)
     u8 = color.uv_to_cbcr_u8(np.array([[0.0, 0.0], [color.U_MAX, color.V_MAX], [-1.0, -1.0]]), limited=True)
     np.testing.assert_array_equal(u8, [[128, 128], [240, 240], [16, 16]])  # neutral, the extremes, clamped
+
+
+def test_limited_range_luma_table_is_the_formula_at_every_level():
+    y = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    want = color.to_u8((y.astype(np.float32) - color.LIMITED_Y_MIN) / color.LIMITED_Y_SPAN)
+    got = color.limited_luma_to_full_u8(y)
+    assert got.dtype == np.uint8 and got.shape == (16, 16)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="expected uint8"):
+        color.limited_luma_to_full_u8(y.astype(np.float32))
