@@ -572,7 +572,7 @@ def evaluate(data: Path, model: Path | None, backend: str, device: str | None, s
     import json
 
     from engine.api import Colorizer
-    from engine.core.contract import write_json_atomic
+    from engine.core.files import write_json_atomic
     from engine.evaluate import evaluate_folder, write_csv
 
     with Colorizer(model, backend, size=model_size or size, device=device, saturation=saturation) as colorizer:

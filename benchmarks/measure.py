@@ -28,7 +28,7 @@ from typing import Any
 
 
 from benchmarks.common import TORCH_BASELINE, TORCH_NCHW, BackendSpec, BenchmarkError, spread
-from benchmarks.contender import OUTPUTS, Contender, open_contender  # noqa: F401 - re-exported for the benchmark mains
+from benchmarks.contender import Contender
 from engine.core.errors import ColorizerError
 
 log = logging.getLogger(__name__)

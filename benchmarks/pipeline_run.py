@@ -74,7 +74,7 @@ class _RssSampler:
 
 
 def _model_only(runner: Any, batch: int, shape: tuple[int, int], seconds: float, warmup: int) -> dict[str, float]:
-    from benchmarks.measure import OUTPUTS
+    from benchmarks.contender import OUTPUTS
     from benchmarks.photos import model_batch
 
     x = model_batch(batch, shape, seed=1)

@@ -48,7 +48,7 @@ from engine.flow import Stopping as _Stop
 from engine.flow import get as _get
 from engine.flow import lower_priority
 from engine.flow import put as _put
-from engine.progress import MAX_FAILURES_KEPT, Progress, RunSummary, Tally  # noqa: F401 - re-exported
+from engine.progress import Progress, RunSummary, Tally
 from engine.stages import StageTimes, infer_chroma, read_photo, write_photo
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from typing import Iterator
 from engine.core.errors import ColorizerError
 from engine.core.files import INPUT_SUFFIXES as INPUT_EXTS
 from engine.core.files import VIDEO_SUFFIXES
-from engine.core.files import OUTPUT_FORMATS, file_kind, SAME_FORMAT, TO_PNG, owner_gone, parse_temp_name, temp_key, temp_name  # noqa: F401 - re-exported
+from engine.core.files import OUTPUT_FORMATS, SAME_FORMAT, file_kind, owner_gone, parse_temp_name, temp_key
 
 log = logging.getLogger(__name__)
 _NAMED = INPUT_EXTS | VIDEO_SUFFIXES  # names that say "colorize me": reported when they are not readable files

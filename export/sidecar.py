@@ -49,8 +49,8 @@ from engine.core.contract import (
     read_sidecar,
     sha256_file,
     sidecar_path,
-    write_json_atomic,
 )
+from engine.core.files import write_json_atomic
 
 DIMS = ["N", 1, "H", "W"]
 

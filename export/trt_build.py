@@ -51,8 +51,8 @@ from engine.core.contract import (
     sha256_file,
     sidecar_path,
     size_multiple,
-    write_json_atomic,
 )
+from engine.core.files import write_json_atomic
 from engine.backends.base import BackendError
 from engine.backends.trt import INSTALL_TRT as INSTALL_HINT
 from engine.backends.trt import TrtRunner

@@ -45,7 +45,7 @@ from train import data as D
 from train import distributed as dist
 from train import rundir
 from engine.net.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from train.config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig, TrainConfigError  # noqa: F401 - re-exported
+from train.config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig
 from train.ema import WeightEMA
 from train.losses import build_loss
 from engine.net.model import ColorizerNet, ModelConfig, count_parameters

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Sequence
 
 from engine.core.errors import ArtifactError
-from engine.core.files import write_json_atomic  # noqa: F401 - the sidecar writer's one atomic write
 
 __all__ = ["ArtifactError"]
 

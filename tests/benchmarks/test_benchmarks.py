@@ -96,11 +96,11 @@ def test_plot_png_and_table(throughput_json):
 
 
 def test_torch_nchw_contender_runs_nchw(tiny_checkpoint):
-    from benchmarks import common, measure
+    from benchmarks import common, contender, measure
 
     spec = common.parse_backends("torch-nchw")[0]
     assert spec.name == "torch-nchw" and spec.engine_backend == "torch" and spec.channels_last is False
-    c = measure.open_contender(spec, tiny_checkpoint, "cpu", threads=1)
+    c = contender.open_contender(spec, tiny_checkpoint, "cpu", threads=1)
     try:
         assert c.skipped is None and "NCHW" in c.info["describe"]
     finally:

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from engine import tree
+from engine.core.files import temp_name
 from tests.conftest import ROOT
 from tests.engine.corpus import huge_png_header, pattern, tree_digest, write_photos
 
@@ -124,7 +125,7 @@ def test_sigkill_then_resume(tiny_onnx, tmp_path):
         with Image.open(p) as im:
             im.load()
     missing = next(p.relative_to(src) for p in sorted(src.rglob("*.jpg")) if dst / p.relative_to(src) not in first)
-    stale = (dst / missing).with_name(tree.temp_name(missing.name, 999_999))  # as a kill mid-write leaves it
+    stale = (dst / missing).with_name(temp_name(missing.name, 999_999))  # as a kill mid-write leaves it
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"partial")
 

@@ -57,7 +57,6 @@ def test_local_and_ray_paths_share_the_tally():
 
     assert pipeline.Tally is progress.Tally and ray_io.Tally is progress.Tally
     assert pipeline.RunSummary is progress.RunSummary and pipeline.Progress is progress.Progress
-    assert pipeline.MAX_FAILURES_KEPT == progress.MAX_FAILURES_KEPT
     assert not hasattr(ray_io._Run, "event")  # no second fold of events into a summary
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import tree
+from engine.core.files import temp_name
 from engine.tree import Shard, UsageError
 
 
@@ -105,9 +106,9 @@ def test_existing_outputs_are_skipped_unless_overwrite(src, tmp_path):
 
 def test_stale_temps_of_this_run_are_removed(src, tmp_path):
     out = tmp_path / "out"
-    stale = touch(out / "sub" / tree.temp_name("x.jpg", 999999))
-    foreign = touch(out / "sub" / tree.temp_name("not-ours.jpg", 999999))
-    mine = touch(out / tree.temp_name("b.jpg", os.getpid()))
+    stale = touch(out / "sub" / temp_name("x.jpg", 999999))
+    foreign = touch(out / "sub" / temp_name("not-ours.jpg", 999999))
+    mine = touch(out / temp_name("b.jpg", os.getpid()))
     list(tree.walk(src, out))
     assert not stale.exists()
     assert foreign.exists()  # no input maps to it: left alone
@@ -117,7 +118,7 @@ def test_stale_temps_of_this_run_are_removed(src, tmp_path):
 def test_temps_of_other_shards_are_left_alone(src, tmp_path):
     out = tmp_path / "out"
     owner = tree.shard_of("sub/x.jpg", 2)
-    stale = touch(out / "sub" / tree.temp_name("x.jpg", 999999))
+    stale = touch(out / "sub" / temp_name("x.jpg", 999999))
     list(tree.walk(src, out, shard=Shard(1 - owner, 2)))
     assert stale.exists()
     list(tree.walk(src, out, shard=Shard(owner, 2)))
@@ -125,7 +126,7 @@ def test_temps_of_other_shards_are_left_alone(src, tmp_path):
 
 
 def test_temp_names():
-    assert tree.parse_temp_name(tree.temp_name("a.b.jpg", 42)) == ("a.b.jpg", 42)
+    assert tree.parse_temp_name(temp_name("a.b.jpg", 42)) == ("a.b.jpg", 42)
     assert tree.parse_temp_name("a.jpg") is None and tree.parse_temp_name(".a.jpg.tmp-x") is None
 
 

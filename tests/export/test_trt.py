@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from engine.core import color
-from engine.core.contract import read_sidecar, sha256_file, sidecar_path, write_json_atomic
+from engine.core.contract import read_sidecar, sha256_file, sidecar_path
+from engine.core.files import write_json_atomic
 from engine.core import hardware
 from engine.core.errors import BackendUnavailable
 from engine.backends.trt import TrtRunner
