@@ -209,6 +209,11 @@ class Trainer:
         self.net = self.net.to(info.device, memory_format=torch.channels_last)
         self.loss_fn.to(info.device)
         encoder = list(self.net.encoder.parameters())
+        if cfg.encoder_lr_mult == 0:
+            # Frozen weights: no gradients are computed for them at all (the backward pass stops at the
+            # decoder), which makes a step cheaper. BatchNorm statistics still follow the training photos.
+            for p in encoder:
+                p.requires_grad_(False)
         ids = {id(p) for p in encoder}
         rest = [p for p in self.net.parameters() if id(p) not in ids]
         self.optimizer = torch.optim.Adam([{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_mult},

@@ -158,3 +158,25 @@ def test_val_list_and_exclude_pick_the_files(photos, tmp_path):
     listing.write_text("not-there.jpg\n")
     with pytest.raises(D.DataError, match="not-there.jpg"):
         D.split_by_list(files, listing)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_frozen_encoder_gets_no_gradients_and_keeps_its_weights(tiny_cfg, tmp_path, monkeypatch):
+    from train import trainer as T
+
+    seen: dict = {}
+    loop = T.Trainer._loop
+
+    def spy(self, *args, **kwargs):
+        before = {k: v.detach().clone() for k, v in self.net.encoder.named_parameters()}
+        out = loop(self, *args, **kwargs)
+        seen["encoder_grads"] = [p.grad for p in self.net.encoder.parameters()]
+        seen["other_grads"] = [p.grad for n, p in self.net.named_parameters() if not n.startswith("encoder.")]
+        seen["unchanged"] = all(torch.equal(p, before[k]) for k, p in self.net.encoder.named_parameters())
+        return out
+
+    monkeypatch.setattr(T.Trainer, "_loop", spy)
+    train(tiny_cfg(steps=2, val_every=2, encoder_lr_mult=0.0))  # the vgg encoder: no weights package needed
+    assert seen["encoder_grads"] and all(g is None for g in seen["encoder_grads"])
+    assert any(g is not None for g in seen["other_grads"])  # the decoder and head did learn
+    assert seen["unchanged"]
