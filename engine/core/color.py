@@ -160,11 +160,6 @@ def limited_luma_to_full_u8(y_u8: np.ndarray) -> np.ndarray:
     return np.take(_LIMITED_TO_FULL, y)
 
 
-def _limited_to_full_table() -> np.ndarray:
-    levels = np.arange(256, dtype=np.float32)
-    return to_u8((levels - np.float32(LIMITED_Y_MIN)) * np.float32(1.0 / LIMITED_Y_SPAN))
-
-
 def uv_to_cbcr(uv: np.ndarray, saturation: float = 1.0, *, limited: bool = False) -> np.ndarray:
     """Chroma ``(..., 2)`` (U, V) -> JPEG's (Cb, Cr) in float levels (unrounded, unclamped), float32.
 
@@ -199,7 +194,8 @@ def to_u8(x: np.ndarray) -> np.ndarray:
     return np.floor(np.clip(x, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
 
 
-_LIMITED_TO_FULL = _limited_to_full_table()
+# limited_luma_to_full_u8's table: the float formula at each of the 256 levels.
+_LIMITED_TO_FULL = to_u8((np.arange(256, dtype=np.float32) - np.float32(LIMITED_Y_MIN)) * np.float32(1.0 / LIMITED_Y_SPAN))
 
 
 def _check_last_dim(a: np.ndarray, name: str) -> None:
