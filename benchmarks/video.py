@@ -10,8 +10,9 @@ more to decode). ``cli.py colorize-video`` runs on it with ``--temporal 0`` and 
 ``cli.py colorize-dir`` on the same frames saved as JPEGs, at the same ``--size`` and model. Printed (and
 written with ``--json``): PSNR against the truth (RGB, mean over frames), the flicker figure (mean absolute
 change of the output's Cb/Cr levels between consecutive frames within a shot) against the truth's own, the
-colourfulness ratio to the truth's, the mean luma error (the output's stored luma plane against the input's, full-range levels), the scene cuts found, and frames/s end to end (each command's own summary line: model loading excluded; the median of
---repeat runs, the commands taking turns)
+colourfulness ratio to the truth's, the mean luma error (the output's stored luma plane against the input's,
+full-range levels), the scene cuts found, and frames/s end to end (each command's own summary line: model
+loading excluded; the median of --repeat runs, the commands taking turns)
 against the photo path's images/s (and its PSNR: JPEG q95 outputs).
 """
 

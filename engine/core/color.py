@@ -195,7 +195,8 @@ def to_u8(x: np.ndarray) -> np.ndarray:
 
 
 # limited_luma_to_full_u8's table: the float formula at each of the 256 levels.
-_LIMITED_TO_FULL = to_u8((np.arange(256, dtype=np.float32) - np.float32(LIMITED_Y_MIN)) * np.float32(1.0 / LIMITED_Y_SPAN))
+_LIMITED_TO_FULL = to_u8((np.arange(256, dtype=np.float32) - np.float32(LIMITED_Y_MIN))
+                         * np.float32(1.0 / LIMITED_Y_SPAN))
 
 
 def _check_last_dim(a: np.ndarray, name: str) -> None:
