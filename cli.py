@@ -597,6 +597,82 @@ def evaluate(data: Path, model: Path | None, backend: str, device: str | None, s
     sys.exit(1 if report.failed else 0)
 
 
+def _temperatures(text: str) -> list[float]:
+    """A comma-separated list of annealed-mean temperatures, each > 0."""
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(not t > 0 for t in values):
+        _fail(f"--temperatures: expected numbers > 0 separated by commas, found {text!r}")
+    return values
+
+
+@main.command("score-runs")
+@click.option("--runs", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder holding one run folder per variant (finished runs: those with a DONE file).")
+@click.option("--only", default=None, help="Comma-separated run names to score [every finished run].")
+@click.option("--extra", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+              help="More checkpoints (e.g. runs/cls/last.pt); repeatable.")
+@click.option("--val", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Validation photos: a .txt list of paths or a folder.")
+@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True,
+              help="Photos are centre-cropped to SIZE x SIZE.")
+@click.option("--temperatures", default="0.2,0.3,0.4,0.6,0.8,1.0", show_default=True,
+              help="Annealed-mean temperatures to score classification runs at.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the scores here.")
+@click.option("--grids", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write each run's grid (at its chosen T) here.")
+@click.option("--weights", type=click.Choice(["auto", "model", "ema"]), default="auto", show_default=True,
+              help="Live weights, the --ema average, or auto (the average when a run has one).")
+def score_runs(runs: Path, only: str | None, extra: tuple[Path, ...], val: Path, size: int, temperatures: str,
+               json_out: Path | None, grids: Path | None, weights: str) -> None:
+    """Score training runs on a validation list at several temperatures; pick one by the quality rule."""
+    from engine.core.files import write_json_atomic
+    from train.recipes.score_runs import score_runs as run_scores
+
+    def show(name: str, rows: list[dict]) -> None:
+        for r in rows:
+            click.echo(f"{name:22s} T={r['temperature']!s:5s} PSNR {r['psnr']:.2f} (gray {r['gray_psnr']:.2f}) "
+                       f"SSIM {r['ssim']:.3f} ratio {r['colourfulness_ratio']:.2f}")
+
+    report = run_scores(runs, val, only=set(only.split(",")) if only else None, extra=extra, size=size,
+                        temperatures=_temperatures(temperatures), grids=grids, weights=weights, on_rows=show)
+    winner = report["winner"]
+    if winner is None:
+        _fail(f"nothing to score: no finished run in {runs}{' named ' + only if only else ''} and no --extra")
+    if json_out is not None:
+        try:
+            write_json_atomic(json_out, report)
+        except OSError as e:
+            _fail(f"cannot write {json_out} ({e.strerror or e})")
+    click.echo(f"winner: {winner['variant']} T={winner['temperature']} PSNR {winner['psnr']:.2f} "
+               f"ratio {winner['colourfulness_ratio']:.2f}")
+
+
+@main.command("score-whole")
+@click.argument("val_list", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoints", type=click.Path(exists=True, dir_okay=False, path_type=Path), nargs=-1, required=True)
+@click.option("--temperatures", default="0.6,0.8,1.0", show_default=True, help="Annealed-mean temperatures.")
+@click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True, help="Model resolution.")
+def score_whole(val_list: Path, checkpoints: tuple[Path, ...], temperatures: str, size: int) -> None:
+    """Score checkpoints on whole validation photos (long side 512), as colorize-dir sees them.
+
+    Classification heads at each of --temperatures; other heads once."""
+    from train.recipes import score_whole as sw
+
+    temps = _temperatures(temperatures)
+    gts = sw.photos(val_list)
+    grays, gray_psnr = sw.gray_psnr(gts)
+    click.echo(f"{len(gts)} photos, long side 512, model at {size}; gray PSNR {gray_psnr:.3f} dB")
+    for ckpt in checkpoints:
+        for t in sw.temperatures_for(ckpt, temps):
+            psnr, ratio = sw.score_checkpoint(ckpt, t, gts, grays, size)
+            shown = "-" if t is None else f"{t:.2f}"
+            click.echo(f"{ckpt}  T={shown}  PSNR {psnr:.3f} dB  colourfulness ratio {ratio:.3f}")
+
+
 @main.command()
 @click.option("--model", type=click.Path(path_type=Path), default=None, help="Model file [bundled: models/colorizer.onnx].")
 @click.option("--backend", type=click.Choice(["auto", "ort", "trt", "torch"]), default="auto", show_default=True)

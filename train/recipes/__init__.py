@@ -1,5 +1,6 @@
-"""Entry scripts for training experiments: the bundled-model recipe and the scoring of runs.
+"""Training experiments: the bundled-model recipe (``train.sh``) and the scoring of runs (``cli.py score-runs``,
+``cli.py score-whole``).
 
 They sit on top like ``cli.py`` (they drive training runs and score them through the engine), so they
-may import every layer; nothing imports them.
+may import every layer; only ``cli.py`` imports them.
 """

@@ -1,6 +1,6 @@
 """Score training runs on a validation list: centre crops, several annealed-mean temperatures.
 
-    python -m train.recipes.score_runs --runs runs --only RUN_A,RUN_B --val RUN/val_files.txt \\
+    python cli.py score-runs --runs runs --only RUN_A,RUN_B --val RUN/val_files.txt \\
         --json runs/scores.json --grids runs/grids
 
 Every run's final checkpoint (``last.pt``, the same step for all) is scored through the
@@ -19,12 +19,10 @@ same rule.
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, Sequence
 
 from PIL import Image
 
@@ -69,53 +67,33 @@ def shrink_grid(png: Path, out: Path, scale: float = 0.5) -> None:
     img.save(out, "JPEG", quality=85)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=Path, required=True, help="folder holding one run folder per variant")
-    p.add_argument("--only", default=None, help="comma-separated run names to score (default: every finished run)")
-    p.add_argument("--extra", type=Path, action="append", default=[], help="more checkpoints (e.g. runs/cls/last.pt)")
-    p.add_argument("--val", type=Path, required=True)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--temperatures", default="0.2,0.3,0.4,0.6,0.8,1.0")
-    p.add_argument("--json", type=Path, default=None, help="write the scores here")
-    p.add_argument("--grids", type=Path, default=None)
-    p.add_argument("--weights", default="auto", choices=["auto", "model", "ema"],
-                   help="live weights, the --ema average, or auto (the average when a run has one)")
-    args = p.parse_args()
-    temps = [float(t) for t in args.temperatures.split(",")]
-    only = set(args.only.split(",")) if args.only else None
-    ckpts = sorted(d / "last.pt" for d in args.runs.iterdir()
-                   if (d / "DONE").exists() and (only is None or d.name in only)) + list(args.extra)
+def score_runs(runs: Path, val: Path, *, only: set[str] | None = None, extra: Sequence[Path] = (),
+               size: int = 256, temperatures: Sequence[float] = (0.2, 0.3, 0.4, 0.6, 0.8, 1.0),
+               grids: Path | None = None, weights: str = "auto",
+               on_rows: Callable[[str, list[dict]], None] | None = None) -> dict:
+    """Score every finished run under ``runs`` (those with a ``DONE`` file; ``only``: by name) and the ``extra``
+    checkpoints; ``on_rows(name, rows)`` after each. Returns the report: every row, each run's choice, the winner."""
+    ckpts = sorted(d / "last.pt" for d in runs.iterdir()
+                   if (d / "DONE").exists() and (only is None or d.name in only)) + list(extra)
     results = []
     for ckpt in ckpts:
         data = load_checkpoint(ckpt)
         head = data["model_config"]["head"]
         name = ckpt.parent.name
-        grid_dir = Path(tempfile.mkdtemp()) if args.grids else None
-        cases = temps if head == "classification" else [None]
-        rows = [score_run(ckpt, t, args.val, args.size, grid_dir / f"{k}.png" if grid_dir else None, args.weights)
+        grid_dir = Path(tempfile.mkdtemp()) if grids else None
+        cases = list(temperatures) if head == "classification" else [None]
+        rows = [score_run(ckpt, t, val, size, grid_dir / f"{k}.png" if grid_dir else None, weights)
                 for k, t in enumerate(cases)]
         best = choose(rows)
-        entry = {"variant": name, "checkpoint": str(ckpt), "weights": args.weights, "step": data.get("step"), "head": head,
+        entry = {"variant": name, "checkpoint": str(ckpt), "weights": weights, "step": data.get("step"), "head": head,
                  "loss": (data.get("train_config") or {}).get("loss"),
                  "loss_options": (data.get("train_config") or {}).get("loss_options"), "scores": rows, "best": best}
         if grid_dir:  # every T drew its grid while scoring; keep the chosen one
-            entry["grid"] = str(args.grids / f"{name}.jpg")
+            entry["grid"] = str(grids / f"{name}.jpg")
             shrink_grid(grid_dir / f"{rows.index(best)}.png", Path(entry["grid"]))
             shutil.rmtree(grid_dir)
         results.append(entry)
-        for r in rows:
-            print(f"{name:22s} T={r['temperature']!s:5s} PSNR {r['psnr']:.2f} (gray {r['gray_psnr']:.2f}) "
-                  f"SSIM {r['ssim']:.3f} ratio {r['colourfulness_ratio']:.2f}", flush=True)
-    winner = choose([dict(r["best"], variant=r["variant"]) for r in results])
-    out = {"size": args.size, "val": str(args.val), "ratio_bar": RATIO_BAR, "results": results, "winner": winner}
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
-    print(f"winner: {winner['variant']} T={winner['temperature']} PSNR {winner['psnr']:.2f} "
-          f"ratio {winner['colourfulness_ratio']:.2f}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if on_rows is not None:
+            on_rows(name, rows)
+    winner = choose([dict(r["best"], variant=r["variant"]) for r in results]) if results else None
+    return {"size": size, "val": str(val), "ratio_bar": RATIO_BAR, "results": results, "winner": winner}

@@ -1,7 +1,6 @@
 """Score checkpoints on whole validation photos, as colorize-dir sees them.
 
-    python -m train.recipes.score_whole RUN/val_files.txt RUN_A/last.pt RUN_B/last.pt \\
-        --temperatures 0.6,0.8,1.0 --size 256
+    python cli.py score-whole RUN/val_files.txt RUN_A/last.pt RUN_B/last.pt --temperatures 0.6,0.8,1.0 --size 256
 
 Each photo is area-resized so its long side is 512 (a stand-in for the full-size photo), grayed with the
 colour spec's luma, colorized by the engine (PyTorch backend, the model at ``--size``, tight padding, as
@@ -11,7 +10,6 @@ checkpoint is released at each annealed-mean temperature (an inference setting).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from PIL import Image
 
 from engine.core import color, metrics
 from engine.api import Colorizer
-from engine.net.checkpoint import release_checkpoint
+from engine.net.checkpoint import load_checkpoint, release_checkpoint
 
 
 def photos(val_list: Path, long_side: int = 512) -> list[np.ndarray]:
@@ -34,28 +32,25 @@ def photos(val_list: Path, long_side: int = 512) -> list[np.ndarray]:
     return out
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("val_list", type=Path)
-    p.add_argument("checkpoints", type=Path, nargs="+")
-    p.add_argument("--temperatures", default="0.6,0.8,1.0")
-    p.add_argument("--size", type=int, default=256)
-    args = p.parse_args()
-    gts = photos(args.val_list)
+def gray_psnr(gts: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    """The photos' gray inputs (the colour spec's luma) and their mean PSNR against the photos."""
     grays = [color.rgb_u8_to_luma_u8(g) for g in gts]
-    gray_psnr = np.mean([metrics.psnr(np.repeat(y[..., None], 3, -1), g) for y, g in zip(grays, gts)])
-    print(f"{len(gts)} photos, long side 512, model at {args.size}; gray PSNR {gray_psnr:.3f} dB")
-    for ckpt in args.checkpoints:
-        for t in (float(x) for x in args.temperatures.split(",")):
-            with tempfile.TemporaryDirectory() as tmp:
-                model = Path(tmp) / "m.pt"
-                release_checkpoint(ckpt, model, head_options={"temperature": t})
-                with Colorizer(model, "torch", size=args.size, padding="tight") as c:
-                    preds = c.colorize_batch(grays)
-            psnr = np.mean([metrics.psnr(pr, g) for pr, g in zip(preds, gts)])
-            ratio = np.mean([metrics.colourfulness(pr) for pr in preds]) / np.mean([metrics.colourfulness(g) for g in gts])
-            print(f"{ckpt}  T={t:.2f}  PSNR {psnr:.3f} dB  colourfulness ratio {ratio:.3f}", flush=True)
+    return grays, float(np.mean([metrics.psnr(np.repeat(y[..., None], 3, -1), g) for y, g in zip(grays, gts)]))
 
 
-if __name__ == "__main__":
-    main()
+def temperatures_for(ckpt: Path, temperatures: list[float]) -> list[float | None]:
+    """The temperatures to score ``ckpt`` at: all of them for a classification head, none (``[None]``) otherwise."""
+    return list(temperatures) if load_checkpoint(ckpt)["model_config"]["head"] == "classification" else [None]
+
+
+def score_checkpoint(ckpt: Path, temperature: float | None, gts: list[np.ndarray], grays: list[np.ndarray],
+                     size: int = 256) -> tuple[float, float]:
+    """Mean PSNR and colourfulness ratio of ``ckpt`` released at ``temperature``, colorizing ``grays``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "m.pt"
+        release_checkpoint(ckpt, model, head_options={"temperature": temperature} if temperature else None)
+        with Colorizer(model, "torch", size=size, padding="tight") as c:
+            preds = c.colorize_batch(grays)
+    psnr = float(np.mean([metrics.psnr(pr, g) for pr, g in zip(preds, gts)]))
+    ratio = float(np.mean([metrics.colourfulness(pr) for pr in preds]) / np.mean([metrics.colourfulness(g) for g in gts]))
+    return psnr, ratio
