@@ -171,6 +171,28 @@ def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opse
                f"rgb max diff {p['rgb_max_levels']} levels{extra}")
 
 
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Inference checkpoint to write (e.g. models/colorizer.pt), then `cli.py export` it.")
+@click.option("--temperature", type=float, default=None,
+              help="Annealed-mean temperature stored with a classification head (the one `score-runs` chose).")
+@click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True,
+              help="auto: the weight average when the run kept one (--ema), else the live weights.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
+def release(checkpoint: Path, out: Path, temperature: float | None, weights: str, force: bool) -> None:
+    """Turn a training checkpoint into a small inference checkpoint (no optimizer state, no local paths)."""
+    from engine.net.checkpoint import load_checkpoint, release_checkpoint
+
+    release_checkpoint(checkpoint, out, head_options=None if temperature is None else {"temperature": temperature},
+                       weights=weights, overwrite=force)
+    data = load_checkpoint(out)
+    head = data["model_config"].get("head_options", {})
+    t = f", T {head['temperature']}" if "temperature" in head else ""
+    click.echo(f"released {out}: step {data.get('step')}, weights {data['release']['weights']}{t}, "
+               f"{out.stat().st_size / 1e6:.1f} MB")
+
+
 @main.command("build-engine")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=ROOT / "models" / "colorizer.onnx",
               show_default=True, help="Exported ONNX (with its sidecar).")

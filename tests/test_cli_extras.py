@@ -18,6 +18,7 @@ RUN = ("import sys; sys.modules['torch'] = None; sys.modules['ray'] = None; sys.
 @pytest.mark.parametrize("args,needs", [
     (["export", "--checkpoint", "models/colorizer.pt", "--out", "{tmp}/m.onnx"], "torch"),
     (["train", "--data", "samples", "--out", "{tmp}/run"], "torch"),
+    (["release", "models/colorizer.pt", "--out", "{tmp}/r.pt"], "torch"),
     (["colorize-video", "README.md", "{tmp}/out.mp4"], "av"),
 ])
 def test_missing_extra_is_one_error_line(tmp_path, args, needs):

@@ -107,8 +107,36 @@ def load_model(path: str | os.PathLike[str], *, expect: ModelConfig | None = Non
     return model, data
 
 
+# train_config keys that hold paths, and what a released checkpoint says instead of a path outside the repository
+_PATH_PLACEHOLDERS = {"data": "DATA", "val": "VAL", "val_list": "VAL_LIST", "cache": "CACHE"}
+
+
+def _portable(value: Any, placeholder: str) -> Any:
+    """``value`` when it is a path inside the working directory's tree (relative, no ``..``), else ``placeholder``."""
+    if not isinstance(value, str):
+        return value
+    path = Path(value)
+    return value if not path.is_absolute() and ".." not in path.parts else placeholder
+
+
+def portable_train_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the machine's own paths replaced: data -> ``DATA``, out -> the run folder's name, ...
+
+    Relative paths inside the project (``train/splits/val.txt``) are kept, so a released model still says
+    which validation list it was tuned on, without naming folders of the machine that trained it.
+    """
+    out = dict(config)
+    for key, placeholder in _PATH_PLACEHOLDERS.items():
+        if out.get(key) is not None:
+            out[key] = _portable(out[key], placeholder)
+    if isinstance(out.get("out"), str):
+        out["out"] = Path(out["out"]).name
+    return out
+
+
 def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-                       head_options: dict[str, Any] | None = None, weights: str = "auto", **metadata: Any) -> None:
+                       head_options: dict[str, Any] | None = None, weights: str = "auto", overwrite: bool = False,
+                       **metadata: Any) -> None:
     """Write a small inference-only copy of ``src``: model config, weights, step, metrics, ``metadata``.
 
     Drops optimizer, scheduler and RNG state (two thirds of a training checkpoint's size);
@@ -117,8 +145,15 @@ def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     ``temperature`` chosen on the validation split), so the PyTorch backend decodes
     exactly like the exported graph. ``weights``: ``"model"`` (the live weights),
     ``"ema"`` (the moving average of ``cli.py train --ema``) or ``"auto"`` (the
-    average when the checkpoint has one).
+    average when the checkpoint has one). The training config is kept without the
+    machine's paths (``portable_train_config``); the source is named by its run folder
+    and file name. An existing ``dst`` is an error unless ``overwrite``.
     """
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        raise CheckpointError(f"{dst}: exists; pass --force to replace it")
+    if dst.resolve() == src.resolve():
+        raise CheckpointError(f"{dst}: is the checkpoint being released; write the release to another file")
     data = load_checkpoint(src)
     if weights not in ("auto", "model", "ema"):
         raise CheckpointError(f"weights: expected 'auto', 'model' or 'ema', found {weights!r}")
@@ -132,9 +167,15 @@ def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     else:
         metadata = dict(metadata, weights="model")
     if head_options:
+        head = keep["model_config"].get("head")
+        if head != "classification":
+            raise CheckpointError(f"{src}: head options {sorted(head_options)} need a classification head, "
+                                  f"found a {head} head")
         config = dict(keep["model_config"])
         config["head_options"] = {**config.get("head_options", {}), **head_options}
         keep["model_config"] = config
+    if isinstance(keep.get("train_config"), dict):
+        keep["train_config"] = portable_train_config(keep["train_config"])
     keep["model"] = {k: v.detach().clone() for k, v in keep["model"].items()}
-    keep["release"] = dict(metadata, source=str(src))
+    keep["release"] = dict(metadata, source=f"{src.resolve().parent.name}/{src.name}")
     save_checkpoint(dst, keep)

@@ -148,3 +148,25 @@ def test_export_force_overwrites(tiny_checkpoint, tmp_path):
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--force"])
     assert result.exit_code == 0, result.output
     assert read_sidecar(out)["precision"] == "fp32"
+
+
+def test_release_command_writes_an_inference_checkpoint_that_exports(tiny_checkpoint, tmp_path):
+    out = tmp_path / "colorizer.pt"
+    result = CliRunner().invoke(main, ["release", str(tiny_checkpoint), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"released {out}: step 0, weights model")
+    assert load_checkpoint(out)["release"]["source"].endswith("/tiny.pt")
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(out), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+
+
+def test_release_command_errors_are_one_line(tiny_checkpoint, tmp_path):
+    out = tmp_path / "colorizer.pt"
+    out.write_bytes(b"keep me")
+    code, err = _run(["release", str(tiny_checkpoint), "--out", str(out)])
+    assert code == 2
+    _assert_one_error_line(err, str(out), "exists; pass --force")
+    code, err = _run(["release", str(tiny_checkpoint), "--out", str(tmp_path / "r.pt"), "--temperature", "0.35"])
+    assert code == 2
+    _assert_one_error_line(err, "need a classification head")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["colorizer.pt"] and out.read_bytes() == b"keep me"
