@@ -352,6 +352,11 @@ def shown_path(path: str | os.PathLike[str]) -> str:
         return str(path)
 
 
+def shown_paths(text: str) -> str:
+    """``text`` (a runner's description) with the repository's own folder left out of the paths in it."""
+    return text.replace(f"{ROOT}{os.sep}", "")
+
+
 def shown_model(checkpoint: Path | None, onnx: dict[str, Path]) -> str | dict[str, str]:
     """The JSON's ``model``: the checkpoint, or ``{precision: export}`` when only exports were given."""
     return shown_path(checkpoint) if checkpoint else {k: shown_path(v) for k, v in onnx.items()}

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BenchmarkError, process_memory
+from benchmarks.common import BenchmarkError, process_memory, shown_paths
 from engine.core.hardware import allowed_cpus
 
 MIB = 2**20
@@ -119,7 +119,7 @@ def worker(cfg: dict[str, Any]) -> dict[str, Any]:
                 run_cpu.append(time.process_time() - cpu0)  # every thread of the process during the folder run
                 runs.append((summary, sampler.stop()))
                 model_only(warmup=0)
-            describe, (readers, writers), io_nice, padding = c.describe(), c.io_threads, c.io_nice, c.padding
+            describe, (readers, writers), io_nice, padding = shown_paths(c.describe()), c.io_threads, c.io_nice, c.padding
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     for summary, _ in runs:

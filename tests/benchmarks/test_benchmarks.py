@@ -338,3 +338,11 @@ def test_huge_pages_are_asked_for_in_the_environment(monkeypatch):
         "GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1, THP_MEM_ALLOC_ENABLE=1")
     mem = common.process_memory()
     assert mem["rss_mib"] > 20 and mem["anon_huge_mib"] >= 0
+
+
+def test_runner_descriptions_name_repository_files_relative_to_it():
+    from benchmarks import common
+
+    inside, outside = common.ROOT / "models" / "colorizer.onnx", "/elsewhere/m.onnx"
+    assert common.shown_paths(f"ort (CPU, 2 threads) {inside}") == "ort (CPU, 2 threads) models/colorizer.onnx"
+    assert common.shown_paths(f"ort (CPU) {outside}") == f"ort (CPU) {outside}"
