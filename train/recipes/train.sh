@@ -5,8 +5,8 @@
 #   train/recipes/train.sh DATA RUN [RECIPE]
 #
 # DATA: folder of colour photos; RUN: run folder. RECIPE (default lite0):
-#   lite0  EfficientNet-Lite0 encoder (ImageNet-pretrained, learning rate x 0.2), 112 px crops, --zoom 2,
-#          lambda 0.7, 3,000 steps: the bundled model's recipe
+#   lite0  EfficientNet-Lite0 encoder (ImageNet-pretrained, frozen), 160 px crops, --zoom 2,
+#          lambda 0.62, 3,000 steps: the bundled model's recipe
 #   vgg    VGG encoder from scratch (the previous bundled recipe), width x 0.5, lambda 0.8
 # The validation list is train/splits/val.txt (names relative to DATA); EXCLUDE='imagenet_*' leaves
 # those photos out of training. STEPS, SEED, THREADS and EXTRA (more train options) override defaults.
@@ -15,15 +15,15 @@ set -euo pipefail
 DATA=$1 RUN=$2 RECIPE=${3:-lite0}
 cd "$(dirname "$0")/../.."
 case "$RECIPE" in
-  lite0) model=(--encoder efficientnet-lite0 --width-mult 1.0 --encoder-lr-mult 0.2 --loss-option lam=0.7); steps=3000 ;;
-  vgg)   model=(--encoder vgg --width-mult 0.5 --loss-option lam=0.8); steps=3000 ;;
+  lite0) model=(--encoder efficientnet-lite0 --width-mult 1.0 --encoder-lr-mult 0 --loss-option lam=0.62); size=160 ;;
+  vgg)   model=(--encoder vgg --width-mult 0.5 --loss-option lam=0.8); size=112 ;;
   *) echo "recipe: expected lite0 or vgg, found $RECIPE" >&2; exit 2 ;;
 esac
 resume=(); [ -f "$RUN/last.pt" ] && resume=(--resume)
 exclude=(); [ -n "${EXCLUDE:-}" ] && exclude=(--exclude "$EXCLUDE")
 mkdir -p "$(dirname "$RUN")"
 OMP_NUM_THREADS=${THREADS:-2} MKL_NUM_THREADS=${THREADS:-2} ${PYTHON:-.venv/bin/python} cli.py train --data "$DATA" \
-    --val-list train/splits/val.txt "${exclude[@]}" --out "$RUN" --image-size 112 --zoom 2 --batch-size 16 \
-    --steps "${STEPS:-$steps}" --val-every 500 --val-limit 137 --log-every 50 --workers 1 \
+    --val-list train/splits/val.txt "${exclude[@]}" --out "$RUN" --image-size "$size" --zoom 2 --batch-size 16 \
+    --steps "${STEPS:-3000}" --val-every 500 --val-limit 137 --log-every 50 --workers 1 \
     --loss classification --loss-option temperature=0.2 --ema 0.999 --seed "${SEED:-0}" "${model[@]}" \
     ${EXTRA:-} "${resume[@]}" >>"$RUN.log" 2>&1
