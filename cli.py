@@ -182,11 +182,10 @@ def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opse
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 def release(checkpoint: Path, out: Path, temperature: float | None, weights: str, force: bool) -> None:
     """Turn a training checkpoint into a small inference checkpoint (no optimizer state, no local paths)."""
-    from engine.net.checkpoint import load_checkpoint, release_checkpoint
+    from engine.net.checkpoint import release_checkpoint
 
-    release_checkpoint(checkpoint, out, head_options=None if temperature is None else {"temperature": temperature},
-                       weights=weights, overwrite=force)
-    data = load_checkpoint(out)
+    data = release_checkpoint(checkpoint, out, head_options=None if temperature is None else {"temperature": temperature},
+                              weights=weights, overwrite=force)
     head = data["model_config"].get("head_options", {})
     t = f", T {head['temperature']}" if "temperature" in head else ""
     click.echo(f"released {out}: step {data.get('step')}, weights {data['release']['weights']}{t}, "

@@ -136,7 +136,7 @@ def portable_train_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
                        head_options: dict[str, Any] | None = None, weights: str = "auto", overwrite: bool = False,
-                       **metadata: Any) -> None:
+                       **metadata: Any) -> dict[str, Any]:
     """Write a small inference-only copy of ``src``: model config, weights, step, metrics, ``metadata``.
 
     Drops optimizer, scheduler and RNG state (two thirds of a training checkpoint's size);
@@ -147,11 +147,11 @@ def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     ``"ema"`` (the moving average of ``cli.py train --ema``) or ``"auto"`` (the
     average when the checkpoint has one). The training config is kept without the
     machine's paths (``portable_train_config``); the source is named by its run folder
-    and file name. An existing ``dst`` is an error unless ``overwrite``.
+    and file name. An existing ``dst`` is an error unless ``overwrite``. Returns what was written.
     """
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst}: exists; pass --force to replace it")
+        raise CheckpointError(f"{dst}: already exists; pass --force to overwrite")
     if dst.resolve() == src.resolve():
         raise CheckpointError(f"{dst}: is the checkpoint being released; write the release to another file")
     data = load_checkpoint(src)
@@ -179,3 +179,4 @@ def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     keep["model"] = {k: v.detach().clone() for k, v in keep["model"].items()}
     keep["release"] = dict(metadata, source=f"{src.resolve().parent.name}/{src.name}")
     save_checkpoint(dst, keep)
+    return keep

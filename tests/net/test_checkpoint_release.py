@@ -14,8 +14,9 @@ def test_release_drops_training_state_and_keeps_identical_outputs(tmp_path):
     src, dst = tmp_path / "last.pt", tmp_path / "release.pt"
     save_checkpoint(src, {"model_config": config.to_dict(), "model": net.state_dict(), "optimizer": opt.state_dict(),
                           "step": 7, "rng": {"torch": torch.get_rng_state()}})
-    release_checkpoint(src, dst, note="test")
+    written = release_checkpoint(src, dst, note="test")
     data = load_checkpoint(dst)
+    assert written["release"] == data["release"] and written["step"] == data["step"]  # what was written, returned
     assert "optimizer" not in data and "rng" not in data
     assert data["step"] == 7 and data["release"]["note"] == "test"
     assert dst.stat().st_size < src.stat().st_size
@@ -41,7 +42,7 @@ def test_release_can_override_head_options(tmp_path):
     assert model.config.head_options["centres"] == centres.tolist()
 
 
-def _tiny_run(tmp_path, head="regression", **extra):
+def _tiny_run(tmp_path, **extra):
     config = ModelConfig(width_mult=0.125)
     src = tmp_path / "lite0-run" / "last.pt"
     src.parent.mkdir()
