@@ -150,6 +150,8 @@ def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     and file name. An existing ``dst`` is an error unless ``overwrite``. Returns what was written.
     """
     src, dst = Path(src), Path(dst)
+    if dst.is_dir():
+        raise CheckpointError(f"{dst}: expected a file path for the release, found a folder")
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst}: already exists; pass --force to overwrite")
     if dst.resolve() == src.resolve():

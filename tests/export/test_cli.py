@@ -170,3 +170,8 @@ def test_release_command_errors_are_one_line(tiny_checkpoint, tmp_path):
     assert code == 2
     _assert_one_error_line(err, "need a classification head")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["colorizer.pt"] and out.read_bytes() == b"keep me"
+    (tmp_path / "folder").mkdir()
+    code, err = _run(["release", str(tiny_checkpoint), "--out", str(tmp_path / "folder"), "--force"])
+    assert code == 2
+    _assert_one_error_line(err, str(tmp_path / "folder"), "found a folder")
+    assert list((tmp_path / "folder").iterdir()) == []
