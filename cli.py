@@ -100,6 +100,9 @@ def main(verbose: bool) -> None:
               type=click.Choice(["vgg", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]),
               help="vgg: VGG blocks from scratch; efficientnet-liteN: ImageNet-pretrained trunk (weights from the train extra).")
 @click.option("--encoder-lr-mult", default=1.0, show_default=True, help="Encoder learning rate as a multiple of --lr (0: frozen).")
+@click.option("--encoder-freeze", default=0, show_default=True, metavar="N",
+              help="Keep the weights of the encoder's first N feature levels, shallow to deep (vgg 4, lite 5 in all); "
+                   "the deeper ones learn at --encoder-lr-mult.")
 @click.option("--width", default="seed", show_default=True, help="Width preset: seed or vgg16 (vgg encoder; a pretrained encoder scales its decoder by --width-mult).")
 @click.option("--width-mult", default=1.0, show_default=True, help="Multiplier on the preset's channel widths.")
 @click.option("--image-size", default=128, show_default=True, help="Training crop size (px).")
@@ -124,7 +127,7 @@ def main(verbose: bool) -> None:
 @click.option("--val-limit", default=500, show_default=True, help="Validate on at most this many photos.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache", type=click.Path(path_type=Path), help="Decoded-photo cache folder [RUN_DIR/cache].")
-def train(data, val, val_fraction, val_list, exclude, encoder, encoder_lr_mult, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
+def train(data, val, val_fraction, val_list, exclude, encoder, encoder_lr_mult, encoder_freeze, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
           loss_option, ema, resume, amp, seed, workers, log_every, val_every, val_limit, device, cache) -> None:
     """Train a colorization model (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from train.losses import parse_loss_options
@@ -133,7 +136,7 @@ def train(data, val, val_fraction, val_list, exclude, encoder, encoder_lr_mult, 
     cfg = TrainConfig(
         data=str(data), out=str(out), val=None if val is None else str(val), val_fraction=val_fraction,
         val_list=None if val_list is None else str(val_list), exclude=tuple(exclude), encoder=encoder,
-        encoder_lr_mult=encoder_lr_mult,
+        encoder_lr_mult=encoder_lr_mult, encoder_freeze=encoder_freeze,
         width=width, width_mult=width_mult, image_size=image_size, zoom=zoom, batch_size=batch_size, steps=steps, lr=lr,
         warmup_steps=warmup_steps, loss=loss, loss_options=parse_loss_options(loss_option), ema=ema, resume=resume, amp=amp,
         seed=seed, workers=workers, log_every=log_every, val_every=val_every, val_limit=val_limit, device=device,

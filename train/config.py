@@ -12,10 +12,10 @@ from engine.net.model import ModelConfig
 
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).
-RESUME_KEYS = ("encoder", "encoder_lr_mult", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
+RESUME_KEYS = ("encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
                "loss_options", "ema", "seed", "val_fraction", "world_size", "train_files", "val_files")
 # what a checkpoint from before a key existed was trained with
-RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0}
+RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0, "encoder_freeze": 0}
 
 
 class TrainConfigError(ColorizerError, ValueError):
@@ -32,6 +32,7 @@ class TrainConfig:
     exclude: tuple[str, ...] = ()  # glob patterns on relative paths: training files left out
     encoder: str = "vgg"
     encoder_lr_mult: float = 1.0  # learning rate of the encoder relative to --lr (0 = frozen weights)
+    encoder_freeze: int = 0  # the encoder's first N feature levels (shallow to deep) keep their weights
     width: str = "seed"
     width_mult: float = 1.0
     image_size: int = 128
@@ -71,7 +72,10 @@ class TrainConfig:
         if not 0 <= self.encoder_lr_mult <= 10:
             raise TrainConfigError(f"--encoder-lr-mult: expected 0 to 10, found {self.encoder_lr_mult}")
         model = ModelConfig(self.width, self.width_mult, encoder=self.encoder)
-        model.widths  # noqa: B018 - raises ModelConfigError early
+        levels = len(model.widths)  # raises ModelConfigError early
+        if not 0 <= self.encoder_freeze <= levels:
+            raise TrainConfigError(f"--encoder-freeze: expected 0 to {levels} (the {self.encoder} encoder's feature "
+                                   f"levels), found {self.encoder_freeze}")
         if model.pretrained and not self.resume:
             check_pretrained_installed(self.encoder)
         build_loss(self.loss, self.loss_options)  # unknown loss or bad options: fail before any decoding

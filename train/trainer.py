@@ -209,11 +209,15 @@ class Trainer:
         self.net = self.net.to(info.device, memory_format=torch.channels_last)
         self.loss_fn.to(info.device)
         encoder = list(self.net.encoder.parameters())
-        if cfg.encoder_lr_mult == 0:
-            # Frozen weights: no gradients are computed for them at all (the backward pass stops at the
-            # decoder), which makes a step cheaper. BatchNorm statistics still follow the training photos.
-            for p in encoder:
-                p.requires_grad_(False)
+        levels = self.net.encoder.levels()
+        frozen = encoder if cfg.encoder_lr_mult == 0 else [p for m in levels[:cfg.encoder_freeze] for p in m.parameters()]
+        # Frozen weights: no gradients are computed for them at all (the backward pass stops where the first
+        # learning level starts), which makes a step cheaper. BatchNorm statistics still follow the training photos.
+        for p in frozen:
+            p.requires_grad_(False)
+        if frozen:
+            log.info("encoder: %s of %d feature levels frozen", "all" if len(frozen) == len(encoder) else
+                     cfg.encoder_freeze, len(levels))
         ids = {id(p) for p in encoder}
         rest = [p for p in self.net.parameters() if id(p) not in ids]
         self.optimizer = torch.optim.Adam([{"params": encoder, "lr": cfg.lr * cfg.encoder_lr_mult},

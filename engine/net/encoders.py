@@ -59,6 +59,10 @@ class VGGEncoder(nn.Module):
         self.channels = tuple(widths)
         self.strides = tuple(2**i for i in range(len(widths)))
 
+    def levels(self) -> list[nn.Module]:
+        """The modules that compute each feature map from the previous one, shallow to deep."""
+        return list(self.blocks)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
         for i, block in enumerate(self.blocks):
@@ -173,6 +177,16 @@ class EfficientNetLiteEncoder(nn.Module):
         # luma in [0, 1] -> the (x - 127.5) / 128 of the ImageNet training, per channel
         self.register_buffer("in_scale", torch.tensor(255.0 / 128.0), persistent=False)
         self.register_buffer("in_shift", torch.tensor(127.5 / 128.0), persistent=False)
+
+    def levels(self) -> list[nn.Module]:
+        """The modules that compute each feature map from the previous one, shallow to deep (the stem in the first)."""
+        out: list[nn.Module] = []
+        start = 0
+        for end in self.feature_after:
+            first = [self.stem] if start == 0 else []
+            out.append(nn.ModuleList(first + list(self.blocks[start:end + 1])))
+            start = end + 1
+        return out
 
     def forward(self, y: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(y * self.in_scale - self.in_shift)

@@ -146,6 +146,74 @@ def test_training_starts_from_imagenet_weights_and_resumes(tiny_cfg, tmp_path):
         train(tiny_cfg(encoder=LITE, width_mult=0.25, loss="classification", steps=4, encoder_lr_mult=1.0, resume=True))
 
 
+@pytest.mark.parametrize("encoder", ["vgg", LITE])
+def test_encoder_levels_split_the_trunk(encoder):
+    """levels() covers every encoder weight exactly once, one module per feature map, shallow to deep."""
+    enc = ColorizerNet(ModelConfig(width_mult=0.25, encoder=encoder)).encoder
+    levels = enc.levels()
+    assert len(levels) == len(enc.channels)
+    ids = [id(p) for m in levels for p in m.parameters()]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in enc.parameters()}
+    # each level ends in the feature map of its depth: the last conv's output channels
+    for m, c in zip(levels, enc.channels):
+        convs = [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
+        assert convs[-1].out_channels == c
+
+
+def _encoder_weights(path) -> dict[str, torch.Tensor]:
+    model = load_checkpoint(path)["model"]
+    return {k[len("encoder."):]: v for k, v in model.items()
+            if k.startswith("encoder.") and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_encoder_freeze_keeps_the_shallow_levels(tiny_cfg, tmp_path):
+    """--encoder-freeze 2 (vgg: 4 levels): between two checkpoints the first two blocks keep every weight,
+    the last two learn; a resume with another value is refused."""
+    cfg = dict(steps=4, val_every=2, encoder_freeze=2)
+    train(tiny_cfg(**cfg, stop_at_step=2))
+    before = _encoder_weights(tmp_path / "run" / "last.pt")
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["train_config"]["encoder_freeze"] == 2
+    train(tiny_cfg(**cfg, resume=True))
+    after = _encoder_weights(tmp_path / "run" / "last.pt")
+    for level in range(4):
+        keys = [k for k in before if k.startswith(f"blocks.{level}.")]
+        same = [torch.equal(before[k], after[k]) for k in keys]
+        assert keys and (all(same) if level < 2 else not any(same)), (level, same)
+    with pytest.raises(Exception, match="encoder_freeze"):
+        train(tiny_cfg(steps=4, val_every=2, encoder_freeze=1, resume=True))
+
+
+@pytest.mark.parametrize("encoder,n,limit", [("vgg", 5, 4), ("vgg", -1, 4), (LITE, 6, 5)])
+def test_encoder_freeze_out_of_range_is_refused(tiny_cfg, encoder, n, limit):
+    from train.config import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match=f"--encoder-freeze: expected 0 to {limit} .*found {n}"):
+        tiny_cfg(encoder=encoder, encoder_freeze=n).resolved()
+
+
+def test_encoder_freeze_reaches_the_trainer_from_the_cli(photos, tmp_path):
+    result = CliRunner().invoke(cli.main, ["train", "--data", str(photos), "--out", str(tmp_path / "run"),
+                                           "--encoder-freeze", "7", "--steps", "2"])
+    assert result.exit_code == 2, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: --encoder-freeze: expected 0 to 4 (the vgg encoder's feature levels), found 7"], result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@needs_weights
+@pytest.mark.usefixtures("one_thread")
+def test_encoder_freeze_keeps_imagenet_weights_below_the_last_level(tiny_cfg, tmp_path):
+    """--encoder-freeze 4 on Lite0: after two steps everything but the stride-32 stage is still ImageNet's."""
+    train(tiny_cfg(encoder=LITE, width_mult=0.25, loss="classification", steps=2, val_every=2, encoder_freeze=4))
+    trunk = _encoder_weights(tmp_path / "run" / "last.pt")
+    reference = E.EfficientNetLiteEncoder(LITE)
+    reference.load_pretrained()
+    last = {f"blocks.{i}." for i in range(reference.feature_after[3] + 1, reference.feature_after[4] + 1)}
+    changed = {k for k, v in reference.state_dict().items() if k in trunk and not torch.equal(trunk[k], v)}
+    assert changed and all(k.startswith(tuple(last)) for k in changed), sorted(changed)[:5]
+
+
 def test_val_list_and_exclude_pick_the_files(photos, tmp_path):
     from train import data as D
 
