@@ -634,7 +634,8 @@ def _temperatures(text: str) -> list[float]:
 
 @main.command("score-runs")
 @click.option("--runs", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder holding one run folder per variant (finished runs: those with a DONE file).")
+              help="Folder holding one run folder per variant (finished runs: those with the DONE file "
+                   "training writes at its last step).")
 @click.option("--only", default=None, help="Comma-separated run names to score [every finished run].")
 @click.option("--extra", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
               help="More checkpoints (e.g. runs/cls/last.pt); repeatable.")

@@ -66,6 +66,14 @@ def remove_stale_temps(out: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+DONE = "DONE"  # written in a run folder once training reached its last step; what score-runs looks for
+
+
+def mark_done(out: Path, step: int, steps: int) -> None:
+    """Record that the run in ``out`` finished (``step == steps``): a small JSON file named ``DONE``."""
+    files.write_json_atomic(out / DONE, {"step": step, "steps": steps, "checkpoint": "last.pt"})
+
+
 def write_file_list(path: Path, paths: list[Path]) -> None:
     files.write_text_atomic(path, "".join(f"{p.resolve()}\n" for p in paths))
 

@@ -7,7 +7,8 @@ ETA (a tqdm bar instead when stderr is a terminal); every ``val_every`` steps it
 scores fixed centre crops of the validation split (PSNR of the RGB composed from
 predicted chroma and true luma, Hasler–Süsstrunk colourfulness), appends a line to
 ``RUN_DIR/metrics.jsonl`` and writes ``RUN_DIR/last.pt`` (and ``best.pt`` when the
-validation PSNR is the best so far) atomically. With ``ema`` > 0 a moving average of
+validation PSNR is the best so far) atomically; a run that reached its last step
+also gets ``RUN_DIR/DONE`` (what ``cli.py score-runs`` scores). With ``ema`` > 0 a moving average of
 the weights (``train.ema``) is kept too, scored beside the live weights (``ema_*``
 metrics) and saved in the checkpoint; ``best.pt`` then follows the average's PSNR,
 since that is what ``release_checkpoint`` ships.
@@ -286,6 +287,8 @@ class Trainer:
                      self.out / "last.pt")
             if info.enabled:
                 log.info("weights identical on %d ranks (sha256 %s)", info.world_size, digest)
+            if self.step >= cfg.steps:
+                rundir.mark_done(self.out, self.step, cfg.steps)
         return TrainResult(self.step, str(self.out / "last.pt"), self.best, self.last_metrics, digest, rate,
                            resumed_from)
 

@@ -8,6 +8,7 @@ import shutil
 from click.testing import CliRunner
 
 import cli
+from train import rundir
 from tests.conftest import SAMPLES
 
 
@@ -17,7 +18,7 @@ def test_score_runs_scores_finished_runs_and_writes_the_report(tiny_checkpoint, 
         (runs / name).mkdir(parents=True)
         shutil.copy(tiny_checkpoint, runs / name / "last.pt")
         if done:
-            (runs / name / "DONE").touch()
+            rundir.mark_done(runs / name, 6, 6)
     val = tmp_path / "val.txt"
     val.write_text("".join(f"{p}\n" for p in sorted(SAMPLES.glob("color-*.jpg"))[:2]))
     out = tmp_path / "scores.json"

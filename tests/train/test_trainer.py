@@ -1,3 +1,4 @@
+import json
 import logging
 import math
 import os
@@ -66,9 +67,11 @@ def test_resume_continues_at_the_exact_step_with_identical_weights(tiny_cfg, tmp
     full = train(tiny_cfg(out=str(tmp_path / "full"), **kw))
     part = train(tiny_cfg(out=str(tmp_path / "part"), stop_at_step=5, **kw))
     assert part.step == 5 and load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 5
+    assert (tmp_path / "full" / "DONE").is_file() and not (tmp_path / "part" / "DONE").exists()  # stopped early
     with caplog.at_level(logging.INFO):
         resumed = train(tiny_cfg(out=str(tmp_path / "part"), resume=True, **kw))
     assert resumed.resumed_from == 5 and resumed.step == 8
+    assert json.loads((tmp_path / "part" / "DONE").read_text()) == {"step": 8, "steps": 8, "checkpoint": "last.pt"}
     assert f"resuming from {tmp_path / 'part' / 'last.pt'} at step 5/8" in caplog.text
     _assert_same_state(_state(tmp_path / "full" / "last.pt"), _state(tmp_path / "part" / "last.pt"))
     assert resumed.state_sha256 == full.state_sha256

@@ -29,6 +29,7 @@ from PIL import Image
 from engine.api import Colorizer
 from engine.evaluate import evaluate_folder
 from engine.net.checkpoint import load_checkpoint, release_checkpoint
+from train import rundir
 
 RATIO_BAR = 0.85
 
@@ -74,7 +75,7 @@ def score_runs(runs: Path, val: Path, *, only: set[str] | None = None, extra: Se
     """Score every finished run under ``runs`` (those with a ``DONE`` file; ``only``: by name) and the ``extra``
     checkpoints; ``on_rows(name, rows)`` after each. Returns the report: every row, each run's choice, the winner."""
     ckpts = sorted(d / "last.pt" for d in runs.iterdir()
-                   if (d / "DONE").exists() and (only is None or d.name in only)) + list(extra)
+                   if (d / rundir.DONE).is_file() and (only is None or d.name in only)) + list(extra)
     results = []
     for ckpt in ckpts:
         data = load_checkpoint(ckpt)
