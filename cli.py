@@ -96,6 +96,9 @@ def main(verbose: bool) -> None:
 @click.option("--val-list", type=click.Path(dir_okay=False, path_type=Path),
               help="Text file of photos (paths relative to --data) that validate; the rest train.")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Leave training photos whose relative path matches; repeatable.")
+@click.option("--repeat", multiple=True, metavar="GLOB=N",
+              help="Training photos whose relative path matches stand N times in every epoch (N 1-100; the largest "
+                   "N of the GLOBs a photo matches); the colour prior follows; repeatable.")
 @click.option("--encoder", default="vgg", show_default=True,
               type=click.Choice(["vgg", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]),
               help="vgg: VGG blocks from scratch; efficientnet-liteN: ImageNet-pretrained trunk (weights from the train extra).")
@@ -127,7 +130,7 @@ def main(verbose: bool) -> None:
 @click.option("--val-limit", default=500, show_default=True, help="Validate on at most this many photos.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache", type=click.Path(path_type=Path), help="Decoded-photo cache folder [RUN_DIR/cache].")
-def train(data, val, val_fraction, val_list, exclude, encoder, encoder_lr_mult, encoder_freeze, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
+def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_lr_mult, encoder_freeze, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
           loss_option, ema, resume, amp, seed, workers, log_every, val_every, val_limit, device, cache) -> None:
     """Train a colorization model (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from train.losses import parse_loss_options
@@ -135,7 +138,7 @@ def train(data, val, val_fraction, val_list, exclude, encoder, encoder_lr_mult, 
 
     cfg = TrainConfig(
         data=str(data), out=str(out), val=None if val is None else str(val), val_fraction=val_fraction,
-        val_list=None if val_list is None else str(val_list), exclude=tuple(exclude), encoder=encoder,
+        val_list=None if val_list is None else str(val_list), exclude=tuple(exclude), repeat=tuple(repeat), encoder=encoder,
         encoder_lr_mult=encoder_lr_mult, encoder_freeze=encoder_freeze,
         width=width, width_mult=width_mult, image_size=image_size, zoom=zoom, batch_size=batch_size, steps=steps, lr=lr,
         warmup_steps=warmup_steps, loss=loss, loss_options=parse_loss_options(loss_option), ema=ema, resume=resume, amp=amp,

@@ -6,16 +6,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.core.errors import ColorizerError
+from train.data import DataError, parse_repeat
 from train.losses import build_loss
 from engine.net.encoders import check_pretrained_installed
 from engine.net.model import ModelConfig
 
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).
-RESUME_KEYS = ("encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
+RESUME_KEYS = ("repeat", "encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
                "loss_options", "ema", "seed", "val_fraction", "world_size", "train_files", "val_files")
 # what a checkpoint from before a key existed was trained with
-RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0, "encoder_freeze": 0}
+RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0, "encoder_freeze": 0, "repeat": ()}
 
 
 class TrainConfigError(ColorizerError, ValueError):
@@ -30,6 +31,7 @@ class TrainConfig:
     val_fraction: float | None = None  # default 0.1 when ``val`` / ``val_list`` are not given
     val_list: str | None = None  # text file of paths relative to ``data``: they validate, the rest train
     exclude: tuple[str, ...] = ()  # glob patterns on relative paths: training files left out
+    repeat: tuple[str, ...] = ()  # "GLOB=N": matching training photos stand N times in every epoch
     encoder: str = "vgg"
     encoder_lr_mult: float = 1.0  # learning rate of the encoder relative to --lr (0 = frozen weights)
     encoder_freeze: int = 0  # the encoder's first N feature levels (shallow to deep) keep their weights
@@ -81,6 +83,10 @@ class TrainConfig:
         build_loss(self.loss, self.loss_options)  # unknown loss or bad options: fail before any decoding
         c = TrainConfig(**asdict(self))
         c.exclude = tuple(c.exclude)
+        try:
+            c.repeat = tuple(f"{glob}={n}" for glob, n in parse_repeat(c.repeat))
+        except DataError as e:
+            raise TrainConfigError(str(e)) from e
         explicit = c.val is not None or c.val_list is not None
         c.val_fraction = None if explicit else (0.1 if c.val_fraction is None else c.val_fraction)
         c.warmup_steps = min(500, c.steps // 20) if c.warmup_steps is None else c.warmup_steps

@@ -21,7 +21,10 @@ batch of step ``s`` is positions ``s*G .. s*G+G-1`` (``G`` = per-process batch x
 world size) in an endless sequence of per-epoch permutations (epoch ``e`` uses
 ``default_rng([seed, e])``); rank ``r`` takes positions ``r*B .. r*B+B-1`` of it.
 Each position's crop offset and flip come from ``default_rng([seed, 1, position])``.
-So a resumed run sees exactly the batches an uninterrupted one would.
+So a resumed run sees exactly the batches an uninterrupted one would. With ``--repeat
+GLOB=N`` (``repeat_counts``) a matching photo stands N times in every epoch's permutation
+(each occurrence gets its own crop), and the pixels the loss's colour prior is built from
+(``sample_pixels``) are drawn with the same weights.
 
 Scale (``--zoom Z``): with Z = 1 the cache's short side is ``CROP_SCALE x crop`` and a
 crop is ``crop x crop`` pixels of it, so every photo is seen at one scale (short
@@ -54,6 +57,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = PHOTO_SUFFIXES
 CACHE_VERSION = 1
 CROP_SCALE = 1.25  # cached short side = round(CROP_SCALE * image_size * zoom)
+MAX_REPEAT = 100  # --repeat GLOB=N: the largest N
 
 
 def cache_short_side(crop: int, zoom: float = 1.0) -> int:
@@ -143,6 +147,37 @@ def fingerprint(files: list[ImageFile]) -> str:
     for f in files:
         h.update(f.rel.encode("utf-8") + b"\0")
     return h.hexdigest()[:16]
+
+
+def parse_repeat(specs: tuple[str, ...] | list[str]) -> tuple[tuple[str, int], ...]:
+    """``("GLOB=N", ...)`` -> ``((GLOB, N), ...)``; N an integer from 1 to ``MAX_REPEAT``."""
+    out = []
+    for spec in specs:
+        glob, sep, count = str(spec).rpartition("=")
+        try:
+            n = int(count)
+        except ValueError:
+            n = 0
+        if not sep or not glob or not 1 <= n <= MAX_REPEAT:
+            raise DataError(f"--repeat: expected GLOB=N with N an integer from 1 to {MAX_REPEAT}, found {spec!r}")
+        out.append((glob, n))
+    return tuple(out)
+
+
+def repeat_counts(paths: list[str], specs: tuple[str, ...] | list[str]) -> np.ndarray:
+    """How often each relative path stands in an epoch: the largest N of the ``GLOB=N`` specs it matches, else 1.
+
+    A spec that matches none of ``paths`` is a ``DataError`` (a mistyped glob must not pass silently).
+    """
+    import fnmatch
+
+    counts = np.ones(len(paths), dtype=np.int64)
+    for glob, n in parse_repeat(specs):
+        hit = np.array([fnmatch.fnmatchcase(p, glob) for p in paths], dtype=bool)
+        if not hit.any():
+            raise DataError(f"--repeat {glob}={n}: matches no training photo")
+        counts[hit] = np.maximum(counts[hit], n)
+    return counts
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -284,25 +319,36 @@ class TrainSet:
     ``(h, w, 3)``, short side ``cache.short_side``) and ``sample_pixels``.
     """
 
-    def __init__(self, cache: ImageCache, crop: int, seed: int, *, zoom: float = 1.0) -> None:
+    def __init__(self, cache: ImageCache, crop: int, seed: int, *, zoom: float = 1.0,
+                 repeats: np.ndarray | None = None) -> None:
         if cache.shapes.size and cache.shapes.min() < crop:
             raise DataError(f"cache short side {cache.shapes.min()} is smaller than the crop {crop}")
         self.cache = cache
         self.crop = crop
         self.seed = seed
         self.zoom = zoom
+        # an epoch: every image, image i ``repeats[i]`` times (``repeat_counts``); None = once each
+        if repeats is not None and (len(repeats) != len(cache) or np.min(repeats, initial=1) < 1):
+            raise DataError(f"repeats: expected {len(cache)} counts >= 1, found {len(repeats)}")
+        self.repeats = None if repeats is None or np.all(repeats == 1) else np.asarray(repeats, np.int64)
+        self._pool = np.arange(len(cache)) if self.repeats is None else np.repeat(np.arange(len(cache)), self.repeats)
         self._perm_epoch = -1
         self._perm = np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return len(self.cache)
 
+    @property
+    def epoch_size(self) -> int:
+        """Samples per epoch: the number of images, counting repeats."""
+        return len(self._pool)
+
     def image(self, i: int) -> np.ndarray:
         return self.cache.image(i)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self))
+            self._perm = self._pool[np.random.default_rng([self.seed, epoch]).permutation(len(self._pool))]
             self._perm_epoch = epoch
         return self._perm
 
@@ -312,7 +358,7 @@ class TrainSet:
         return np.arange(start, start + batch_size, dtype=np.int64)
 
     def indices(self, positions: np.ndarray) -> np.ndarray:
-        n = len(self)
+        n = self.epoch_size
         return np.array([self._permutation(int(p) // n)[int(p) % n] for p in positions], dtype=np.int64)
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
@@ -336,10 +382,14 @@ class TrainSet:
         return out
 
     def sample_pixels(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` RGB pixels ``(n, 3)`` uint8 drawn uniformly over images, then positions (for priors)."""
+        """``n`` RGB pixels ``(n, 3)`` uint8 drawn over images (uniformly, or weighted by the repeats), then
+        positions (for priors)."""
         r = np.random.default_rng([seed, 2])
         out = np.empty((n, 3), dtype=np.uint8)
-        which = r.integers(0, len(self), n)
+        if self.repeats is None:
+            which = r.integers(0, len(self), n)
+        else:
+            which = r.choice(len(self), size=n, p=self.repeats / self.repeats.sum())
         for i in np.unique(which):
             sel = np.flatnonzero(which == i)
             img = self.image(int(i)).reshape(-1, 3)

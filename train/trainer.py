@@ -141,7 +141,11 @@ class Trainer:
             if caches is None:  # other ranks: rank 0 has built the caches
                 caches = self._caches(train_files, val_files, short)
             train_cache, val_cache = caches
-            self.train_set = D.TrainSet(train_cache, cfg.image_size, cfg.seed, zoom=cfg.zoom)
+            repeats = D.repeat_counts(train_cache.paths, cfg.repeat) if cfg.repeat else None
+            self.train_set = D.TrainSet(train_cache, cfg.image_size, cfg.seed, zoom=cfg.zoom, repeats=repeats)
+            if repeats is not None:
+                log.info("train: --repeat %s: %d of %d photos repeat, %d samples per epoch", " ".join(cfg.repeat),
+                         int((repeats > 1).sum()), len(repeats), self.train_set.epoch_size)
             self.val_crops = D.center_crops(val_cache, cfg.image_size, cfg.val_limit) if val_cache else None
             return self._train()
         finally:

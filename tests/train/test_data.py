@@ -1,5 +1,6 @@
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -205,3 +206,56 @@ def test_prefetch_yields_in_order():
     assert list(D.prefetch(lambda s: s * s, range(3, 9), depth=2)) == [s * s for s in range(3, 9)]
     assert list(D.prefetch(lambda s: s, range(0), depth=2)) == []
     assert list(D.prefetch(lambda s: -s, range(4), depth=0)) == [0, -1, -2, -3]
+
+
+# ----------------------------------------------------------------------------- --repeat
+
+
+def test_repeat_counts_take_the_largest_matching_n():
+    paths = ["a/p00.jpg", "a/p03.jpg", "b/c/p01.png", "p02.jpg"]
+    np.testing.assert_array_equal(D.repeat_counts(paths, ("a/*=3",)), [3, 3, 1, 1])
+    np.testing.assert_array_equal(D.repeat_counts(paths, ("a/*=3", "*p03*=5", "*.png=2")), [3, 5, 2, 1])
+    np.testing.assert_array_equal(D.repeat_counts(paths, ()), [1, 1, 1, 1])
+    assert D.parse_repeat(["x=y=2"]) == (("x=y", 2),)  # the last '=' separates N
+
+
+@pytest.mark.parametrize("spec", ["a/*", "a/*=0", "a/*=101", "a/*=1.5", "=2", "a/*=two"])
+def test_repeat_spec_errors_name_the_spec(spec):
+    with pytest.raises(D.DataError, match=re.escape(f"--repeat: expected GLOB=N with N an integer from 1 to 100, found '{spec}'")):
+        D.repeat_counts(["a/p00.jpg"], (spec,))
+
+
+def test_repeat_glob_matching_nothing_is_an_error():
+    with pytest.raises(D.DataError, match=r"--repeat imagenet_\*=2: matches no training photo"):
+        D.repeat_counts(["a/p00.jpg"], ("imagenet_*=2",))
+
+
+def test_repeated_photos_stand_n_times_in_every_epoch(train_set):
+    n = len(train_set)
+    repeats = np.ones(n, np.int64)
+    repeats[[0, 5]] = (3, 2)
+    rep = D.TrainSet(train_set.cache, 32, seed=7, repeats=repeats)
+    assert rep.epoch_size == n + 3 and len(rep) == n
+    for epoch in range(2):
+        idx = rep.indices(np.arange(epoch * rep.epoch_size, (epoch + 1) * rep.epoch_size))
+        np.testing.assert_array_equal(np.bincount(idx, minlength=n), repeats)
+    b = rep.batch(4, 4)
+    np.testing.assert_array_equal(D.TrainSet(train_set.cache, 32, seed=7, repeats=repeats).batch(4, 4), b)  # pure
+    # all ones is the plain set, batch for batch
+    ones = D.TrainSet(train_set.cache, 32, seed=7, repeats=np.ones(n, np.int64))
+    np.testing.assert_array_equal(ones.batch(3, 4), train_set.batch(3, 4))
+    with pytest.raises(D.DataError, match="repeats: expected"):
+        D.TrainSet(train_set.cache, 32, seed=7, repeats=np.ones(n + 1, np.int64))
+
+
+def test_repeats_weight_the_pixels_of_the_colour_prior(train_set):
+    n = len(train_set)
+    means = np.array([train_set.image(i).reshape(-1, 3).mean(0) for i in range(n)])
+    target = int(np.argmax(np.abs(means - means.mean(0)).sum(1)))  # the photo least like the others
+    repeats = np.ones(n, np.int64)
+    repeats[target] = 50
+    plain = train_set.sample_pixels(20000).astype(float).mean(0)
+    weighted = D.TrainSet(train_set.cache, 32, seed=7, repeats=repeats).sample_pixels(20000).astype(float).mean(0)
+    expect = (means.sum(0) + 49 * means[target]) / (n + 49)  # the mean over an epoch's images
+    np.testing.assert_allclose(weighted, expect, atol=3)
+    assert np.abs(weighted - plain).sum() > 10 * np.abs(weighted - expect).sum()

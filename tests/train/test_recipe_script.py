@@ -58,3 +58,11 @@ def test_an_unknown_recipe_is_refused(tmp_path):
 def test_the_log_goes_beside_the_run(tmp_path, recipe):
     _args(tmp_path, recipe)
     assert (tmp_path / "run.log").exists()
+
+
+def test_repeat_specs_pass_one_by_one_unexpanded(tmp_path):
+    # "cli.p*" would become cli.py (in the folder the script runs in) if the shell expanded it
+    args = _args(tmp_path, "lite0", REPEAT="bsds_*=2  cli.p*")
+    i = [k for k, a in enumerate(args) if a == "--repeat"]
+    assert [args[k + 1] for k in i] == ["bsds_*=2", "cli.p*"]
+    assert "--repeat" not in _args(tmp_path, "lite0")

@@ -163,6 +163,8 @@ TINY_ARGS = ["--width-mult", "0.125", "--image-size", "32", "--batch-size", "4",
     ("bad-steps", "--steps: expected >= 1"),
     ("bad-zoom", "--zoom: expected 1 to 4, found 0.5"),
     ("bad-ema", "--ema: expected 0 (off) or a decay from 0.5 to below 1, found 1.0"),
+    ("bad-repeat", "--repeat: expected GLOB=N with N an integer from 1 to 100, found 'a/*=0'"),
+    ("repeat-matches-nothing", "--repeat imagenet_*=2: matches no training photo"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
     data, out, extra = photos, tmp_path / "out", []
@@ -191,6 +193,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
         extra = ["--zoom", "0.5"]
     elif case == "bad-ema":
         extra = ["--ema", "1"]
+    elif case == "bad-repeat":
+        extra = ["--repeat", "a/*=0"]
+    elif case == "repeat-matches-nothing":
+        extra = ["--repeat", "imagenet_*=2"]
     r = _cli("--data", data, "--out", out, *TINY_ARGS, *extra)
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
@@ -215,6 +221,18 @@ def test_resume_with_other_settings_is_refused_and_leaves_the_checkpoint(tiny_cf
         train(tiny_cfg(steps=3, seed=1, resume=True))
     r = _cli("--data", photos, "--out", out, *TINY_ARGS, "--steps", "3")
     assert r.exit_code == 2 and "pass --resume" in r.output
+
+
+def test_repeat_is_logged_kept_in_the_checkpoint_and_must_match_on_resume(tiny_cfg, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        train(tiny_cfg(steps=4, stop_at_step=2, repeat=("a/*=3", "b/c/*=2")))
+    # 12 photos, 1 validates; of the 11 training ones a/ holds 4 (x3) and b/c/ 4 (x2): 3 + 12 + 8 = 23
+    assert "--repeat a/*=3 b/c/*=2: 8 of 11 photos repeat, 23 samples per epoch" in caplog.text
+    path = tmp_path / "run" / "last.pt"
+    assert load_checkpoint(path)["train_config"]["repeat"] == ("a/*=3", "b/c/*=2")
+    with pytest.raises(ResumeError, match=r"repeat \('a/\*=3', 'b/c/\*=2'\) in the checkpoint, \('a/\*=3',\) now"):
+        train(tiny_cfg(steps=4, repeat=("a/*=3",), resume=True))
+    assert train(tiny_cfg(steps=4, repeat=("a/*=03", "b/c/*=2"), resume=True)).step == 4  # same counts, spelled otherwise
 
 
 def test_resume_of_a_checkpoint_from_before_zoom_existed(tiny_cfg, tmp_path):
