@@ -662,8 +662,8 @@ def score_runs(runs: Path, only: str | None, extra: tuple[Path, ...], val: Path,
 
     def show(name: str, rows: list[dict]) -> None:
         for r in rows:
-            click.echo(f"{name:22s} T={r['temperature']!s:5s} PSNR {r['psnr']:.2f} (gray {r['gray_psnr']:.2f}) "
-                       f"SSIM {r['ssim']:.3f} ratio {r['colourfulness_ratio']:.2f}")
+            click.echo(f"{name:22s} T={r['temperature']!s:5s} PSNR {r['psnr']:.3f} (gray {r['gray_psnr']:.3f}) "
+                       f"SSIM {r['ssim']:.3f} ratio {r['colourfulness_ratio']:.3f}")
 
     report = run_scores(runs, val, only=set(only.split(",")) if only else None, extra=extra, size=size,
                         temperatures=_temperatures(temperatures), grids=grids, weights=weights, on_rows=show)
@@ -675,8 +675,8 @@ def score_runs(runs: Path, only: str | None, extra: tuple[Path, ...], val: Path,
             write_json_atomic(json_out, report)
         except OSError as e:
             _fail(f"cannot write {json_out} ({e.strerror or e})")
-    click.echo(f"winner: {winner['variant']} T={winner['temperature']} PSNR {winner['psnr']:.2f} "
-               f"ratio {winner['colourfulness_ratio']:.2f}")
+    click.echo(f"winner: {winner['variant']} T={winner['temperature']} PSNR {winner['psnr']:.3f} "
+               f"ratio {winner['colourfulness_ratio']:.3f}")
 
 
 @main.command("score-whole")

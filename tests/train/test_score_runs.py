@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 from click.testing import CliRunner
@@ -31,6 +32,11 @@ def test_score_runs_scores_finished_runs_and_writes_the_report(tiny_checkpoint, 
     assert entry["best"] in entry["scores"] and all(s["images"] == 2 for s in entry["scores"])
     assert (tmp_path / "g" / "a.jpg").is_file()
     assert r.output.splitlines()[-1].startswith(f"winner: a T={report['winner']['temperature']} ")
+    # three decimals: the decisions compare ratios a few thousandths apart
+    rows = [ln for ln in r.output.splitlines() if ln.startswith("a ")]
+    assert len(rows) == len(entry["scores"]) and all(re.search(r"PSNR \d+\.\d{3} \(gray \d+\.\d{3}\) .* ratio \d\.\d{3}$", ln)
+                                  for ln in rows), rows
+    assert r.output.splitlines()[-1].endswith(f"ratio {report['winner']['colourfulness_ratio']:.3f}")
 
 
 def test_score_runs_usage_errors(tmp_path):
