@@ -684,21 +684,33 @@ def score_runs(runs: Path, only: str | None, extra: tuple[Path, ...], val: Path,
 @click.argument("checkpoints", type=click.Path(exists=True, dir_okay=False, path_type=Path), nargs=-1, required=True)
 @click.option("--temperatures", default="0.6,0.8,1.0", show_default=True, help="Annealed-mean temperatures.")
 @click.option("--size", type=click.IntRange(16, 4096), default=256, show_default=True, help="Model resolution.")
-def score_whole(val_list: Path, checkpoints: tuple[Path, ...], temperatures: str, size: int) -> None:
+@click.option("--ensemble", is_flag=True,
+              help="Also score the mean of all the checkpoints' outputs at each temperature (an ensemble).")
+def score_whole(val_list: Path, checkpoints: tuple[Path, ...], temperatures: str, size: int, ensemble: bool) -> None:
     """Score checkpoints on whole validation photos (long side 512), as colorize-dir sees them.
 
     Classification heads at each of --temperatures; other heads once."""
     from train.recipes import score_whole as sw
 
     temps = _temperatures(temperatures)
+    if ensemble and len(checkpoints) < 2:
+        _fail(f"--ensemble: expected two or more checkpoints, found {len(checkpoints)}")
     gts = sw.photos(val_list)
     grays, gray_psnr = sw.gray_psnr(gts)
     click.echo(f"{len(gts)} photos, long side 512, model at {size}; gray PSNR {gray_psnr:.3f} dB")
+    outputs: dict[float | None, list[list]] = {}
     for ckpt in checkpoints:
         for t in sw.temperatures_for(ckpt, temps):
-            psnr, ratio = sw.score_checkpoint(ckpt, t, gts, grays, size)
+            preds = sw.colorize(ckpt, t, grays, size)
+            if ensemble:
+                outputs.setdefault(t, []).append(preds)
+            psnr, ratio = sw.quality(preds, gts)
             shown = "-" if t is None else f"{t:.2f}"
             click.echo(f"{ckpt}  T={shown}  PSNR {psnr:.3f} dB  colourfulness ratio {ratio:.3f}")
+    for t, outs in outputs.items():
+        psnr, ratio = sw.quality(sw.average(outs), gts)
+        shown = "-" if t is None else f"{t:.2f}"
+        click.echo(f"ensemble of {len(outs)}  T={shown}  PSNR {psnr:.3f} dB  colourfulness ratio {ratio:.3f}")
 
 
 @main.command()

@@ -68,3 +68,27 @@ def test_score_whole_scores_each_checkpoint_at_each_temperature(tiny_checkpoint,
     # the classification head at each T; the tiny model's regression head once, without one
     assert [ln.split("  ")[:2] for ln in lines[1:]] == [[str(cls), "T=0.50"], [str(cls), "T=1.00"],
                                                         [str(tiny_checkpoint), "T=-"]]
+
+
+def test_score_whole_ensemble_averages_the_outputs(tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    from train.recipes import score_whole as sw
+
+    a = np.array([[[0, 10, 255]]], np.uint8)
+    b = np.array([[[1, 20, 254]]], np.uint8)
+    np.testing.assert_array_equal(sw.average([[a], [b]])[0], [[[0, 15, 254]]])  # round half to even, per channel
+    np.testing.assert_array_equal(sw.average([[a], [a], [b]])[0], [[[0, 13, 255]]])
+    val = tmp_path / "val.txt"
+    val.write_text("".join(f"{p}\n" for p in sorted(SAMPLES.glob("color-*.jpg"))[:2]))
+    other = tmp_path / "other.pt"
+    shutil.copy(tiny_checkpoint, other)
+    r = CliRunner().invoke(cli.main, ["score-whole", str(val), str(tiny_checkpoint), str(other), "--size", "32",
+                                      "--ensemble"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert len(lines) == 4 and lines[3].startswith("ensemble of 2  T=-  PSNR ")
+    # two copies of one model: the ensemble is that model
+    assert lines[1].split("  ", 1)[1] == lines[2].split("  ", 1)[1] == lines[3].split("  ", 1)[1]
+    r = CliRunner().invoke(cli.main, ["score-whole", str(val), str(tiny_checkpoint), "--ensemble"])
+    assert r.exit_code == 2 and "--ensemble: expected two or more checkpoints, found 1" in r.output

@@ -5,7 +5,8 @@
 Each photo is area-resized so its long side is 512 (a stand-in for the full-size photo), grayed with the
 colour spec's luma, colorized by the engine (PyTorch backend, the model at ``--size``, tight padding, as
 colorize-dir on a CPU), and compared with the resized photo: mean PSNR and colourfulness ratio. The
-checkpoint is released at each annealed-mean temperature (an inference setting).
+checkpoint is released at each annealed-mean temperature (an inference setting). With ``--ensemble`` the
+checkpoints' outputs are also averaged per photo at each temperature (``average``) and scored as one model.
 """
 
 from __future__ import annotations
@@ -43,14 +44,27 @@ def temperatures_for(ckpt: Path, temperatures: list[float]) -> list[float | None
     return list(temperatures) if load_checkpoint(ckpt)["model_config"]["head"] == "classification" else [None]
 
 
-def score_checkpoint(ckpt: Path, temperature: float | None, gts: list[np.ndarray], grays: list[np.ndarray],
-                     size: int = 256) -> tuple[float, float]:
-    """Mean PSNR and colourfulness ratio of ``ckpt`` released at ``temperature``, colorizing ``grays``."""
+def colorize(ckpt: Path, temperature: float | None, grays: list[np.ndarray], size: int = 256) -> list[np.ndarray]:
+    """``grays`` colorized by ``ckpt`` released at ``temperature`` (uint8 RGB, one per photo)."""
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "m.pt"
         release_checkpoint(ckpt, model, head_options={"temperature": temperature} if temperature else None)
         with Colorizer(model, "torch", size=size, padding="tight") as c:
-            preds = c.colorize_batch(grays)
+            return c.colorize_batch(grays)
+
+
+def quality(preds: list[np.ndarray], gts: list[np.ndarray]) -> tuple[float, float]:
+    """Mean PSNR of ``preds`` against ``gts`` and the ratio of their mean colourfulness."""
     psnr = float(np.mean([metrics.psnr(pr, g) for pr, g in zip(preds, gts)]))
     ratio = float(np.mean([metrics.colourfulness(pr) for pr in preds]) / np.mean([metrics.colourfulness(g) for g in gts]))
     return psnr, ratio
+
+
+def average(outputs: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per photo, the mean of several models' RGB outputs, rounded to uint8.
+
+    The models share the gray input, so this is the mean of their chroma (the colour spec is linear) up to
+    rounding and clipping: the output of an ensemble that averages the models' UV.
+    """
+    return [np.clip(np.rint(np.mean([o[i].astype(np.float64) for o in outputs], axis=0)), 0, 255).astype(np.uint8)
+            for i in range(len(outputs[0]))]
