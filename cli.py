@@ -106,6 +106,9 @@ def main(verbose: bool) -> None:
 @click.option("--encoder-freeze", default=0, show_default=True, metavar="N",
               help="Keep the weights of the encoder's first N feature levels, shallow to deep (vgg 4, lite 5 in all); "
                    "the deeper ones learn at --encoder-lr-mult.")
+@click.option("--encoder-bn", type=click.Choice(["adapt", "frozen"]), default="adapt", show_default=True,
+              help="adapt: the encoder's BatchNorm statistics follow the training photos; frozen: a pretrained "
+                   "encoder keeps its own, in training as at inference.")
 @click.option("--width", default="seed", show_default=True, help="Width preset: seed or vgg16 (vgg encoder; a pretrained encoder scales its decoder by --width-mult).")
 @click.option("--width-mult", default=1.0, show_default=True, help="Multiplier on the preset's channel widths.")
 @click.option("--image-size", default=128, show_default=True, help="Training crop size (px).")
@@ -130,7 +133,7 @@ def main(verbose: bool) -> None:
 @click.option("--val-limit", default=500, show_default=True, help="Validate on at most this many photos.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache", type=click.Path(path_type=Path), help="Decoded-photo cache folder [RUN_DIR/cache].")
-def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_lr_mult, encoder_freeze, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
+def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_lr_mult, encoder_freeze, encoder_bn, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
           loss_option, ema, resume, amp, seed, workers, log_every, val_every, val_limit, device, cache) -> None:
     """Train a colorization model (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from train.losses import parse_loss_options
@@ -139,7 +142,7 @@ def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_l
     cfg = TrainConfig(
         data=str(data), out=str(out), val=None if val is None else str(val), val_fraction=val_fraction,
         val_list=None if val_list is None else str(val_list), exclude=tuple(exclude), repeat=tuple(repeat), encoder=encoder,
-        encoder_lr_mult=encoder_lr_mult, encoder_freeze=encoder_freeze,
+        encoder_lr_mult=encoder_lr_mult, encoder_freeze=encoder_freeze, encoder_bn=encoder_bn,
         width=width, width_mult=width_mult, image_size=image_size, zoom=zoom, batch_size=batch_size, steps=steps, lr=lr,
         warmup_steps=warmup_steps, loss=loss, loss_options=parse_loss_options(loss_option), ema=ema, resume=resume, amp=amp,
         seed=seed, workers=workers, log_every=log_every, val_every=val_every, val_limit=val_limit, device=device,

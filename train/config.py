@@ -13,10 +13,11 @@ from engine.net.model import ModelConfig
 
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).
-RESUME_KEYS = ("repeat", "encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
+RESUME_KEYS = ("repeat", "encoder_bn", "encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
                "loss_options", "ema", "seed", "val_fraction", "world_size", "train_files", "val_files")
 # what a checkpoint from before a key existed was trained with
-RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0, "encoder_freeze": 0, "repeat": ()}
+RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0, "encoder_freeze": 0, "repeat": (),
+                   "encoder_bn": "adapt"}
 
 
 class TrainConfigError(ColorizerError, ValueError):
@@ -35,6 +36,7 @@ class TrainConfig:
     encoder: str = "vgg"
     encoder_lr_mult: float = 1.0  # learning rate of the encoder relative to --lr (0 = frozen weights)
     encoder_freeze: int = 0  # the encoder's first N feature levels (shallow to deep) keep their weights
+    encoder_bn: str = "adapt"  # "frozen": the encoder's BatchNorm layers keep their (pretrained) statistics
     width: str = "seed"
     width_mult: float = 1.0
     image_size: int = 128
@@ -78,6 +80,11 @@ class TrainConfig:
         if not 0 <= self.encoder_freeze <= levels:
             raise TrainConfigError(f"--encoder-freeze: expected 0 to {levels} (the {self.encoder} encoder's feature "
                                    f"levels), found {self.encoder_freeze}")
+        if self.encoder_bn not in ("adapt", "frozen"):
+            raise TrainConfigError(f"--encoder-bn: expected adapt or frozen, found {self.encoder_bn!r}")
+        if self.encoder_bn == "frozen" and not model.pretrained:
+            raise TrainConfigError(f"--encoder-bn frozen: expected a pretrained encoder (efficientnet-lite*), found "
+                                   f"{self.encoder} (trained from scratch, it has no statistics to keep)")
         if model.pretrained and not self.resume:
             check_pretrained_installed(self.encoder)
         build_loss(self.loss, self.loss_options)  # unknown loss or bad options: fail before any decoding

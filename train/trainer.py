@@ -220,6 +220,8 @@ class Trainer:
         # learning level starts), which makes a step cheaper. BatchNorm statistics still follow the training photos.
         for p in frozen:
             p.requires_grad_(False)
+        if cfg.encoder_bn == "frozen":
+            log.info("encoder: BatchNorm statistics frozen (the pretrained ones, used in training as at inference)")
         if frozen:
             log.info("encoder: %s of %d feature levels frozen", "all" if len(frozen) == len(encoder) else
                      cfg.encoder_freeze, len(levels))
@@ -339,7 +341,16 @@ class Trainer:
                 self._validate_and_save()
         return len(steps), total_time
 
+    def _bn_mode(self) -> None:
+        """With ``--encoder-bn frozen`` the encoder's BatchNorm layers run in eval mode: they normalise with their
+        stored statistics and do not update them. Set before every step, whatever switched modes since."""
+        if self.cfg.encoder_bn == "frozen":
+            for m in self.net.encoder.modules():
+                if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+                    m.eval()
+
     def _step(self, y: torch.Tensor, uv: torch.Tensor) -> tuple[float, bool, str]:
+        self._bn_mode()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.fwd(y)

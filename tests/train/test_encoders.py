@@ -248,3 +248,41 @@ def test_a_frozen_encoder_gets_no_gradients_and_keeps_its_weights(tiny_cfg, tmp_
     assert seen["encoder_grads"] and all(g is None for g in seen["encoder_grads"])
     assert any(g is not None for g in seen["other_grads"])  # the decoder and head did learn
     assert seen["unchanged"]
+
+
+def _bn_statistics(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+@needs_weights
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("mode", ["frozen", "adapt"])
+def test_encoder_bn_frozen_keeps_the_pretrained_statistics(tiny_cfg, tmp_path, mode, caplog):
+    """--encoder-bn frozen: after training (validation in between) the trunk's BatchNorm statistics are still
+    ImageNet's; with adapt (the default) they follow the training photos."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        train(tiny_cfg(encoder=LITE, width_mult=0.25, loss="classification", steps=4, val_every=2,
+                       encoder_lr_mult=0.0, encoder_bn=mode))
+    reference = E.EfficientNetLiteEncoder(LITE)
+    reference.load_pretrained()
+    stats = _bn_statistics(reference.state_dict())
+    model = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    trunk = {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")}
+    assert stats and set(stats) <= set(trunk)
+    same = [k for k in stats if torch.equal(trunk[k], stats[k])]
+    if mode == "frozen":
+        assert same == list(stats)
+        assert "BatchNorm statistics frozen" in caplog.text
+    else:
+        assert not same
+
+
+def test_encoder_bn_frozen_needs_a_pretrained_encoder(tiny_cfg):
+    from train.config import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="--encoder-bn frozen: expected a pretrained encoder .*found vgg"):
+        tiny_cfg(encoder_bn="frozen").resolved()
+    with pytest.raises(TrainConfigError, match="--encoder-bn: expected adapt or frozen, found 'sync'"):
+        tiny_cfg(encoder_bn="sync").resolved()
