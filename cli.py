@@ -701,19 +701,19 @@ def score_whole(val_list: Path, checkpoints: tuple[Path, ...], temperatures: str
     gts = sw.photos(val_list)
     grays, gray_psnr = sw.gray_psnr(gts)
     click.echo(f"{len(gts)} photos, long side 512, model at {size}; gray PSNR {gray_psnr:.3f} dB")
+    def show(name: object, t: float | None, preds: list) -> None:
+        psnr, ratio = sw.quality(preds, gts)
+        click.echo(f"{name}  T={'-' if t is None else f'{t:.2f}'}  PSNR {psnr:.3f} dB  colourfulness ratio {ratio:.3f}")
+
     outputs: dict[float | None, list[list]] = {}
     for ckpt in checkpoints:
         for t in sw.temperatures_for(ckpt, temps):
             preds = sw.colorize(ckpt, t, grays, size)
             if ensemble:
                 outputs.setdefault(t, []).append(preds)
-            psnr, ratio = sw.quality(preds, gts)
-            shown = "-" if t is None else f"{t:.2f}"
-            click.echo(f"{ckpt}  T={shown}  PSNR {psnr:.3f} dB  colourfulness ratio {ratio:.3f}")
+            show(ckpt, t, preds)
     for t, outs in outputs.items():
-        psnr, ratio = sw.quality(sw.average(outs), gts)
-        shown = "-" if t is None else f"{t:.2f}"
-        click.echo(f"ensemble of {len(outs)}  T={shown}  PSNR {psnr:.3f} dB  colourfulness ratio {ratio:.3f}")
+        show(f"ensemble of {len(outs)}", t, sw.average(outs))
 
 
 @main.command()

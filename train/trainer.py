@@ -220,7 +220,10 @@ class Trainer:
         # learning level starts), which makes a step cheaper. BatchNorm statistics still follow the training photos.
         for p in frozen:
             p.requires_grad_(False)
-        if cfg.encoder_bn == "frozen":
+        # --encoder-bn frozen: these layers run in eval mode (``_step``)
+        self._frozen_bn = ([m for m in self.net.encoder.modules() if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm))]
+                           if cfg.encoder_bn == "frozen" else [])
+        if self._frozen_bn:
             log.info("encoder: BatchNorm statistics frozen (the pretrained ones, used in training as at inference)")
         if frozen:
             log.info("encoder: %s of %d feature levels frozen", "all" if len(frozen) == len(encoder) else
@@ -341,16 +344,12 @@ class Trainer:
                 self._validate_and_save()
         return len(steps), total_time
 
-    def _bn_mode(self) -> None:
-        """With ``--encoder-bn frozen`` the encoder's BatchNorm layers run in eval mode: they normalise with their
-        stored statistics and do not update them. Set before every step, whatever switched modes since."""
-        if self.cfg.encoder_bn == "frozen":
-            for m in self.net.encoder.modules():
-                if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-                    m.eval()
-
     def _step(self, y: torch.Tensor, uv: torch.Tensor) -> tuple[float, bool, str]:
-        self._bn_mode()
+        # With --encoder-bn frozen the encoder's BatchNorm layers normalise with their stored statistics and do not
+        # update them; checked before every step, since ``train()`` (after validation) switches every module back.
+        if self._frozen_bn and self._frozen_bn[0].training:
+            for m in self._frozen_bn:
+                m.eval()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.fwd(y)

@@ -160,10 +160,11 @@ def test_encoder_levels_split_the_trunk(encoder):
         assert convs[-1].out_channels == c
 
 
-def _encoder_weights(path) -> dict[str, torch.Tensor]:
+def _encoder_weights(path, statistics: bool = False) -> dict[str, torch.Tensor]:
+    """The trunk's tensors in a checkpoint; its BatchNorm statistics only with ``statistics``."""
     model = load_checkpoint(path)["model"]
-    return {k[len("encoder."):]: v for k, v in model.items()
-            if k.startswith("encoder.") and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    return {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.") and
+            (statistics or not k.endswith(("running_mean", "running_var", "num_batches_tracked")))}
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -268,8 +269,7 @@ def test_encoder_bn_frozen_keeps_the_pretrained_statistics(tiny_cfg, tmp_path, m
     reference = E.EfficientNetLiteEncoder(LITE)
     reference.load_pretrained()
     stats = _bn_statistics(reference.state_dict())
-    model = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
-    trunk = {k[len("encoder."):]: v for k, v in model.items() if k.startswith("encoder.")}
+    trunk = _encoder_weights(tmp_path / "run" / "last.pt", statistics=True)
     assert stats and set(stats) <= set(trunk)
     same = [k for k in stats if torch.equal(trunk[k], stats[k])]
     if mode == "frozen":
