@@ -109,6 +109,9 @@ def main(verbose: bool) -> None:
 @click.option("--encoder-bn", type=click.Choice(["adapt", "frozen"]), default="adapt", show_default=True,
               help="adapt: the encoder's BatchNorm statistics follow the training photos; frozen: a pretrained "
                    "encoder keeps its own, in training as at inference.")
+@click.option("--members", default=1, show_default=True, metavar="K",
+              help="Decoder members (1-8): one encoder pass feeds K decoders with their own weights, each trained "
+                   "with its own loss; the model outputs their mean (an ensemble in one graph).")
 @click.option("--width", default="seed", show_default=True, help="Width preset: seed or vgg16 (vgg encoder; a pretrained encoder scales its decoder by --width-mult).")
 @click.option("--width-mult", default=1.0, show_default=True, help="Multiplier on the preset's channel widths.")
 @click.option("--image-size", default=128, show_default=True, help="Training crop size (px).")
@@ -133,7 +136,7 @@ def main(verbose: bool) -> None:
 @click.option("--val-limit", default=500, show_default=True, help="Validate on at most this many photos.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache", type=click.Path(path_type=Path), help="Decoded-photo cache folder [RUN_DIR/cache].")
-def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_lr_mult, encoder_freeze, encoder_bn, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
+def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_lr_mult, encoder_freeze, encoder_bn, members, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
           loss_option, ema, resume, amp, seed, workers, log_every, val_every, val_limit, device, cache) -> None:
     """Train a colorization model (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from train.losses import parse_loss_options
@@ -142,7 +145,7 @@ def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_l
     cfg = TrainConfig(
         data=str(data), out=str(out), val=None if val is None else str(val), val_fraction=val_fraction,
         val_list=None if val_list is None else str(val_list), exclude=tuple(exclude), repeat=tuple(repeat), encoder=encoder,
-        encoder_lr_mult=encoder_lr_mult, encoder_freeze=encoder_freeze, encoder_bn=encoder_bn,
+        encoder_lr_mult=encoder_lr_mult, encoder_freeze=encoder_freeze, encoder_bn=encoder_bn, members=members,
         width=width, width_mult=width_mult, image_size=image_size, zoom=zoom, batch_size=batch_size, steps=steps, lr=lr,
         warmup_steps=warmup_steps, loss=loss, loss_options=parse_loss_options(loss_option), ema=ema, resume=resume, amp=amp,
         seed=seed, workers=workers, log_every=log_every, val_every=val_every, val_limit=val_limit, device=device,
@@ -181,7 +184,7 @@ def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opse
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Inference checkpoint to write (e.g. models/colorizer.pt), then `cli.py export` it.")
 @click.option("--temperature", type=float, default=None,
@@ -189,15 +192,21 @@ def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opse
 @click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True,
               help="auto: the weight average when the run kept one (--ema), else the live weights.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
-def release(checkpoint: Path, out: Path, temperature: float | None, weights: str, force: bool) -> None:
-    """Turn a training checkpoint into a small inference checkpoint (no optimizer state, no local paths)."""
+def release(checkpoints: tuple[Path, ...], out: Path, temperature: float | None, weights: str, force: bool) -> None:
+    """Turn a training checkpoint into a small inference checkpoint (no optimizer state, no local paths).
+
+    Several CHECKPOINTS (runs with a frozen encoder) merge into one model: the encoder runs once and
+    every run's decoder is a member; the output is the members' mean.
+    """
     from engine.net.checkpoint import release_checkpoint
 
-    data = release_checkpoint(checkpoint, out, head_options=None if temperature is None else {"temperature": temperature},
-                              weights=weights, overwrite=force)
+    data = release_checkpoint(list(checkpoints), out, weights=weights, overwrite=force,
+                              head_options=None if temperature is None else {"temperature": temperature})
     head = data["model_config"].get("head_options", {})
     t = f", T {head['temperature']}" if "temperature" in head else ""
-    click.echo(f"released {out}: step {data.get('step')}, weights {data['release']['weights']}{t}, "
+    members = data["model_config"].get("members", 1)
+    m = f", {members} decoder members" if members > 1 else ""
+    click.echo(f"released {out}: step {data.get('step')}, weights {data['release']['weights']}{t}{m}, "
                f"{out.stat().st_size / 1e6:.1f} MB")
 
 

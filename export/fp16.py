@@ -22,6 +22,7 @@ typed networks consume: the precision of every layer is fixed in the file.
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Any
 
@@ -93,11 +94,12 @@ def colour_nodes(model: Any) -> dict[str, list[str]]:
 
 
 _SCOPE_KEY = "pkg.torch.onnx.name_scopes"
-HEAD_SCOPE = "model.head"  # ColorizeGraph.model.head: the UV head module
+# ColorizeGraph.model.members.<k>.head: each member's UV head; model.mean: their average (several members)
+HEAD_SCOPE = re.compile(r"model\.members\.\d+\.head|model\.mean")
 
 
 def head_nodes(model: Any) -> list[str]:
-    """Names of the nodes of the model's UV head (its last conv, tanh/softmax, scaling).
+    """Names of the nodes of the model's UV heads (last conv, tanh/softmax, scaling) and of their mean.
 
     Read from the module scopes the dynamo exporter records on each node
     (``pkg.torch.onnx.name_scopes``) when every convolution still carries them.
@@ -111,7 +113,7 @@ def head_nodes(model: Any) -> list[str]:
     graph = model.graph
     scoped = [(n, _scopes(n)) for n in graph.node]
     if all(sc for n, sc in scoped if n.op_type in _BODY_OPS):
-        return [n.name for n, sc in scoped if HEAD_SCOPE in sc]
+        return [n.name for n, sc in scoped if any(HEAD_SCOPE.fullmatch(s) for s in sc)]
     prod = producers(graph)
     seen: list[Any] = []
     stack = [OUTPUT_UV]
@@ -163,14 +165,22 @@ def convert_to_fp16(model: Any) -> tuple[Any, dict[str, Any]]:
         "fp32_nodes": nodes,
         "values_clamped_to_fp16_range": flushed,
         "fp32_resize_scales": _resize_scales_fp32(converted),
-        "fp16_clip_bounds": _clip_bounds_fp16(converted, set(block)),
+        "fp16_shared_constants": _shared_constants_fp16(converted, set(block)),
     }
     return converted, info
 
 
-def _clip_bounds_fp16(model: Any, fp32_nodes: set[str]) -> list[str]:
-    """Give the FP16 body's ``Clip`` (ReLU6) FP16 bounds: the converter leaves shared FP32 bound initializers
-    behind, which ONNX's type check refuses (``min`` must have the input's type). Returns the nodes fixed."""
+# FP16 body ops whose constant inputs must have the FP16 type of their other inputs: input positions
+_TYPED_CONSTANTS = {"Clip": (1, 2), "Mul": (0, 1), "Add": (0, 1), "Sub": (0, 1), "Div": (0, 1)}
+
+
+def _shared_constants_fp16(model: Any, fp32_nodes: set[str]) -> list[str]:
+    """Give FP16 body nodes FP16 copies of constants they share with FP32 nodes.
+
+    The converter leaves an initializer FP32 when an FP32 (colour) node reads it too, e.g. ReLU6's
+    ``Clip`` bounds or the 0.5 of the members' mean, which the rounding of the colour math also uses;
+    ONNX's type check refuses an FP16 node reading it. Returns the nodes fixed.
+    """
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
@@ -178,9 +188,13 @@ def _clip_bounds_fp16(model: Any, fp32_nodes: set[str]) -> list[str]:
     made: dict[str, str] = {}
     fixed = []
     for node in model.graph.node:
-        if node.op_type != "Clip" or node.name in fp32_nodes:
+        slots = _TYPED_CONSTANTS.get(node.op_type)
+        if slots is None or node.name in fp32_nodes:
             continue
-        for k in (1, 2):
+        others = [i for k, i in enumerate(node.input) if k not in slots or i not in inits]
+        if node.op_type != "Clip" and not others:
+            continue  # constants only: nothing says which type the node computes in
+        for k in slots:
             init = inits.get(node.input[k]) if len(node.input) > k else None
             if init is None or init.data_type != TensorProto.FLOAT:
                 continue

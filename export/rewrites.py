@@ -40,6 +40,7 @@ def softmax_channels_last(model: Any, names: set[str]) -> dict[str, list[str]]:
             readers.setdefault(i, []).append(n)
     graph_outputs = {o.name for o in model.graph.output}
     done: dict[str, list[str]] = {}
+    added: set[str] = set()
     for sm in [n for n in model.graph.node if n.op_type == "Softmax" and n.name in names]:
         axis = next((helper.get_attribute_value(a) for a in sm.attribute if a.name == "axis"), -1)
         conv = readers.get(sm.output[0], [])
@@ -59,7 +60,9 @@ def softmax_channels_last(model: Any, names: set[str]) -> dict[str, list[str]]:
             continue
         base = sm.name
         centres = f"{conv.input[1]}_channels_last"
-        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, :, 0, 0].T), centres))
+        if centres not in added:  # heads of several members may share one centres initializer
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w[:, :, 0, 0].T), centres))
+            added.add(centres)
         new = []
         dq = prod.get(sm.input[0])
         per_tensor = (

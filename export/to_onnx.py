@@ -169,14 +169,14 @@ def _load(checkpoint: Path, temperature: float | None) -> tuple[Any, dict[str, A
     model, data = load_model(checkpoint)
     config = model.config
     if temperature is not None:
-        if not hasattr(model.head, "temperature"):
+        if config.head != "classification":
             raise ExportError(
                 f"--temperature: expected a model whose head has a temperature (classification), "
                 f"found head {config.head!r} in {checkpoint}"
             )
         if not float(temperature) > 0:
             raise ExportError(f"--temperature: expected a value > 0, found {temperature}")
-        model.head.temperature = float(temperature)
+        model.set_temperature(float(temperature))
         config = dataclasses.replace(config, head_options={**config.head_options, "temperature": float(temperature)})
     graph = ColorizeGraph(model).eval()
     info = {"path": str(checkpoint), "sha256": sha256_file(checkpoint), "step": data.get("step")}

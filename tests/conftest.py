@@ -46,7 +46,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
-        model.head.conv.weight.mul_(20.0)
+        model.members[0].head.conv.weight.mul_(20.0)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint(path, {"model_config": config.to_dict(), "model": model.state_dict(), "step": 0})
     return path

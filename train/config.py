@@ -9,15 +9,15 @@ from engine.core.errors import ColorizerError
 from train.data import DataError, parse_repeat
 from train.losses import build_loss
 from engine.net.encoders import check_pretrained_installed
-from engine.net.model import ModelConfig
+from engine.net.model import MAX_MEMBERS, ModelConfig
 
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).
-RESUME_KEYS = ("repeat", "encoder_bn", "encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
+RESUME_KEYS = ("members", "repeat", "encoder_bn", "encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
                "loss_options", "ema", "seed", "val_fraction", "world_size", "train_files", "val_files")
 # what a checkpoint from before a key existed was trained with
 RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0, "encoder_freeze": 0, "repeat": (),
-                   "encoder_bn": "adapt"}
+                   "encoder_bn": "adapt", "members": 1}
 
 
 class TrainConfigError(ColorizerError, ValueError):
@@ -37,6 +37,7 @@ class TrainConfig:
     encoder_lr_mult: float = 1.0  # learning rate of the encoder relative to --lr (0 = frozen weights)
     encoder_freeze: int = 0  # the encoder's first N feature levels (shallow to deep) keep their weights
     encoder_bn: str = "adapt"  # "frozen": the encoder's BatchNorm layers keep their (pretrained) statistics
+    members: int = 1  # decoder members on one encoder; the model outputs their mean
     width: str = "seed"
     width_mult: float = 1.0
     image_size: int = 128
@@ -75,7 +76,9 @@ class TrainConfig:
             raise TrainConfigError(f"{' and '.join(given)} exclude each other")
         if not 0 <= self.encoder_lr_mult <= 10:
             raise TrainConfigError(f"--encoder-lr-mult: expected 0 to 10, found {self.encoder_lr_mult}")
-        model = ModelConfig(self.width, self.width_mult, encoder=self.encoder)
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise TrainConfigError(f"--members: expected 1 to {MAX_MEMBERS}, found {self.members}")
+        model = ModelConfig(self.width, self.width_mult, encoder=self.encoder, members=self.members)
         levels = len(model.widths)  # raises ModelConfigError early
         if not 0 <= self.encoder_freeze <= levels:
             raise TrainConfigError(f"--encoder-freeze: expected 0 to {levels} (the {self.encoder} encoder's feature "

@@ -1,7 +1,7 @@
 """Training losses: a small registry of pluggable ``Loss`` classes.
 
 A loss is an ``nn.Module`` whose ``forward(outputs, target_uv)`` takes the dict
-returned by ``ColorizerNet.forward_train`` (always ``"uv"``, plus head-specific
+of one member returned by ``ColorizerNet.forward_train`` (always ``"uv"``, plus head-specific
 tensors such as ``"logits"``) and the target chroma ``(N, 2, H, W)`` in colour-spec
 units, and returns a scalar tensor. Around that, the trainer calls, in order:
 

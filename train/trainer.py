@@ -92,7 +92,7 @@ class _TrainForward(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, y: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         return self.net.forward_train(y)
 
 
@@ -196,7 +196,8 @@ class Trainer:
         else:
             self.loss_fn.prepare(self.train_set)
         head, head_options = self.loss_fn.head_config()
-        self.model_config = ModelConfig(cfg.width, cfg.width_mult, head, head_options, encoder=cfg.encoder)
+        self.model_config = ModelConfig(cfg.width, cfg.width_mult, head, head_options, encoder=cfg.encoder,
+                                        members=cfg.members)
         if ckpt is not None:
             try:
                 saved_model = ModelConfig.from_dict(ckpt["model_config"])
@@ -353,7 +354,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.fwd(y)
-        loss = self.loss_fn({k: v.float() for k, v in outputs.items()}, uv)
+        # one loss per decoder member, averaged (every member learns the whole task from the shared features)
+        losses = [self.loss_fn({k: v.float() for k, v in out.items()}, uv) for out in outputs]
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         self.scaler.scale(loss).backward()
         value = float(dist.all_reduce_mean(self.info, loss.detach().float()))
         ok, why = math.isfinite(value), f"loss is {value}"
@@ -420,10 +423,10 @@ class Trainer:
             log.info("resuming from %s at step %d/%d", self.out / "last.pt", resumed_from, cfg.steps)
         n_val = 0 if self.val_crops is None else len(self.val_crops)
         log.info("train: %d images, val: %d images (%s), crops %d px; model %s x%g %s (%.2f M params), %s head, "
-                 "encoder %s, loss %s; batch %d x %d process(es); %d steps, lr %g, warm-up %d; device %s", len(self.train_set),
+                 "encoder %s, %d decoder member(s), loss %s; batch %d x %d process(es); %d steps, lr %g, warm-up %d; device %s", len(self.train_set),
                  n_val, cfg.val or cfg.val_list or (f"every {round(1 / cfg.val_fraction)}th file" if cfg.val_fraction else "none"),
                  cfg.image_size, cfg.width, cfg.width_mult, list(self.model_config.widths),
-                 count_parameters(self.net) / 1e6, self.model_config.head, cfg.encoder, cfg.loss, cfg.batch_size,
+                 count_parameters(self.net) / 1e6, self.model_config.head, cfg.encoder, cfg.members, cfg.loss, cfg.batch_size,
                  info.world_size, cfg.steps, cfg.lr, cfg.warmup_steps, info.device)
 
 

@@ -134,7 +134,18 @@ def portable_train_config(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+def _release_weights(path: Path, data: dict[str, Any], weights: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The state to ship (live weights or their average) and how to describe it."""
+    ema = data.get("ema")
+    if weights == "ema" and not ema:
+        raise CheckpointError(f"{path}: checkpoint has no weight average (train with --ema)")
+    if ema and weights != "model":
+        return ema["model"], f"ema (decay {ema['decay']}, {ema['updates']} updates)"
+    released = data.get("release")
+    return data["model"], released["weights"] if isinstance(released, dict) and "weights" in released else "model"
+
+
+def release_checkpoint(src: str | os.PathLike[str] | list[str | os.PathLike[str]], dst: str | os.PathLike[str], *,
                        head_options: dict[str, Any] | None = None, weights: str = "auto", overwrite: bool = False,
                        **metadata: Any) -> dict[str, Any]:
     """Write a small inference-only copy of ``src``: model config, weights, step, metrics, ``metadata``.
@@ -147,31 +158,49 @@ def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     ``"ema"`` (the moving average of ``cli.py train --ema``) or ``"auto"`` (the
     average when the checkpoint has one). The training config is kept without the
     machine's paths (``portable_train_config``); the source is named by its run folder
-    and file name. An existing ``dst`` is an error unless ``overwrite``. Returns what was written.
+    and file name. Several sources (a list of two or more) are merged into one model whose
+    decoder members are all of theirs (``engine.net.merge``; the first source's training config
+    is kept, per-run metrics are not). An existing ``dst`` is an error unless ``overwrite``.
+    Returns what was written.
     """
-    src, dst = Path(src), Path(dst)
+    srcs = [Path(p) for p in src] if isinstance(src, (list, tuple)) else [Path(src)]
+    dst = Path(dst)
     if dst.is_dir():
         raise CheckpointError(f"{dst}: expected a file path for the release, found a folder")
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst}: already exists; pass --force to overwrite")
-    if dst.resolve() == src.resolve():
+    if any(dst.resolve() == p.resolve() for p in srcs):
         raise CheckpointError(f"{dst}: is the checkpoint being released; write the release to another file")
-    data = load_checkpoint(src)
     if weights not in ("auto", "model", "ema"):
         raise CheckpointError(f"weights: expected 'auto', 'model' or 'ema', found {weights!r}")
-    ema = data.get("ema")
-    if weights == "ema" and not ema:
-        raise CheckpointError(f"{src}: checkpoint has no weight average (train with --ema)")
+    datas = [load_checkpoint(p) for p in srcs]
+    chosen = [_release_weights(p, d, weights) for p, d in zip(srcs, datas)]
+    names = [f"{p.resolve().parent.name}/{p.name}" for p in srcs]
+    data = datas[0]
     keep = {k: data[k] for k in ("model_config", "model", "step", "metrics", "train_config") if k in data}
-    if ema and weights != "model":
-        keep["model"] = ema["model"]
-        metadata = dict(metadata, weights=f"ema (decay {ema['decay']}, {ema['updates']} updates)")
+    keep["model"] = chosen[0][0]
+    if len(srcs) == 1:
+        metadata = dict(metadata, weights=chosen[0][1])
     else:
-        metadata = dict(metadata, weights="model")
+        from engine.net.merge import MergeError, merge_members
+
+        try:
+            sources = [(str(p), ModelConfig.from_dict(d["model_config"]), w)
+                       for p, d, (w, _) in zip(srcs, datas, chosen)]
+            config, keep["model"] = merge_members(sources)
+        except (MergeError, ModelConfigError, TypeError) as e:
+            raise CheckpointError(str(e)) from e
+        keep["model_config"] = config.to_dict()
+        keep.pop("metrics", None)
+        steps = [d.get("step") for d in datas]
+        keep["step"] = min(steps) if all(isinstance(n, int) for n in steps) else None  # each: release["members"]
+        metadata = dict(metadata, weights=", ".join(sorted({w for _, w in chosen})),
+                        members=[{"source": n, "step": d.get("step"), "weights": w}
+                                 for n, d, (_, w) in zip(names, datas, chosen)])
     if head_options:
         head = keep["model_config"].get("head")
         if head != "classification":
-            raise CheckpointError(f"{src}: head options {sorted(head_options)} need a classification head, "
+            raise CheckpointError(f"{srcs[0]}: head options {sorted(head_options)} need a classification head, "
                                   f"found a {head} head")
         config = dict(keep["model_config"])
         config["head_options"] = {**config.get("head_options", {}), **head_options}
@@ -179,6 +208,6 @@ def release_checkpoint(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     if isinstance(keep.get("train_config"), dict):
         keep["train_config"] = portable_train_config(keep["train_config"])
     keep["model"] = {k: v.detach().clone() for k, v in keep["model"].items()}
-    keep["release"] = dict(metadata, source=f"{src.resolve().parent.name}/{src.name}")
+    keep["release"] = dict(metadata, source=" + ".join(names))
     save_checkpoint(dst, keep)
     return keep

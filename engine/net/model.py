@@ -12,6 +12,11 @@ level only a ReLU: the head's 3x3 conv does the mixing there, at a fraction of t
 Encoders whose channels are not the decoder's widths get a 1x1 lateral conv per scale.
 The head (regression: 3x3 conv, tanh, scaled to the U/V ranges; classification: logits
 over chroma bins decoded by annealed mean) returns UV at the input's full resolution.
+
+Members (``ModelConfig.members``, K >= 1): the encoder runs once and K decoder members
+(lateral convs, decoder, head; each its own weights) read its features; the output is the
+mean of their UV, an ensemble inside one graph at the price of K decoders and one encoder.
+Each member trains with its own loss (``forward_train`` returns one dict per member).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ WIDTH_PRESETS: dict[str, tuple[int, int, int, int]] = {
 }
 # decoder widths (finest first) under a pretrained encoder, scaled by width_mult
 LITE_DECODER_WIDTHS = (32, 48, 64, 96, 128)
+MAX_MEMBERS = 8
 
 
 class ModelConfigError(ColorizerError, ValueError):
@@ -48,6 +54,7 @@ class ModelConfig:
     head: str = "regression"
     head_options: dict[str, Any] = field(default_factory=dict)
     encoder: str = "vgg"
+    members: int = 1
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -58,6 +65,8 @@ class ModelConfig:
             raise ModelConfigError(f"width preset: expected one of {sorted(WIDTH_PRESETS)}, found {self.width!r}")
         if not self.width_mult > 0:
             raise ModelConfigError(f"width_mult: expected > 0, found {self.width_mult}")
+        if not (isinstance(self.members, int) and 1 <= self.members <= MAX_MEMBERS):
+            raise ModelConfigError(f"members: expected an integer from 1 to {MAX_MEMBERS}, found {self.members!r}")
         base = WIDTH_PRESETS[self.width] if self.encoder == "vgg" else LITE_DECODER_WIDTHS
         return tuple(max(4, int(round(c * self.width_mult))) for c in base)
 
@@ -77,7 +86,8 @@ class ModelConfig:
         unknown = set(d) - names - {"widths"}
         if unknown:
             raise ModelConfigError(f"model config: unknown keys {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in names})  # no "encoder": made before the choice, vgg
+        # no "encoder": made before the choice, vgg; no "members": made before ensembles, one
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 class HypercolumnDecoder(nn.Module):
@@ -163,6 +173,36 @@ class ClassificationHead(nn.Module):
 HEADS: dict[str, type[nn.Module]] = {"regression": RegressionHead, "classification": ClassificationHead}
 
 
+class DecoderMember(nn.Module):
+    """One member: lateral 1x1 convs (pretrained encoders only), the hypercolumn decoder, the head."""
+
+    def __init__(self, config: ModelConfig, channels: tuple[int, ...] | None, feature_stride: int) -> None:
+        super().__init__()
+        widths = config.widths
+        self.lateral = None if channels is None else nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(channels, widths))
+        self.decoder = HypercolumnDecoder(widths)
+        options = dict(config.head_options)
+        if config.head == "classification":
+            options["feature_stride"] = feature_stride
+        self.head = HEADS[config.head](widths[0], **options)
+
+    def features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Decoder output at the finest scale, ``(N, widths[0], H / s, W / s)``."""
+        if self.lateral is not None:
+            feats = [lat(f) for lat, f in zip(self.lateral, feats)]
+        return self.decoder(feats)
+
+
+class MemberMean(nn.Module):
+    """The members' UV averaged: ``K x (N, 2, H, W)`` -> ``(N, 2, H, W)``."""
+
+    def forward(self, uvs: list[torch.Tensor]) -> torch.Tensor:
+        total = uvs[0]
+        for uv in uvs[1:]:
+            total = total + uv
+        return total * (1.0 / len(uvs))
+
+
 class ColorizerNet(nn.Module):
     """Y ``(N,1,H,W)`` in [0,1] -> UV ``(N,2,H,W)`` in the colour spec's ranges."""
 
@@ -174,43 +214,65 @@ class ColorizerNet(nn.Module):
             raise ModelConfigError(f"head: expected one of {sorted(HEADS)}, found {self.config.head!r}")
         if self.config.encoder == "vgg":
             self.encoder: nn.Module = VGGEncoder(widths)
-            self.lateral = None
+            channels = None
         else:
             self.encoder = EfficientNetLiteEncoder(self.config.encoder)
-            self.lateral = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(self.encoder.channels, widths))
-        self.decoder = HypercolumnDecoder(widths)
+            channels = self.encoder.channels
         # the finest features come at 1/feature_stride: the head brings UV back to the input's size
         self.feature_stride = self.encoder.strides[0]
-        options = dict(self.config.head_options)
-        if self.config.head == "classification":
-            options["feature_stride"] = self.feature_stride
-        self.head = HEADS[self.config.head](widths[0], **options)
+        self.members = nn.ModuleList(DecoderMember(self.config, channels, self.feature_stride)
+                                     for _ in range(self.config.members))
+        self.mean = MemberMean()
+        self.register_load_state_dict_pre_hook(_single_member_keys)
 
-    def features(self, y: torch.Tensor) -> torch.Tensor:
-        """Decoder output at the finest scale, ``(N, widths[0], H / s, W / s)``, s = ``feature_stride``."""
-        feats = self.encoder(y)
-        if self.lateral is not None:
-            feats = [lat(f) for lat, f in zip(self.lateral, feats)]
-        return self.decoder(feats)
+    @property
+    def heads(self) -> list[nn.Module]:
+        return [m.head for m in self.members]
+
+    def set_temperature(self, temperature: float) -> None:
+        """Set every member's annealed-mean T (classification heads only)."""
+        if self.config.head != "classification":
+            raise ModelConfigError(f"temperature: expected a classification head, found {self.config.head!r}")
+        if not temperature > 0:
+            raise ModelConfigError(f"temperature: expected a value > 0, found {temperature}")
+        for head in self.heads:
+            head.temperature = float(temperature)
 
     def _size(self, y: torch.Tensor) -> torch.Size | None:
         return None if self.feature_stride == 1 else y.shape[-2:]
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(y), self._size(y))
+        feats = self.encoder(y)
+        size = self._size(y)
+        uvs = [m.head(m.features(feats), size) for m in self.members]
+        return uvs[0] if len(uvs) == 1 else self.mean(uvs)
 
-    def forward_train(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the losses see: ``{"uv": ...}`` plus any head-specific tensors (e.g. logits)."""
-        feats = self.features(y)
-        extra = getattr(self.head, "train_outputs", None)
-        if extra is not None:
-            return extra(feats, self._size(y))
-        return {"uv": self.head(feats, self._size(y))}
+    def forward_train(self, y: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """What the losses see, one dict per member: ``{"uv": ...}`` plus head-specific tensors (e.g. logits)."""
+        feats = self.encoder(y)
+        size = self._size(y)
+        outputs = []
+        for m in self.members:
+            x = m.features(feats)
+            extra = getattr(m.head, "train_outputs", None)
+            outputs.append(extra(x, size) if extra is not None else {"uv": m.head(x, size)})
+        return outputs
 
     def load_pretrained_encoder(self) -> None:
         """Start the encoder from its ImageNet weights (``PretrainedWeightsError`` if not installed)."""
         if isinstance(self.encoder, EfficientNetLiteEncoder):
             self.encoder.load_pretrained()
+
+
+_MEMBER_PARTS = ("lateral.", "decoder.", "head.")
+
+
+def _single_member_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Weights saved before members existed (``lateral.*``, ``decoder.*``, ``head.*``) load as member 0."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        if rest.startswith(_MEMBER_PARTS):
+            state_dict[f"{prefix}members.0.{rest}"] = state_dict.pop(key)
 
 
 def build_model(config: ModelConfig) -> ColorizerNet:

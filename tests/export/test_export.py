@@ -285,7 +285,7 @@ def test_pretrained_encoder_exports_in_every_precision(tmp_path):
         ops = {n.op_type for n in onnx.load(str(out)).graph.node}
         assert "Clip" in ops or precision == "int8"  # ReLU6; INT8 folds it into the quantized convs
     fp16 = read_sidecar(tmp_path / "lite-fp16.onnx")["precision_info"]
-    assert fp16["fp16_clip_bounds"]
+    assert fp16["fp16_shared_constants"]
 
 
 def test_contract_is_stamped_into_the_onnx_file(tiny_onnx):
@@ -360,3 +360,39 @@ def test_restamp_keeps_the_graph_and_updates_the_sha256(tiny_onnx, tmp_path):
     assert read_sidecar(copy)["sha256"] == new
     assert contract_in_onnx(copy) == {k: v for k, v in side.items() if k != "sha256"}
     assert onnx.load(str(copy)).graph == model.graph
+
+
+def test_members_export_in_every_precision_with_their_mean_kept_out_of_int8(tmp_path):
+    """Two decoder members: one encoder pass, two annealed means, their mean at the end; each precision passes
+    the exporter's gates, --temperature reaches both heads, and INT8 keeps both heads' decode and the mean in float."""
+    torch.manual_seed(5)
+    config = ModelConfig(width_mult=0.125, head="classification", members=2,
+                         head_options={"centres": CENTRES, "temperature": 0.5, "stride": 4})
+    ckpt = tmp_path / "m2.pt"
+    save_checkpoint(ckpt, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 1})
+    for precision in ("fp32", "fp16", "int8"):
+        out = tmp_path / f"m2-{precision}.onnx"
+        side = export_checkpoint(ckpt, out, precision=precision, temperature=0.8)
+        assert side["model_config"]["members"] == 2 and side["model_config"]["head_options"]["temperature"] == 0.8
+        gate = parity.TOLERANCES[precision]
+        if gate["uv_max_abs"] is not None:
+            assert side["parity"]["uv_max_abs"] <= gate["uv_max_abs"]
+        else:
+            assert side["parity"]["psnr_db"] >= gate["psnr_floor_db"]
+        graph = onnx.load(str(out)).graph
+        assert sum(n.op_type == "Softmax" for n in graph.node) == 2
+        first_convs = [n for n in graph.node if n.op_type in ("Conv", "QLinearConv")
+                       and any(i == "gray" or i.startswith("y") for i in n.input)]
+        assert len(first_convs) <= 1  # the encoder's first conv once, not once per member
+    names = {n.name: n for n in onnx.load(str(tmp_path / "m2-int8.onnx")).graph.node}
+    head = read_sidecar(tmp_path / "m2-int8.onnx")["precision_info"]["fp32_nodes"]["head"]
+    assert sum(names[n].op_type == "Softmax" for n in head if n in names) == 2
+    prod = {o: n for n in names.values() for o in n.output}
+    assert prod["uv"].op_type != "DequantizeLinear" and prod["uv"].name in head  # the mean is float
+    # the torch model with T 0.8 on both members is what the file computes
+    model, _ = load_model(ckpt)
+    model.set_temperature(0.8)
+    gray = np.random.default_rng(3).integers(0, 256, size=(1, 1, 32, 32), dtype=np.uint8)
+    _, uv = parity.ort_run(parity.ort_session(tmp_path / "m2-fp32.onnx"), gray)
+    _, ref = parity.torch_reference(ColorizeGraph(model).eval(), gray)
+    assert np.abs(uv - ref).max() < 1e-4

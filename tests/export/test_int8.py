@@ -24,7 +24,7 @@ def soft_checkpoint(tiny_checkpoint, tmp_path_factory):
     data = load_checkpoint(tiny_checkpoint)
     data.pop("format")
     data["model"] = dict(data["model"])
-    data["model"]["head.conv.weight"] = data["model"]["head.conv.weight"] * 0.25
+    data["model"]["members.0.head.conv.weight"] = data["model"]["members.0.head.conv.weight"] * 0.25
     path = tmp_path_factory.mktemp("soft") / "soft.pt"
     save_checkpoint(path, data)
     return path
@@ -308,7 +308,7 @@ def _lite_checkpoint(path):
                 m.running_var.copy_(torch.rand(c) * 0.5 + 0.05)
                 m.weight.copy_(torch.rand(c) * 0.8 + 0.4)
                 m.bias.copy_(torch.randn(c) * 0.3)
-        net.head.conv[-1].weight.mul_(30.0)
+        net.members[0].head.conv[-1].weight.mul_(30.0)
     save_checkpoint(path, {"model_config": config.to_dict(), "model": net.state_dict(), "step": 1})
     return path
 

@@ -152,7 +152,7 @@ def test_pool_as_depthwise_conv_is_exact_at_the_multiple():
 
     def pool(multiple_ok=True, **attrs):
         n = helper.make_node("AveragePool", ["x"], ["y"], name="avg", kernel_shape=[4, 4], strides=[4, 4], **attrs)
-        n.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'model.head']")
+        n.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'model.members.0.head']")
         g = helper.make_graph([n], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "h", "w"])],
                               value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])])
@@ -164,7 +164,7 @@ def test_pool_as_depthwise_conv_is_exact_at_the_multiple():
     want = run(model, x)
     assert rewrites.pool_as_depthwise_conv(model, 8) == ["avg"]
     (conv,) = model.graph.node
-    assert conv.op_type == "Conv" and conv.name == "avg" and conv.metadata_props[0].value == "['', 'model.head']"
+    assert conv.op_type == "Conv" and conv.name == "avg" and conv.metadata_props[0].value == "['', 'model.members.0.head']"
     onnx.checker.check_model(model, full_check=True)
     np.testing.assert_allclose(run(model, x), want, rtol=1e-6, atol=1e-6)
     assert rewrites.pool_as_depthwise_conv(pool(), 2) == []  # 4 does not divide the multiple: overhangs possible

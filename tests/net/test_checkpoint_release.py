@@ -38,7 +38,7 @@ def test_release_can_override_head_options(tmp_path):
     save_checkpoint(src, {"model_config": config.to_dict(), "model": ColorizerNet(config).state_dict(), "step": 1})
     release_checkpoint(src, dst, head_options={"temperature": 1.0})
     model, _ = load_model(dst)
-    assert model.head.temperature == 1.0
+    assert model.members[0].head.temperature == 1.0
     assert model.config.head_options["centres"] == centres.tolist()
 
 

@@ -76,7 +76,7 @@ def test_output_shape_equals_input_shape_at_any_size(hw):
     with torch.no_grad():
         out = net(torch.rand(2, 1, *hw))
         assert out.shape == (2, 2, *hw)
-        assert net.forward_train(torch.rand(1, 1, *hw))["uv"].shape == (1, 2, *hw)
+        assert net.forward_train(torch.rand(1, 1, *hw))[0]["uv"].shape == (1, 2, *hw)
     if min(hw) >= 8:  # train-mode BatchNorm needs more than one value per channel at the deepest scale
         assert ColorizerNet(ModelConfig.from_dict(TINY_MODEL)).train()(torch.rand(2, 1, *hw)).shape == (2, 2, *hw)
 
@@ -85,7 +85,7 @@ def test_uv_stays_within_the_colour_spec_ranges():
     torch.manual_seed(0)
     net = ColorizerNet(ModelConfig.from_dict(TINY_MODEL)).eval()
     with torch.no_grad():
-        net.head.conv.weight.mul_(1000.0)  # drive tanh into saturation
+        net.members[0].head.conv.weight.mul_(1000.0)  # drive tanh into saturation
         uv = net(torch.rand(4, 1, 40, 40))
     u, v = uv[:, 0], uv[:, 1]
     assert u.abs().max() <= U_MAX + 1e-6 and v.abs().max() <= V_MAX + 1e-6
@@ -102,7 +102,7 @@ def _all_parameters_get_gradients(net, loss):
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     net = ColorizerNet(ModelConfig.from_dict(TINY_MODEL)).train()
-    out = net.forward_train(torch.rand(2, 1, 24, 30))
+    out, = net.forward_train(torch.rand(2, 1, 24, 30))
     _all_parameters_get_gradients(net, ((out["uv"] - 0.05) ** 2).mean())
 
 
@@ -113,9 +113,64 @@ def test_classification_head_shapes_and_gradients():
                          head_options={"centres": centres.tolist(), "temperature": 0.4, "stride": 4})
     torch.manual_seed(0)
     net = ColorizerNet(config).train()
-    out = net.forward_train(torch.rand(2, 1, 37, 53))
+    out, = net.forward_train(torch.rand(2, 1, 37, 53))
     assert out["uv"].shape == (2, 2, 37, 53) and out["logits"].shape == (2, len(centres), 10, 14)
     _all_parameters_get_gradients(net, out["logits"].logsumexp(1).mean() + out["uv"].pow(2).mean())
     assert count_parameters(net) == expected_parameters(config.widths, "classification", len(centres))
     with torch.no_grad():
         assert net.eval()(torch.rand(1, 1, 5, 3)).shape == (1, 2, 5, 3)
+
+
+def _members_net(k, head="regression", **options):
+    torch.manual_seed(0)
+    return ColorizerNet(ModelConfig.from_dict({**TINY_MODEL, "members": k, "head": head,
+                                               "head_options": options})).eval()
+
+
+def test_members_run_the_encoder_once_and_output_the_mean_of_their_decoders():
+    net = _members_net(3)
+    one = ColorizerNet(ModelConfig.from_dict(TINY_MODEL))
+    member = count_parameters(one) - count_parameters(one.encoder)
+    assert count_parameters(net) == count_parameters(net.encoder) + 3 * member
+    calls = []
+    net.encoder.register_forward_hook(lambda *_: calls.append(1))
+    y = torch.rand(2, 1, 23, 31)
+    with torch.no_grad():
+        out = net(y)
+        feats = net.encoder(y)
+        each = [m.head(m.features(feats), None) for m in net.members]
+    assert len(calls) == 2  # the forward pass above plus the explicit call: once per forward
+    assert not torch.allclose(each[0], each[1])  # members start from their own random weights
+    torch.testing.assert_close(out, (each[0] + each[1] + each[2]) / 3)
+    outputs = net.train().forward_train(y)
+    assert len(outputs) == 3 and all(o["uv"].shape == (2, 2, 23, 31) for o in outputs)
+
+
+def test_members_is_part_of_the_config_and_old_configs_mean_one():
+    config = ModelConfig.from_dict({**TINY_MODEL, "members": 2})
+    assert ModelConfig.from_dict(config.to_dict()) == config and config.to_dict()["members"] == 2
+    assert ModelConfig.from_dict(TINY_MODEL).members == 1
+    for bad in (0, 9, 1.5):
+        with pytest.raises(ModelConfigError, match="members"):
+            ColorizerNet(ModelConfig.from_dict({**TINY_MODEL, "members": bad}))
+
+
+def test_weights_saved_before_members_load_as_member_zero():
+    net = _members_net(1)
+    legacy = {k.replace("members.0.", ""): v for k, v in net.state_dict().items()}
+    assert "head.conv.weight" in legacy
+    fresh = ColorizerNet(ModelConfig.from_dict(TINY_MODEL)).eval()
+    fresh.load_state_dict(legacy)
+    y = torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(fresh(y), net(y))
+
+
+def test_set_temperature_reaches_every_member_and_needs_a_classification_head():
+    rng = np.random.default_rng(0)
+    centres, _ = chroma_bins.bins_from_samples(rng.normal(0, 0.1, (5000, 2)))
+    net = _members_net(2, "classification", centres=centres.tolist(), temperature=0.4)
+    net.set_temperature(0.9)
+    assert [h.temperature for h in net.heads] == [0.9, 0.9]
+    with pytest.raises(ModelConfigError, match="classification"):
+        _members_net(2).set_temperature(0.9)

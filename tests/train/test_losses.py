@@ -54,8 +54,8 @@ def test_loss_gradient_reaches_the_model():
     net = ColorizerNet(ModelConfig.from_dict(TINY_MODEL))
     y = torch.rand(2, 1, 16, 16)
     target = torch.rand(2, 2, 16, 16) * 0.2 - 0.1
-    L.build_loss("huber")(net.forward_train(y), target).backward()
-    assert net.head.conv.weight.grad is not None and net.head.conv.weight.grad.abs().sum() > 0
+    L.build_loss("huber")(net.forward_train(y)[0], target).backward()
+    assert net.members[0].head.conv.weight.grad is not None and net.members[0].head.conv.weight.grad.abs().sum() > 0
 
 
 def test_a_registered_plugin_loss_plugs_in():

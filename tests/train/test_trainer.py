@@ -165,6 +165,7 @@ TINY_ARGS = ["--width-mult", "0.125", "--image-size", "32", "--batch-size", "4",
     ("bad-ema", "--ema: expected 0 (off) or a decay from 0.5 to below 1, found 1.0"),
     ("bad-repeat", "--repeat: expected GLOB=N with N an integer from 1 to 100, found 'a/*=0'"),
     ("repeat-matches-nothing", "--repeat imagenet_*=2: matches no training photo"),
+    ("bad-members", "--members: expected 1 to 8, found 9"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
     data, out, extra = photos, tmp_path / "out", []
@@ -197,6 +198,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
         extra = ["--repeat", "a/*=0"]
     elif case == "repeat-matches-nothing":
         extra = ["--repeat", "imagenet_*=2"]
+    elif case == "bad-members":
+        extra = ["--members", "9"]
     r = _cli("--data", data, "--out", out, *TINY_ARGS, *extra)
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
@@ -233,6 +236,29 @@ def test_repeat_is_logged_kept_in_the_checkpoint_and_must_match_on_resume(tiny_c
     with pytest.raises(ResumeError, match=r"repeat \('a/\*=3', 'b/c/\*=2'\) in the checkpoint, \('a/\*=3',\) now"):
         train(tiny_cfg(steps=4, repeat=("a/*=3",), resume=True))
     assert train(tiny_cfg(steps=4, repeat=("a/*=03", "b/c/*=2"), resume=True)).step == 4  # same counts, spelled otherwise
+
+
+def test_every_member_learns_from_its_own_loss_and_resume_keeps_the_count(tiny_cfg, tmp_path, caplog):
+    from engine.net.model import ColorizerNet
+
+    settings = dict(steps=4, stop_at_step=2, members=2, loss="classification",
+                    loss_options=LOSS_SETTINGS["classification"])
+    with caplog.at_level(logging.INFO):
+        train(tiny_cfg(**settings))
+    assert "2 decoder member(s)" in caplog.text
+    path = tmp_path / "run" / "last.pt"
+    ckpt = load_checkpoint(path)
+    config = ModelConfig.from_dict(ckpt["model_config"])
+    assert config.members == 2 and ckpt["train_config"]["members"] == 2
+    torch.manual_seed(0)  # the trainer seeds before it builds the network
+    start = ColorizerNet(config).state_dict()
+    for k in (0, 1):  # a member without a loss of its own would keep its initial weights
+        key = f"members.{k}.head.conv.1.weight"
+        assert not torch.equal(ckpt["model"][key], start[key]), key
+    assert not torch.equal(ckpt["model"]["members.0.head.conv.1.weight"], ckpt["model"]["members.1.head.conv.1.weight"])
+    with pytest.raises(ResumeError, match="members 2 in the checkpoint, 1 now"):
+        train(tiny_cfg(**{**settings, "members": 1}, resume=True))
+    assert train(tiny_cfg(**{**settings, "stop_at_step": None}, resume=True)).step == 4
 
 
 def test_resume_of_a_checkpoint_from_before_zoom_existed(tiny_cfg, tmp_path):
