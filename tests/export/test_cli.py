@@ -175,3 +175,32 @@ def test_release_command_errors_are_one_line(tiny_checkpoint, tmp_path):
     assert code == 2
     _assert_one_error_line(err, str(tmp_path / "folder"), "found a folder")
     assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_release_of_several_checkpoints_merges_their_members_and_refuses_learned_encoders(tiny_checkpoint, tmp_path):
+    import torch
+
+    from engine.net.checkpoint import save_checkpoint
+
+    data = load_checkpoint(tiny_checkpoint)
+    other = dict(data["model"])
+    other["members.0.head.conv.weight"] = other["members.0.head.conv.weight"] * -1.0  # another decoder
+    second = tmp_path / "second.pt"
+    save_checkpoint(second, {**{k: v for k, v in data.items() if k != "format"}, "model": other})
+    out = tmp_path / "ens.pt"
+    result = CliRunner().invoke(main, ["release", str(tiny_checkpoint), str(second), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 decoder members" in result.stdout and load_checkpoint(out)["model_config"]["members"] == 2
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(out), "--out", str(tmp_path / "ens.onnx")])
+    assert result.exit_code == 0, result.output
+    learned = dict(data["model"])
+    key = next(k for k in learned if k.startswith("encoder.") and k.endswith("weight"))
+    learned[key] = learned[key] + 0.01
+    third = tmp_path / "third.pt"
+    save_checkpoint(third, {**{k: v for k, v in data.items() if k != "format"}, "model": learned})
+    code, err = _run(["release", str(tiny_checkpoint), str(third), "--out", str(tmp_path / "bad.pt")])
+    assert code == 2
+    _assert_one_error_line(err, str(third), f"encoder weight {key} differs", "--encoder-lr-mult 0")
+    assert not (tmp_path / "bad.pt").exists()
+    assert torch.equal(load_checkpoint(second)["model"]["members.0.head.conv.weight"],
+                       other["members.0.head.conv.weight"])  # sources untouched
