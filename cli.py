@@ -169,14 +169,20 @@ def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_l
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: the exporter's, 18 or newer).")
 @click.option("--temperature", type=float, default=None,
               help="Annealed-mean temperature baked into a classification head's graph.")
+@click.option("--reduce-range", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="int8: 7-bit weights, which every CPU runs correctly (on); off only for CPUs with VNNI; auto: "
+                   "from this CPU. Files for other machines (the bundled one): on.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file and its sidecar.")
 def export(checkpoint: Path, out: Path, precision: str, calib: Path | None, opset: int | None,
-           temperature: float | None, force: bool) -> None:
+           temperature: float | None, reduce_range: str, force: bool) -> None:
     """Export a checkpoint to ONNX (uint8 gray in, uint8 RGB out), parity-checked."""
     from export.to_onnx import export_checkpoint
 
+    if reduce_range != "auto" and precision != "int8":
+        _fail(f"--reduce-range {reduce_range}: applies to --precision int8, found --precision {precision}")
     side = export_checkpoint(checkpoint, out, precision=precision, opset=opset, calib_dir=calib,
-                             temperature=temperature, force=force)
+                             temperature=temperature, force=force,
+                             reduce_range={"auto": None, "on": True, "off": False}[reduce_range])
     p = side["parity"]
     extra = f", INT8 PSNR vs FP32 {p['psnr_db']:.2f} dB" if "psnr_db" in p else ""
     click.echo(f"exported {out} ({precision}, opset {side['opset']}): uv max diff {p['uv_max_abs']:.3g}, "

@@ -204,3 +204,18 @@ def test_release_of_several_checkpoints_merges_their_members_and_refuses_learned
     assert not (tmp_path / "bad.pt").exists()
     assert torch.equal(load_checkpoint(second)["model"]["members.0.head.conv.weight"],
                        other["members.0.head.conv.weight"])  # sources untouched
+
+
+def test_reduce_range_is_chosen_for_the_machine_that_will_run_the_file(tiny_checkpoint, tmp_path):
+    from engine.core.contract import read_sidecar
+
+    out = tmp_path / "t8.onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                                       "--precision", "int8", "--reduce-range", "on"])
+    assert result.exit_code == 0, result.output
+    assert read_sidecar(out)["precision_info"]["reduce_range"] is True  # whatever this CPU has
+    code, err = _run(["export", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "f.onnx"),
+                      "--reduce-range", "off"])
+    assert code == 2
+    _assert_one_error_line(err, "--reduce-range off: applies to --precision int8, found --precision fp32")
+    assert not (tmp_path / "f.onnx").exists()
