@@ -355,8 +355,7 @@ class Trainer:
         with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.fwd(y)
         # one loss per decoder member, averaged (every member learns the whole task from the shared features)
-        losses = [self.loss_fn({k: v.float() for k, v in out.items()}, uv) for out in outputs]
-        loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        loss = torch.stack([self.loss_fn({k: v.float() for k, v in out.items()}, uv) for out in outputs]).mean()
         self.scaler.scale(loss).backward()
         value = float(dist.all_reduce_mean(self.info, loss.detach().float()))
         ok, why = math.isfinite(value), f"loss is {value}"

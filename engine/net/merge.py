@@ -11,6 +11,7 @@ configs differ in anything but ``members`` and the annealed-mean temperature are
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -39,13 +40,12 @@ def _member_state(state: dict[str, torch.Tensor], member: int, into: int) -> dic
     return {f"members.{into}.{k[len(prefix):]}": v for k, v in state.items() if k.startswith(prefix)}
 
 
-def merge_members(sources: list[tuple[str, ModelConfig, dict[str, torch.Tensor]]], *,
-                  temperature: float | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+def merge_members(sources: list[tuple[str, ModelConfig, dict[str, torch.Tensor]]]
+                  ) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """``[(name, config, state_dict), ...]`` (two or more) -> ``(config, state_dict)`` of the merged model.
 
-    ``state_dict``: a ``ColorizerNet`` state (legacy single-member keys are accepted). ``temperature``:
-    the merged model's annealed-mean T (classification heads); default the first source's.
-    Raises ``MergeError`` naming the source and the reason.
+    ``state_dict``: a ``ColorizerNet`` state (legacy single-member keys are accepted). The head options
+    (an annealed-mean T included) are the first source's. Raises ``MergeError`` naming the source and the reason.
     """
     if len(sources) < 2:
         raise MergeError(f"merge: expected two or more models, found {len(sources)}")
@@ -88,10 +88,6 @@ def merge_members(sources: list[tuple[str, ModelConfig, dict[str, torch.Tensor]]
         for member in range(config.members):
             merged.update(_member_state(state, member, into))
             into += 1
-    options = dict(first_config.head_options)
-    if temperature is not None:
-        options["temperature"] = float(temperature)
-    config = ModelConfig(first_config.width, first_config.width_mult, first_config.head, options,
-                         encoder=first_config.encoder, members=total)
+    config = dataclasses.replace(first_config, members=total)
     ColorizerNet(config).load_state_dict(merged)  # every key present and of the right shape
     return config, merged
