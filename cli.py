@@ -112,6 +112,10 @@ def main(verbose: bool) -> None:
 @click.option("--members", default=1, show_default=True, metavar="K",
               help="Decoder members (1-8): one encoder pass feeds K decoders with their own weights, each trained "
                    "with its own loss; the model outputs their mean (an ensemble in one graph).")
+@click.option("--teacher", type=click.Path(path_type=Path), default=None, metavar="MODEL.pt",
+              help="Distillation: a released classification model trained on the same photos (e.g. several runs "
+                   "merged by `release`); each pixel's target mixes in its members' mean colour distribution "
+                   "(--loss-option teacher=SHARE, default 0.5).")
 @click.option("--width", default="seed", show_default=True, help="Width preset: seed or vgg16 (vgg encoder; a pretrained encoder scales its decoder by --width-mult).")
 @click.option("--width-mult", default=1.0, show_default=True, help="Multiplier on the preset's channel widths.")
 @click.option("--image-size", default=128, show_default=True, help="Training crop size (px).")
@@ -136,7 +140,7 @@ def main(verbose: bool) -> None:
 @click.option("--val-limit", default=500, show_default=True, help="Validate on at most this many photos.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--cache", type=click.Path(path_type=Path), help="Decoded-photo cache folder [RUN_DIR/cache].")
-def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_lr_mult, encoder_freeze, encoder_bn, members, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
+def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_lr_mult, encoder_freeze, encoder_bn, members, teacher, out, width, width_mult, image_size, zoom, batch_size, steps, lr, warmup_steps, loss,
           loss_option, ema, resume, amp, seed, workers, log_every, val_every, val_limit, device, cache) -> None:
     """Train a colorization model (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from train.losses import parse_loss_options
@@ -146,6 +150,7 @@ def train(data, val, val_fraction, val_list, exclude, repeat, encoder, encoder_l
         data=str(data), out=str(out), val=None if val is None else str(val), val_fraction=val_fraction,
         val_list=None if val_list is None else str(val_list), exclude=tuple(exclude), repeat=tuple(repeat), encoder=encoder,
         encoder_lr_mult=encoder_lr_mult, encoder_freeze=encoder_freeze, encoder_bn=encoder_bn, members=members,
+        teacher=None if teacher is None else str(teacher),
         width=width, width_mult=width_mult, image_size=image_size, zoom=zoom, batch_size=batch_size, steps=steps, lr=lr,
         warmup_steps=warmup_steps, loss=loss, loss_options=parse_loss_options(loss_option), ema=ema, resume=resume, amp=amp,
         seed=seed, workers=workers, log_every=log_every, val_every=val_every, val_limit=val_limit, device=device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,11 +14,11 @@ from engine.net.model import MAX_MEMBERS, ModelConfig
 
 # Settings a ``--resume`` must share with the checkpoint (plus the world size and the
 # fingerprints of the train and validation file lists, added by the trainer).
-RESUME_KEYS = ("members", "repeat", "encoder_bn", "encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
+RESUME_KEYS = ("teacher", "members", "repeat", "encoder_bn", "encoder", "encoder_lr_mult", "encoder_freeze", "width", "width_mult", "image_size", "zoom", "batch_size", "steps", "lr", "warmup_steps", "loss",
                "loss_options", "ema", "seed", "val_fraction", "world_size", "train_files", "val_files")
 # what a checkpoint from before a key existed was trained with
 RESUME_DEFAULTS = {"zoom": 1.0, "ema": 0.0, "encoder": "vgg", "encoder_lr_mult": 1.0, "encoder_freeze": 0, "repeat": (),
-                   "encoder_bn": "adapt", "members": 1}
+                   "encoder_bn": "adapt", "members": 1, "teacher": None}
 
 
 class TrainConfigError(ColorizerError, ValueError):
@@ -38,6 +39,7 @@ class TrainConfig:
     encoder_freeze: int = 0  # the encoder's first N feature levels (shallow to deep) keep their weights
     encoder_bn: str = "adapt"  # "frozen": the encoder's BatchNorm layers keep their (pretrained) statistics
     members: int = 1  # decoder members on one encoder; the model outputs their mean
+    teacher: str | None = None  # a classification model whose colour distribution this run also learns (train.teacher)
     width: str = "seed"
     width_mult: float = 1.0
     image_size: int = 128
@@ -90,7 +92,13 @@ class TrainConfig:
                                    f"{self.encoder} (trained from scratch, it has no statistics to keep)")
         if model.pretrained and not self.resume:
             check_pretrained_installed(self.encoder)
-        build_loss(self.loss, self.loss_options)  # unknown loss or bad options: fail before any decoding
+        loss = build_loss(self.loss, self.loss_options)  # unknown loss or bad options: fail before any decoding
+        if self.teacher is not None:
+            if not loss.accepts_teacher:
+                raise TrainConfigError(f"--teacher: expected --loss classification (a loss that learns a colour "
+                                       f"distribution), found {self.loss}")
+            if not os.path.isfile(self.teacher):
+                raise TrainConfigError(f"--teacher {self.teacher}: no such file")
         c = TrainConfig(**asdict(self))
         c.exclude = tuple(c.exclude)
         try:

@@ -22,6 +22,9 @@ Options (``--loss-option KEY=VALUE``):
     temperature=0.2  annealed-mean T the model decodes with (and so the exported graph;
                    the comparison's choice for lam=0.8)
     stride=4       logit resolution divisor
+    teacher=0.5    with ``cli.py train --teacher MODEL``: share of the teacher's colour
+                   distribution (its members' mean, T = 1) in each pixel's target; the
+                   rest is the soft-encoded true colour (distillation)
     samples=1000000  pixels sampled from the training set to estimate the prior
 """
 
@@ -40,6 +43,8 @@ from train.losses import Loss, LossConfigError, register_loss
 
 @register_loss("classification")
 class ClassificationLoss(Loss):
+    accepts_teacher = True
+
     def __init__(
         self,
         grid: float = chroma_bins.DEFAULT_GRID,
@@ -51,17 +56,19 @@ class ClassificationLoss(Loss):
         temperature: float = 0.2,
         stride: int = 4,
         samples: int = 1_000_000,
+        teacher: float = 0.5,
     ) -> None:
         checks = {"grid": grid > 0, "sigma": sigma > 0, "k": k >= 1, "lam": 0 <= lam <= 1, "warmup": warmup >= 0,
-                  "reg": reg >= 0, "temperature": temperature > 0, "stride": stride >= 1, "samples": samples >= 1000}
+                  "reg": reg >= 0, "temperature": temperature > 0, "stride": stride >= 1, "samples": samples >= 1000,
+                  "teacher": 0 <= teacher <= 1}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise LossConfigError(f"classification: invalid option(s) {bad}: got {locals()[bad[0]]!r}")
         super().__init__(grid=grid, sigma=sigma, k=k, lam=lam, warmup=warmup, reg=reg,
-                         temperature=temperature, stride=stride, samples=samples)
+                         temperature=temperature, stride=stride, samples=samples, teacher=teacher)
         self.grid, self.sigma, self.k, self.lam = float(grid), float(sigma), int(k), float(lam)
         self.warmup, self.reg, self.temperature, self.stride = int(warmup), float(reg), float(temperature), int(stride)
-        self.samples = int(samples)
+        self.samples, self.teacher = int(samples), float(teacher)
         self.register_buffer("centres", torch.zeros(0, 2), persistent=False)
         self.register_buffer("weights", torch.zeros(0), persistent=False)
         self.step = 0
@@ -108,10 +115,17 @@ class ClassificationLoss(Loss):
         logits = logits.float()
         target = F.interpolate(target_uv.float(), size=logits.shape[-2:], mode="area")
         soft = chroma_bins.soft_encode(target, self.centres, self.sigma, self.k)
+        nearest = soft.argmax(dim=1)  # the true colour's bin decides the rebalancing weight
+        teacher = outputs.get("teacher_probs")
+        if teacher is not None:
+            if teacher.shape != logits.shape:
+                raise LossConfigError(f"classification: teacher distribution of shape {tuple(teacher.shape)} does not "
+                                      f"match the logits' {tuple(logits.shape)}")
+            soft = (1.0 - self.teacher) * soft + self.teacher * teacher.float()
         ce = -(soft * F.log_softmax(logits, dim=1)).sum(dim=1)  # (N, h, w)
         share = self.rebalance_share()
         if share > 0:
-            w = self.weights[soft.argmax(dim=1)]
+            w = self.weights[nearest]
             ce = ce * (1.0 + share * (w - 1.0))
         loss = ce.mean()
         if self.reg > 0:

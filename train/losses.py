@@ -41,6 +41,8 @@ class Loss(nn.Module):
     """Base class: regression head, nothing to prepare; subclasses implement ``forward``."""
 
     name: str = ""
+    # True when ``forward`` uses ``outputs["teacher_probs"]`` (``cli.py train --teacher``)
+    accepts_teacher: bool = False
 
     def __init__(self, **options: Any) -> None:
         super().__init__()

@@ -49,6 +49,7 @@ from engine.net.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from train.config import RESUME_DEFAULTS, RESUME_KEYS, TrainConfig
 from train.ema import WeightEMA
 from train.losses import build_loss
+from train.teacher import Teacher, file_digest
 from engine.net.model import ColorizerNet, ModelConfig, count_parameters
 from train.rundir import OutputError
 from train.validation import validate
@@ -133,7 +134,9 @@ class Trainer:
             train_files, val_files = D.split_files(files, cfg.val_fraction or 0.0)
         train_files = D.exclude_files(train_files, cfg.exclude)
         short = D.cache_short_side(cfg.image_size, cfg.zoom)
-        self.run_config = {**asdict(cfg), "world_size": info.world_size,
+        # the teacher by content, not by path (a moved file is the same teacher)
+        teacher = None if cfg.teacher is None else file_digest(cfg.teacher)
+        self.run_config = {**asdict(cfg), "teacher": teacher, "world_size": info.world_size,
                            "train_files": D.fingerprint(train_files), "val_files": D.fingerprint(val_files)}
         try:
             caches = dist.run_on_main(info, lambda: self._setup_main(train_files, val_files, short))
@@ -214,6 +217,11 @@ class Trainer:
             self.net.load_pretrained_encoder()
         self.net = self.net.to(info.device, memory_format=torch.channels_last)
         self.loss_fn.to(info.device)
+        self.teacher = None
+        if cfg.teacher is not None:
+            self.teacher = Teacher(cfg.teacher, self.loss_fn.centres, self.loss_fn.stride, info.device)
+            log.info("teacher: %s (%d member(s)), share %.2f of each pixel's target", Path(cfg.teacher).name,
+                     self.teacher.members, self.loss_fn.teacher)
         encoder = list(self.net.encoder.parameters())
         levels = self.net.encoder.levels()
         frozen = encoder if cfg.encoder_lr_mult == 0 else [p for m in levels[:cfg.encoder_freeze] for p in m.parameters()]
@@ -354,8 +362,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.fwd(y)
+        extra = {} if self.teacher is None else {"teacher_probs": self.teacher.probs(y)}
         # one loss per decoder member, averaged (every member learns the whole task from the shared features)
-        loss = torch.stack([self.loss_fn({k: v.float() for k, v in out.items()}, uv) for out in outputs]).mean()
+        loss = torch.stack([self.loss_fn({**{k: v.float() for k, v in out.items()}, **extra}, uv)
+                            for out in outputs]).mean()
         self.scaler.scale(loss).backward()
         value = float(dist.all_reduce_mean(self.info, loss.detach().float()))
         ok, why = math.isfinite(value), f"loss is {value}"

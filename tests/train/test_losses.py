@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -81,3 +83,36 @@ def test_a_registered_plugin_loss_plugs_in():
         assert value.item() == pytest.approx(2.0)
     finally:
         L.LOSSES.pop("test-l1")
+
+
+def _three_bin_loss(**options):
+    loss = L.build_loss("classification", {"k": 1, "stride": 1, **options})
+    loss.load_prepared_state({"centres": [[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]], "weights": [2.0, 1.0, 1.0]})
+    return loss
+
+
+def test_a_teachers_distribution_is_mixed_into_the_target():
+    target = torch.zeros(1, 2, 2, 2)  # every pixel's true colour is bin 0
+    teacher = torch.zeros(1, 3, 2, 2)
+    teacher[:, 2] = 1.0  # the teacher says bin 2
+    peak = {b: torch.full((1, 3, 2, 2), -5.0).index_fill_(1, torch.tensor([b]), 5.0) for b in (0, 2)}
+
+    def value(share, logits, with_teacher=True):
+        extra = {"teacher_probs": teacher} if with_teacher else {}
+        return _three_bin_loss(teacher=share)({"logits": logits, **extra}, target).item()
+
+    assert value(0.0, peak[0]) < value(0.0, peak[2])  # share 0: the true colour alone
+    assert value(1.0, peak[2]) < value(1.0, peak[0])  # share 1: the teacher alone
+    assert value(0.5, peak[0]) == pytest.approx((value(0.0, peak[0]) + value(1.0, peak[0])) / 2)
+    assert value(1.0, peak[0], with_teacher=False) == pytest.approx(value(0.0, peak[0]))  # no teacher: no mixing
+    # the rebalancing weight follows the true colour's bin (weight 2), not the teacher's (weight 1)
+    assert value(1.0, torch.zeros(1, 3, 2, 2)) == pytest.approx(2 * math.log(3), rel=1e-5)
+
+
+def test_a_teacher_of_another_shape_or_a_bad_share_is_a_user_error():
+    loss = _three_bin_loss()
+    with pytest.raises(L.LossConfigError, match=r"teacher distribution of shape \(1, 4, 2, 2\) does not match"):
+        loss({"logits": torch.zeros(1, 3, 2, 2), "teacher_probs": torch.zeros(1, 4, 2, 2)}, torch.zeros(1, 2, 2, 2))
+    with pytest.raises(L.LossConfigError, match=r"invalid option\(s\) \['teacher'\]: got 1.5"):
+        L.build_loss("classification", {"teacher": 1.5})
+    assert L.build_loss("classification").accepts_teacher and not L.build_loss("huber").accepts_teacher

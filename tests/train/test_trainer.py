@@ -372,3 +372,42 @@ def test_ema_skips_a_step_the_amp_scaler_skipped(tiny_cfg, tmp_path, monkeypatch
     monkeypatch.setattr(torch.amp, "GradScaler", SkippingScaler)
     train(tiny_cfg(steps=6, ema=0.9))
     assert load_checkpoint(tmp_path / "run" / "last.pt")["ema"]["updates"] == 5
+
+
+def test_a_student_learns_from_a_teachers_distribution_and_resume_checks_the_teacher(tiny_cfg, tmp_path, caplog):
+    from train.config import TrainConfigError
+    from train.teacher import TeacherError, file_digest
+
+    cls = dict(loss="classification", loss_options=LOSS_SETTINGS["classification"])
+    train(tiny_cfg(out=str(tmp_path / "teacher"), steps=3, members=2, **cls))
+    teacher = tmp_path / "teacher" / "last.pt"
+    plain = train(tiny_cfg(out=str(tmp_path / "plain"), steps=4, **cls))
+    with caplog.at_level(logging.INFO):
+        taught = train(tiny_cfg(out=str(tmp_path / "taught"), steps=4, stop_at_step=2, teacher=str(teacher), **cls))
+    assert "teacher: last.pt (2 member(s)), share 0.50" in caplog.text
+    ckpt = load_checkpoint(tmp_path / "taught" / "last.pt")
+    assert ckpt["train_config"]["teacher"] == file_digest(teacher)  # its content, not its path
+    assert taught.step == 2 and plain.step == 4
+    # same seed, same crops: only the teacher's share of the target differs
+    partial = train(tiny_cfg(out=str(tmp_path / "plain2"), steps=4, stop_at_step=2, **cls))
+    assert partial.step == 2
+    a, b = _state(tmp_path / "plain2" / "last.pt"), _state(tmp_path / "taught" / "last.pt")
+    assert not torch.equal(a["members.0.head.conv.1.weight"], b["members.0.head.conv.1.weight"])
+    # resume: the teacher is compared by content, so a copy elsewhere is the same teacher and another model is not
+    moved = tmp_path / "moved.pt"
+    moved.write_bytes(teacher.read_bytes())
+    other = tmp_path / "plain" / "last.pt"
+    with pytest.raises(ResumeError, match="teacher .* in the checkpoint, .* now"):
+        train(tiny_cfg(out=str(tmp_path / "taught"), steps=4, teacher=str(other), resume=True, **cls))
+    assert train(tiny_cfg(out=str(tmp_path / "taught"), steps=4, teacher=str(moved), resume=True, **cls)).step == 4
+    # a teacher that cannot teach this run
+    with pytest.raises(TrainConfigError, match="--teacher: expected --loss classification .* found huber"):
+        train(tiny_cfg(out=str(tmp_path / "x"), teacher=str(teacher)))
+    with pytest.raises(TrainConfigError, match="--teacher .*missing.pt: no such file"):
+        train(tiny_cfg(out=str(tmp_path / "x"), teacher=str(tmp_path / "missing.pt"), **cls))
+    train(tiny_cfg(out=str(tmp_path / "huber"), steps=3))
+    with pytest.raises(TeacherError, match="expected a model with a classification head, found regression"):
+        train(tiny_cfg(out=str(tmp_path / "y"), teacher=str(tmp_path / "huber" / "last.pt"), **cls))
+    coarse = {**cls, "loss_options": {**cls["loss_options"], "grid": 0.1}}
+    with pytest.raises(TeacherError, match=r"its \d+ colour bins differ from the \d+ this run's training photos give"):
+        train(tiny_cfg(out=str(tmp_path / "z"), teacher=str(teacher), **coarse))
