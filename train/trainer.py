@@ -362,7 +362,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.info.device.type, dtype=self.amp_dtype, enabled=self.amp):
             outputs = self.fwd(y)
-        extra = {} if self.teacher is None else {"teacher_probs": self.teacher.probs(y)}
+            extra = {} if self.teacher is None else {"teacher_probs": self.teacher.probs(y)}
         # one loss per decoder member, averaged (every member learns the whole task from the shared features)
         loss = torch.stack([self.loss_fn({**{k: v.float() for k, v in out.items()}, **extra}, uv)
                             for out in outputs]).mean()
