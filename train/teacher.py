@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.core.errors import ColorizerError
-from engine.net.checkpoint import load_model
+from engine.net.checkpoint import CheckpointError, load_model
 
 
 class TeacherError(ColorizerError, ValueError):
@@ -37,7 +37,7 @@ class Teacher:
     """Loads ``path`` and checks that it predicts over the same colour bins as the training loss.
 
     ``centres``: ``(K, 2)`` bin centres of the run's classification loss; ``stride``: its logit stride.
-    Raises ``TeacherError`` (or ``CheckpointError`` for an unreadable file) naming the file and the reason.
+    Raises ``TeacherError`` naming the file and the reason.
     """
 
     def __init__(self, path: str | os.PathLike[str], centres: torch.Tensor, stride: int,
@@ -45,7 +45,10 @@ class Teacher:
         self.path = Path(path)
         if not self.path.is_file():
             raise TeacherError(f"--teacher {self.path}: no such file")
-        net, _ = load_model(self.path)
+        try:
+            net, _ = load_model(self.path)
+        except CheckpointError as e:
+            raise TeacherError(f"--teacher {e}") from e
         config = net.config
         if config.head != "classification":
             raise TeacherError(f"--teacher {self.path}: expected a model with a classification head, found "

@@ -166,6 +166,8 @@ TINY_ARGS = ["--width-mult", "0.125", "--image-size", "32", "--batch-size", "4",
     ("bad-repeat", "--repeat: expected GLOB=N with N an integer from 1 to 100, found 'a/*=0'"),
     ("repeat-matches-nothing", "--repeat imagenet_*=2: matches no training photo"),
     ("bad-members", "--members: expected 1 to 8, found 9"),
+    ("teacher-with-huber", "--teacher: expected --loss classification (a loss that learns a colour distribution), found huber"),
+    ("teacher-not-a-model", "t.pt: not a readable checkpoint"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
     data, out, extra = photos, tmp_path / "out", []
@@ -200,11 +202,20 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
         extra = ["--repeat", "imagenet_*=2"]
     elif case == "bad-members":
         extra = ["--members", "9"]
+    elif case == "teacher-with-huber":
+        (tmp_path / "t.pt").write_bytes(b"x")
+        extra = ["--teacher", tmp_path / "t.pt"]
+    elif case == "teacher-not-a-model":
+        (tmp_path / "t.pt").write_bytes(b"not a checkpoint")
+        extra = ["--teacher", tmp_path / "t.pt", "--loss", "classification", "--loss-option", "samples=20000"]
     r = _cli("--data", data, "--out", out, *TINY_ARGS, *extra)
     assert r.exit_code == 2, r.output
+
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and expect in lines[0], r.output
     assert "Traceback" not in r.output
+    if case.startswith("teacher"):
+        assert lines[0].startswith("error: --teacher"), lines[0]
     if out.is_dir():
         assert not list(out.glob("*.pt"))
 
