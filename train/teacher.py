@@ -9,13 +9,13 @@ cost of one decoder at inference.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from engine.core.contract import sha256_file
 from engine.core.errors import ColorizerError
 from engine.net.checkpoint import CheckpointError, load_model
 
@@ -26,11 +26,7 @@ class TeacherError(ColorizerError, ValueError):
 
 def file_digest(path: str | os.PathLike[str]) -> str:
     """Short SHA-256 of the teacher file: what ``--resume`` compares (paths move, contents must not)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16]
 
 
 class Teacher:
@@ -43,8 +39,6 @@ class Teacher:
     def __init__(self, path: str | os.PathLike[str], centres: torch.Tensor, stride: int,
                  device: torch.device) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise TeacherError(f"--teacher {self.path}: no such file")
         try:
             net, _ = load_model(self.path)
         except CheckpointError as e:

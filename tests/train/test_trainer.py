@@ -210,7 +210,6 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, photos, case, expect):
         extra = ["--teacher", tmp_path / "t.pt", "--loss", "classification", "--loss-option", "samples=20000"]
     r = _cli("--data", data, "--out", out, *TINY_ARGS, *extra)
     assert r.exit_code == 2, r.output
-
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and expect in lines[0], r.output
     assert "Traceback" not in r.output
