@@ -55,6 +55,7 @@ import numpy as np
 
 from engine.core import color, files
 from engine.core.contract import INPUT_NAME
+from engine.core.hardware import cpu_has_vnni
 from export.fp16 import ExportError, colour_nodes, head_nodes, producers
 from export.rewrites import pool_as_depthwise_conv, softmax_channels_last
 
@@ -86,21 +87,6 @@ def find_images(folder: Path) -> list[Path]:
         found = f"{len(candidates)} unreadable file(s)" if candidates else "none"
         raise ExportError(f"--calib {folder}: expected image files ({', '.join(IMAGE_SUFFIXES)}), found {found}")
     return images
-
-
-def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
-    """True/False from the CPU flags; None when they cannot be read (not Linux)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return None
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    if not flags:
-        return None
-    return bool({"avx512_vnni", "avx_vnni"} & flags)
 
 
 def load_gray(path: Path, size: int = CALIB_SIZE) -> np.ndarray:

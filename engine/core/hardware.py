@@ -1,4 +1,4 @@
-"""Hardware probing, in one place: device strings, CUDA devices, CPU cores.
+"""Hardware probing, in one place: device strings, CUDA devices, CPU cores and flags.
 
 Imports nothing heavy: the CUDA count asks the driver (libcuda) through ctypes, so it is safe
 before importing TensorRT, whose runtime can crash a process on a machine without a GPU.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from pathlib import Path
 
 from engine.core.errors import ColorizerError
 
@@ -112,3 +113,21 @@ def runtime_versions() -> dict[str, str | None]:
             except metadata.PackageNotFoundError:
                 continue
     return found
+
+
+def cpu_has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
+    """True when the CPU flags list ``avx512_vnni`` or ``avx_vnni``, False when they do not, None when they
+    cannot be read (not Linux). INT8 files with 8-bit weights (``export --reduce-range off``) are correct
+    only on such CPUs: without VNNI, AVX2's u8*s8 multiply-add saturates its 16-bit intermediates.
+    """
+    try:
+        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    if not flags:
+        return None
+    return bool({"avx512_vnni", "avx_vnni"} & flags)

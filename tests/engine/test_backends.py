@@ -134,6 +134,28 @@ def test_sidecar_tamper_is_refused(tiny_onnx, tmp_path):
         open_runner(model, "ort")
 
 
+def test_int8_weights_for_vnni_cpus_are_refused_on_a_cpu_without_vnni(tiny_onnx, tmp_path, monkeypatch):
+    """8-bit weights (``--reduce-range off``) saturate AVX2's multiply-add: wrong colours, not a crash."""
+    model = tmp_path / "m8.onnx"
+    model.write_bytes(tiny_onnx.read_bytes())
+    side = json.loads(contract.sidecar_path(tiny_onnx).read_text())
+
+    def sidecar(reduce_range):
+        side.update(precision="int8", precision_info={"reduce_range": reduce_range, "cpu_vnni": True})
+        contract.sidecar_path(model).write_text(json.dumps(side))
+
+    sidecar(False)
+    monkeypatch.setattr(hardware, "cpu_has_vnni", lambda: False)
+    with pytest.raises(BackendError, match=r"m8\.onnx: INT8 with 8-bit weights runs correctly only on CPUs with "
+                                           r"VNNI, and this CPU has none.*--reduce-range on"):
+        OrtRunner(model, device="cpu").activate()
+    for vnni, reduce_range in ((True, False), (None, False), (False, True)):  # VNNI, flags unknown, 7-bit weights
+        monkeypatch.setattr(hardware, "cpu_has_vnni", lambda v=vnni: v)
+        sidecar(reduce_range)
+        with open_runner(model, "ort", device="cpu") as r:
+            assert r.infer(gray_batch(1, 32))["rgb"].shape == (1, 3, 32, 32)
+
+
 def test_resolve_by_suffix_and_mismatch(tiny_onnx, tiny_checkpoint, tmp_path):
     assert resolve_model(tiny_onnx) == ("ort", tiny_onnx)
     assert resolve_model(tiny_checkpoint) == ("torch", tiny_checkpoint)

@@ -13,6 +13,7 @@ import pytest
 
 from engine.core import color
 from engine.core.contract import read_sidecar
+from engine.core.hardware import cpu_has_vnni
 from export import parity, quantize
 from export.fp16 import ExportError
 from export.to_onnx import DEFAULT_CALIB_DIR, export_checkpoint
@@ -49,7 +50,7 @@ def test_int8_quality_gate_and_sidecar(int8_onnx):
     assert not set(calib["images"]) & set(calib["held_out"])
     assert {p["image"] for p in side["parity"]["psnr_images"]} == set(calib["held_out"])
     assert len(calib["images"]) + len(calib["held_out"]) == len(quantize.find_images(DEFAULT_CALIB_DIR))
-    vnni = quantize.cpu_has_vnni()
+    vnni = cpu_has_vnni()
     assert info["cpu_vnni"] == vnni
     assert info["reduce_range"] is (not vnni)
     assert "_eval" not in info
@@ -114,17 +115,6 @@ def test_psnr_gate_rejects_low_quality():
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def test_cpu_vnni_detection(tmp_path):
-    f = tmp_path / "cpuinfo"
-    f.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
-    assert quantize.cpu_has_vnni(f) is False
-    f.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
-    assert quantize.cpu_has_vnni(f) is True
-    f.write_text("flags\t\t: fpu avx2 avx_vnni\n")
-    assert quantize.cpu_has_vnni(f) is True
-    assert quantize.cpu_has_vnni(tmp_path / "missing") is None
 
 
 def test_find_images_errors(tmp_path):
