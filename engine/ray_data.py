@@ -353,7 +353,8 @@ def colorize_dataset(
     """A lazy ``ray.data.Dataset``: ``ds`` plus ``output_column`` (uint8 colour, full resolution) and ``colorize_error``.
 
     ``column`` holds gray ``(H, W)``, RGB or RGBA arrays, uint8 or uint16, any sizes (as
-    ``Colorizer.colorize``). A row that cannot be colorized gets an empty ``(0, 0, 3)`` array and
+    ``Colorizer.colorize``; blocks holding gray and colour arrays together are beyond Ray Data's
+    re-batching, docs/ray.md). A row that cannot be colorized gets an empty ``(0, 0, 3)`` array and
     its reason in ``colorize_error``; other columns pass through. Workers: see ``plan_workers``
     (Ray is initialised here if it is not yet). ``model`` must be readable at the same path on
     every node; each worker resolves it (``backend="auto"``: TensorRT on GPU nodes with a

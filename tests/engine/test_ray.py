@@ -128,9 +128,12 @@ def test_colorize_dataset_matches_colorize(ray_local, tiny_onnx):
     from engine.ray_data import colorize_dataset
 
     images = [pattern(40 + 3 * i, 50 + 5 * i, i, 1)[..., 0] for i in range(4)]  # gray, different sizes
-    images.append(pattern(30, 20, 9, 4))  # RGBA in the same column (Ray pads the gray ones to (1, H, W))
+    images.append(pattern(30, 20, 9, 4))  # RGBA in the same column
     images.append(np.zeros((0, 5), np.uint8))
-    ds = ray_local.data.from_items([{"image": a, "id": i} for i, a in enumerate(images)])
+    # one row per block: Ray Data cannot re-batch a block that holds gray and colour arrays together, whatever
+    # the map (docs/ray.md); how many blocks from_items makes by default varies from run to run
+    ds = ray_local.data.from_items([{"image": a, "id": i} for i, a in enumerate(images)],
+                                   override_num_blocks=len(images))
     rows = sorted(colorize_dataset(ds, model=tiny_onnx, size=SIZE, batch_size=4, num_workers=1).take_all(),
                   key=lambda r: r["id"])
     with Colorizer(tiny_onnx, size=SIZE, padding="square") as c:  # Ray batches are square
@@ -258,3 +261,17 @@ def test_out_format_on_ray(ray_local, tiny_onnx, tmp_path):
     assert outs == ["alpha.jpg", "d1/img0001.jpg", "img0000.jpg", "img0002.jpg"]
     with Image.open(tmp_path / "out" / "alpha.jpg") as im:
         assert im.format == "JPEG" and im.mode == "RGB"
+
+
+def test_a_block_where_ray_padded_gray_arrays_to_one_by_h_by_w_is_read_as_gray():
+    """Ray stores a block mixing gray (H, W) and colour (H, W, C) arrays with the gray ones as (1, H, W)."""
+    from engine.ray_data import ALPHA, CROP_H, CROP_W, ERROR, LUMA, _prepare_arrays
+
+    gray, rgba = pattern(30, 40, 1, 1)[..., 0], pattern(30, 20, 9, 4)
+    column = np.empty(2, dtype=object)
+    column[0], column[1] = gray[None], rgba
+    out = _prepare_arrays({"image": column}, column="image", size=SIZE)
+    assert list(out[ERROR]) == ["", ""]
+    assert np.array_equal(out[LUMA][0], gray) and out[ALPHA][0].size == 0  # gray: itself, no alpha
+    assert out[LUMA][1].shape == (30, 20) and np.array_equal(out[ALPHA][1], rgba[..., 3])
+    assert (list(out[CROP_H]), list(out[CROP_W])) == ([48, 64], [64, 43])  # long side to SIZE, as (H, W) inputs
