@@ -154,13 +154,13 @@ def choose_providers(
     return chosen, reasons
 
 
-def check_int8_weights_run_here(meta: Mapping[str, Any], model: Path, vnni: bool | None) -> None:
+def check_int8_weights_run_here(meta: Mapping[str, Any], model: Path) -> None:
     """Refuse an INT8 file with 8-bit weights (``precision_info.reduce_range`` false) on a CPU known to lack
-    VNNI, where ONNX Runtime's kernels saturate and give wrong colours rather than an error.
-    ``vnni``: ``engine.core.hardware.cpu_has_vnni()``; None (flags unreadable) lets the file run."""
-    if meta.get("precision") != "int8" or vnni is not False:
+    VNNI, where ONNX Runtime's kernels saturate and give wrong colours rather than an error. The CPU flags
+    are read only for such a file; unreadable flags (``cpu_has_vnni()`` None) let it run."""
+    if meta.get("precision") != "int8" or (meta.get("precision_info") or {}).get("reduce_range") is not False:
         return
-    if (meta.get("precision_info") or {}).get("reduce_range") is False:
+    if hardware.cpu_has_vnni() is False:
         raise BackendError(f"{model}: INT8 with 8-bit weights runs correctly only on CPUs with VNNI, and this CPU "
                            f"has none (its outputs would be wrong colours); re-export it for this machine with "
                            f"`cli.py export --precision int8 --reduce-range on`, or use the FP32 model")
@@ -211,7 +211,7 @@ class OrtRunner(Runner):
         available = list(ort.get_available_providers())
         providers = self._providers(available)
         if self._asked and self._asked[0] == CPU_EP:
-            check_int8_weights_run_here(self.meta, self.model, hardware.cpu_has_vnni())
+            check_int8_weights_run_here(self.meta, self.model)
 
         self._threads = int(self.threads or physical_cores())
         self.session = self._session(ort, providers, self._threads)
